@@ -1,0 +1,269 @@
+//! The records the witness signs: commit certificates and heads, plus the
+//! unsigned genesis record that anchors each group's hash chain.
+//!
+//! Every record starts with a purpose tag and a format version, so a
+//! signature over one kind can never be taken for another. Byte layout:
+//!
+//! ```text
+//! record := u8 tag_len, tag, u8 format, fields
+//! str    := u16 big-endian length, UTF-8 bytes
+//! u32/u64 big-endian; hashes are 32 raw bytes
+//! ```
+//!
+//! docs/protocol.md lists the fields of each record in order, and
+//! `tests/vectors.rs` pins their bytes.
+
+use crate::hash::sha256;
+use crate::DecodeError;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+
+pub const COMMIT_TAG: &str = "personaldb/commit-certificate";
+pub const HEAD_TAG: &str = "personaldb/head";
+pub const GENESIS_TAG: &str = "personaldb/genesis";
+pub const FORMAT: u8 = 1;
+
+/// What the witness certifies about one accepted commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitRecord {
+    pub group: String,
+    pub seq: u64,
+    pub prev_head: [u8; 32],
+    /// SHA-256 of the changeset bytes.
+    pub changeset_digest: [u8; 32],
+    /// State root after the commit.
+    pub state_root: [u8; 32],
+    pub schema_version: u32,
+    pub schema_hash: [u8; 32],
+    pub author: String,
+    pub idempotency_key: String,
+    /// Witness clock, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+}
+
+/// A group's head at one moment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeadRecord {
+    pub group: String,
+    pub seq: u64,
+    pub head_hash: [u8; 32],
+    pub state_root: [u8; 32],
+    pub schema_version: u32,
+    pub schema_hash: [u8; 32],
+    pub time_ms: u64,
+}
+
+/// A record's bytes and the witness's signature over exactly those bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signed {
+    pub bytes: Vec<u8>,
+    pub signature: [u8; 64],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifyError {
+    BadSignature,
+    Malformed(DecodeError),
+}
+
+impl std::fmt::Display for VerifyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VerifyError::BadSignature => f.write_str("signature does not verify"),
+            VerifyError::Malformed(e) => write!(f, "malformed record: {e}"),
+        }
+    }
+}
+
+impl Signed {
+    pub fn sign(key: &SigningKey, bytes: Vec<u8>) -> Signed {
+        let signature = key.sign(&bytes).to_bytes();
+        Signed { bytes, signature }
+    }
+
+    /// Strict Ed25519 verification (rejects small-order keys and
+    /// non-canonical signatures).
+    pub fn verify(&self, key: &VerifyingKey) -> Result<(), VerifyError> {
+        let sig = Signature::from_bytes(&self.signature);
+        key.verify_strict(&self.bytes, &sig)
+            .map_err(|_| VerifyError::BadSignature)
+    }
+
+    pub fn commit(&self, key: &VerifyingKey) -> Result<CommitRecord, VerifyError> {
+        self.verify(key)?;
+        CommitRecord::decode(&self.bytes).map_err(VerifyError::Malformed)
+    }
+
+    pub fn head(&self, key: &VerifyingKey) -> Result<HeadRecord, VerifyError> {
+        self.verify(key)?;
+        HeadRecord::decode(&self.bytes).map_err(VerifyError::Malformed)
+    }
+}
+
+impl CommitRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new(COMMIT_TAG);
+        w.str(&self.group);
+        w.u64(self.seq);
+        w.hash(&self.prev_head);
+        w.hash(&self.changeset_digest);
+        w.hash(&self.state_root);
+        w.u32(self.schema_version);
+        w.hash(&self.schema_hash);
+        w.str(&self.author);
+        w.str(&self.idempotency_key);
+        w.u64(self.time_ms);
+        w.0
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<CommitRecord, DecodeError> {
+        let mut r = RecordReader::new(bytes, COMMIT_TAG)?;
+        let rec = CommitRecord {
+            group: r.str()?,
+            seq: r.u64()?,
+            prev_head: r.hash()?,
+            changeset_digest: r.hash()?,
+            state_root: r.hash()?,
+            schema_version: r.u32()?,
+            schema_hash: r.hash()?,
+            author: r.str()?,
+            idempotency_key: r.str()?,
+            time_ms: r.u64()?,
+        };
+        r.finish()?;
+        Ok(rec)
+    }
+
+    /// The head hash after this commit: SHA-256 of the record bytes, which
+    /// bind the previous head, so the log is a hash chain.
+    pub fn head_hash(&self) -> [u8; 32] {
+        sha256(&self.encode())
+    }
+}
+
+impl HeadRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new(HEAD_TAG);
+        w.str(&self.group);
+        w.u64(self.seq);
+        w.hash(&self.head_hash);
+        w.hash(&self.state_root);
+        w.u32(self.schema_version);
+        w.hash(&self.schema_hash);
+        w.u64(self.time_ms);
+        w.0
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<HeadRecord, DecodeError> {
+        let mut r = RecordReader::new(bytes, HEAD_TAG)?;
+        let rec = HeadRecord {
+            group: r.str()?,
+            seq: r.u64()?,
+            head_hash: r.hash()?,
+            state_root: r.hash()?,
+            schema_version: r.u32()?,
+            schema_hash: r.hash()?,
+            time_ms: r.u64()?,
+        };
+        r.finish()?;
+        Ok(rec)
+    }
+}
+
+/// Head hash of sequence 0: binds the group id and its schema, so chains of
+/// different groups (or schemas) never share a prefix.
+pub fn genesis_hash(group: &str, schema_version: u32, schema_hash: &[u8; 32]) -> [u8; 32] {
+    let mut w = Writer::new(GENESIS_TAG);
+    w.str(group);
+    w.u32(schema_version);
+    w.hash(schema_hash);
+    w.hash(&crate::StateRoot::empty().digest());
+    sha256(&w.0)
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn new(tag: &str) -> Writer {
+        let mut v = Vec::with_capacity(160);
+        v.push(tag.len() as u8);
+        v.extend_from_slice(tag.as_bytes());
+        v.push(FORMAT);
+        Writer(v)
+    }
+    fn str(&mut self, s: &str) {
+        // Callers bound every string far below 64 KiB; clamp defensively.
+        let b = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+        self.0.extend_from_slice(&(b.len() as u16).to_be_bytes());
+        self.0.extend_from_slice(b);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_be_bytes());
+    }
+    fn hash(&mut self, h: &[u8; 32]) {
+        self.0.extend_from_slice(h);
+    }
+}
+
+struct RecordReader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> RecordReader<'a> {
+    fn new(bytes: &'a [u8], tag: &str) -> Result<Self, DecodeError> {
+        let mut r = RecordReader { bytes, pos: 0 };
+        let len = r.take(1)?[0] as usize;
+        if r.take(len)? != tag.as_bytes() {
+            return Err(r.err(&format!("not a {tag} record")));
+        }
+        if r.take(1)?[0] != FORMAT {
+            return Err(r.err("unsupported record format version"));
+        }
+        Ok(r)
+    }
+    fn err(&self, m: &str) -> DecodeError {
+        DecodeError {
+            offset: self.pos,
+            message: m.to_string(),
+        }
+    }
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let s = self
+            .bytes
+            .get(self.pos..self.pos + n)
+            .ok_or_else(|| self.err("record is truncated"))?;
+        self.pos += n;
+        Ok(s)
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(self.take(4)?);
+        Ok(u32::from_be_bytes(a))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_be_bytes(a))
+    }
+    fn hash(&mut self) -> Result<[u8; 32], DecodeError> {
+        let mut a = [0u8; 32];
+        a.copy_from_slice(self.take(32)?);
+        Ok(a)
+    }
+    fn str(&mut self) -> Result<String, DecodeError> {
+        let mut a = [0u8; 2];
+        a.copy_from_slice(self.take(2)?);
+        let n = u16::from_be_bytes(a) as usize;
+        let b = self.take(n)?;
+        String::from_utf8(b.to_vec()).map_err(|_| self.err("string is not UTF-8"))
+    }
+    fn finish(&self) -> Result<(), DecodeError> {
+        if self.pos != self.bytes.len() {
+            return Err(self.err("trailing bytes after the record"));
+        }
+        Ok(())
+    }
+}

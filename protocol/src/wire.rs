@@ -1,0 +1,199 @@
+//! JSON bodies of the witness's HTTP API. Binary fields travel as standard
+//! base64 (changesets, record bytes, signatures) or lowercase hex (hashes,
+//! keys). Requests reject unknown fields.
+
+use crate::records::Signed;
+use crate::value::Value;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+pub fn unb64(s: &str) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD.decode(s).ok()
+}
+
+/// A signed record on the wire. Clients verify `signature` over the
+/// decoded `record` bytes and read fields only from those bytes.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SignedJson {
+    pub record: String,
+    pub signature: String,
+}
+
+impl From<&Signed> for SignedJson {
+    fn from(s: &Signed) -> Self {
+        SignedJson {
+            record: b64(&s.bytes),
+            signature: b64(&s.signature),
+        }
+    }
+}
+
+impl SignedJson {
+    pub fn to_signed(&self) -> Option<Signed> {
+        let bytes = unb64(&self.record)?;
+        let signature: [u8; 64] = unb64(&self.signature)?.try_into().ok()?;
+        Some(Signed { bytes, signature })
+    }
+}
+
+/// The head a client builds on.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BaseRef {
+    pub seq: u64,
+    /// Head hash, hex.
+    pub hash: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Policy {
+    /// Accept only if `base` is the current head.
+    #[default]
+    Strict,
+    /// Also accept on a newer head when no row the commit touches changed
+    /// since `base`.
+    RebaseIfClean,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommitRequest {
+    pub base: BaseRef,
+    pub schema_version: u32,
+    /// Canonical schema hash, hex.
+    pub schema_hash: String,
+    pub idempotency_key: String,
+    /// The SQLite changeset, base64.
+    pub changeset: String,
+    #[serde(default)]
+    pub policy: Policy,
+    /// The client's own clock or logical time; stored, not trusted.
+    #[serde(default)]
+    pub client_time: Option<i64>,
+}
+
+/// Decoded head fields, for people and logs. Clients trust `signed`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HeadJson {
+    pub group: String,
+    pub seq: u64,
+    pub head_hash: String,
+    pub state_root: String,
+    pub schema_version: u32,
+    pub schema_hash: String,
+    pub time_ms: u64,
+    pub signed: SignedJson,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CertificateJson {
+    pub seq: u64,
+    pub head_hash: String,
+    pub prev_head: String,
+    pub state_root: String,
+    pub changeset_digest: String,
+    pub author: String,
+    pub idempotency_key: String,
+    pub time_ms: u64,
+    pub signed: SignedJson,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CommitResponse {
+    /// True when this answers a retry of an already accepted commit.
+    pub replay: bool,
+    pub certificate: CertificateJson,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LogEntryJson {
+    pub seq: u64,
+    pub changeset: String,
+    pub certificate: CertificateJson,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CommitsPage {
+    pub commits: Vec<LogEntryJson>,
+    /// The head when the page was read; the page never goes past it.
+    pub head: HeadJson,
+    /// Pass as `after` for the next page; absent when caught up.
+    pub next_after: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SchemaJson {
+    pub version: u32,
+    pub hash: String,
+    /// The DDL the group was created with.
+    pub sql: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGroupRequest {
+    pub group: String,
+    pub schema_sql: String,
+    #[serde(default)]
+    pub schema_version: Option<u32>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GroupJson {
+    pub group: String,
+    pub schema: SchemaJson,
+    pub head: HeadJson,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WitnessJson {
+    /// Ed25519 public key, hex.
+    pub public_key: String,
+    pub version: String,
+}
+
+/// `{"error": {...}}` for every failed call.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorJson,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ErrorJson {
+    /// Stable machine-readable code, e.g. `stale_head`.
+    pub code: String,
+    pub message: String,
+    /// Whether sending the same request again may succeed.
+    pub retryable: bool,
+    /// Current head, on `stale_head`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub head: Option<HeadJson>,
+    /// The group's schema, on `schema_mismatch`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub expected_schema: Option<SchemaJson>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub table: Option<String>,
+    /// Primary key values of the row concerned.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub key: Option<Vec<serde_json::Value>>,
+}
+
+/// A value as JSON: numbers, strings (lossy for non-UTF-8 text), null,
+/// and `{"blob": hex}` for blobs.
+pub fn value_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Null => serde_json::Value::Null,
+        Value::Integer(i) => (*i).into(),
+        Value::Real(f) => serde_json::Number::from_f64(*f)
+            .map(serde_json::Value::Number)
+            .unwrap_or(serde_json::Value::Null),
+        Value::Text(t) => String::from_utf8_lossy(t).into_owned().into(),
+        Value::Blob(b) => serde_json::json!({ "blob": crate::hex(b) }),
+    }
+}
