@@ -1,1 +1,239 @@
-fn main() {}
+//! `pdb-witness`: serve, create groups, verify groups.
+
+use clap::{Parser, Subcommand};
+use pdb_protocol::hex;
+use pdb_witness::{group, keys, verify, witness, Settings, Witness};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "pdb-witness", version, about = "PersonalDB witness: orders, certifies and serves each group's history")]
+struct Cli {
+    /// Directory for the signing key, the token hash and the group files.
+    #[arg(long, env = "PDB_DATA_DIR", default_value = ".pdb-data", global = true)]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server (the default).
+    Serve(ServeArgs),
+    /// Create a group from a schema file while the witness is stopped
+    /// (use POST /v1/groups on a running witness).
+    CreateGroup {
+        /// Group id: 1-64 of a-z 0-9 _ -.
+        #[arg(long)]
+        group: String,
+        /// File with the group's CREATE TABLE / CREATE INDEX statements.
+        #[arg(long)]
+        schema: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        schema_version: u32,
+    },
+    /// Re-check a group's chain, signatures and state root from disk.
+    Verify {
+        /// The group to check; all groups when absent.
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Print the witness's public key (hex).
+    PublicKey,
+}
+
+#[derive(clap::Args, Default)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "PDB_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: Option<SocketAddr>,
+    /// Admin bearer token. When unset, one is generated on first start,
+    /// shown once, and only its hash is stored.
+    #[arg(long, env = "PDB_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "PDB_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Log format: text or json.
+    #[arg(long, env = "PDB_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        Command::Serve(args) => serve(&cli.data_dir, args),
+        Command::CreateGroup {
+            group,
+            schema,
+            schema_version,
+        } => create_group(&cli.data_dir, &group, &schema, schema_version),
+        Command::Verify { group } => verify_groups(&cli.data_dir, group.as_deref()),
+        Command::PublicKey => keys::load_or_create_key(&cli.data_dir)
+            .map(|(k, _)| println!("{}", hex(k.verifying_key().as_bytes())))
+            .map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pdb-witness: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PDB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+/// Holds an exclusive lock on the data directory while serving, so offline
+/// commands never write under a running witness.
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, String> {
+    std::fs::create_dir_all(data_dir).map_err(|e| format!("creating {}: {e}", data_dir.display()))?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(data_dir.join("LOCK"))
+        .map_err(|e| e.to_string())?;
+    f.try_lock().map_err(|_| {
+        format!(
+            "{} is in use by a running witness (stop it, or use its HTTP API)",
+            data_dir.display()
+        )
+    })?;
+    Ok(f)
+}
+
+fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<(), String> {
+    init_logs(&args.log_format);
+    let _lock = lock_data_dir(data_dir)?;
+    let (key, created) = keys::load_or_create_key(data_dir).map_err(|e| e.to_string())?;
+    let (token_hash, new_token) =
+        keys::admin_token(data_dir, args.admin_token.as_deref()).map_err(|e| e.to_string())?;
+    let public_key = hex(key.verifying_key().as_bytes());
+    let settings = Settings {
+        data_dir: data_dir.to_path_buf(),
+        admin_token_hash: token_hash,
+        max_body_bytes: args.max_body_bytes.max(1024),
+    };
+    let witness = Arc::new(Witness::open(settings, key)?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let addr = args.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7070)));
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("binding {addr}: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let url = format!("http://{addr}");
+        println!("PersonalDB witness listening on {url}");
+        println!("  data directory: {}", data_dir.display());
+        println!(
+            "  public key:     {public_key}{}",
+            if created { " (created now)" } else { "" }
+        );
+        println!("  groups:         {}", witness.group_ids().join(", "));
+        match &new_token {
+            Some(t) => println!("  admin token:    {t}\n                  (shown once; only its hash is stored)"),
+            None => println!("  admin token:    as configured (PDB_ADMIN_TOKEN or the token shown on first start)"),
+        }
+        println!("Create a group:");
+        println!(
+            "  curl -s -H \"Authorization: Bearer $PDB_ADMIN_TOKEN\" {url}/v1/groups \\\n    -d '{{\"group\":\"tasks\",\"schema_sql\":\"CREATE TABLE tasks(id TEXT PRIMARY KEY, title TEXT, done INTEGER)\"}}'"
+        );
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        pdb_witness::run(listener, witness, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
+
+fn create_group(
+    data_dir: &std::path::Path,
+    id: &str,
+    schema: &std::path::Path,
+    version: u32,
+) -> Result<(), String> {
+    let _lock = lock_data_dir(data_dir)?;
+    let ddl = std::fs::read_to_string(schema).map_err(|e| format!("reading {}: {e}", schema.display()))?;
+    let (key, _) = keys::load_or_create_key(data_dir).map_err(|e| e.to_string())?;
+    let settings = Settings {
+        data_dir: data_dir.to_path_buf(),
+        admin_token_hash: [0; 32],
+        max_body_bytes: 0,
+    };
+    let w = Witness::open(settings, key)?;
+    let g = w
+        .create_group(id, &ddl, version)
+        .map_err(|e| e.body().error.message)?;
+    println!(
+        "created group {id} (schema version {version}, hash {})",
+        hex(&g.info.schema_hash)
+    );
+    w.shutdown();
+    Ok(())
+}
+
+fn verify_groups(data_dir: &std::path::Path, only: Option<&str>) -> Result<(), String> {
+    let (key, _) = keys::load_or_create_key(data_dir).map_err(|e| e.to_string())?;
+    let vk = key.verifying_key();
+    let dir = witness::groups_dir(data_dir);
+    let mut ids: Vec<String> = match only {
+        Some(g) => vec![g.to_string()],
+        None => std::fs::read_dir(&dir)
+            .map_err(|e| format!("reading {}: {e}", dir.display()))?
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".sqlite"))
+                    .map(str::to_string)
+            })
+            .collect(),
+    };
+    ids.sort();
+    let mut failed = 0;
+    for id in ids {
+        if !group::valid_id(&id) {
+            return Err(format!("invalid group id {id:?}"));
+        }
+        match verify::verify_file(&dir.join(group::file_name(&id)), &vk) {
+            Ok(r) => println!(
+                "ok {}: {} commits, {} rows, head {}, state root {}",
+                r.group, r.commits, r.rows, r.head_hash, r.state_root
+            ),
+            Err(e) => {
+                failed += 1;
+                println!("FAILED {id}: {e}");
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(format!("{failed} group(s) failed verification"));
+    }
+    Ok(())
+}

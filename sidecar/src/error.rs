@@ -1,0 +1,132 @@
+//! The API's one error type. Each variant knows its HTTP status, its
+//! stable code, whether a retry can help, and what the client needs to
+//! recover. Internal causes are logged, never sent.
+
+use hyper::StatusCode;
+use pdb_protocol::wire::{value_json, ErrorBody, ErrorJson, HeadJson, SchemaJson};
+use pdb_protocol::Value;
+
+#[derive(Debug)]
+pub enum ApiError {
+    Unauthorized(String),
+    NotFound(String),
+    BadRequest(String),
+    BodyTooLarge(usize),
+    MethodNotAllowed,
+    GroupExists(String),
+    SchemaMismatch {
+        expected: SchemaJson,
+    },
+    IdempotencyConflict(String),
+    StaleHead {
+        head: Box<HeadJson>,
+        message: String,
+    },
+    ChangesetConflict {
+        table: String,
+        key: Vec<Value>,
+        message: String,
+    },
+    InvalidChangeset {
+        table: Option<String>,
+        key: Option<Vec<Value>>,
+        message: String,
+    },
+    Unavailable(String),
+    /// The cause is logged where it happens; the caller sees a generic text.
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn internal(context: &str, e: impl std::fmt::Display) -> ApiError {
+        tracing::error!(error = %e, "{context}");
+        ApiError::Internal(context.to_string())
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::GroupExists(_)
+            | ApiError::SchemaMismatch { .. }
+            | ApiError::IdempotencyConflict(_)
+            | ApiError::StaleHead { .. }
+            | ApiError::ChangesetConflict { .. } => StatusCode::CONFLICT,
+            ApiError::InvalidChangeset { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::BodyTooLarge(_) => "body_too_large",
+            ApiError::MethodNotAllowed => "method_not_allowed",
+            ApiError::GroupExists(_) => "group_exists",
+            ApiError::SchemaMismatch { .. } => "schema_mismatch",
+            ApiError::IdempotencyConflict(_) => "idempotency_conflict",
+            ApiError::StaleHead { .. } => "stale_head",
+            ApiError::ChangesetConflict { .. } => "changeset_conflict",
+            ApiError::InvalidChangeset { .. } => "invalid_changeset",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        let mut e = ErrorJson {
+            code: self.code().to_string(),
+            retryable: matches!(self, ApiError::Unavailable(_) | ApiError::Internal(_)),
+            ..ErrorJson::default()
+        };
+        e.message = match self {
+            ApiError::Unauthorized(m)
+            | ApiError::NotFound(m)
+            | ApiError::BadRequest(m)
+            | ApiError::IdempotencyConflict(m)
+            | ApiError::Unavailable(m) => m.clone(),
+            ApiError::BodyTooLarge(limit) => {
+                format!("request body is larger than the {limit}-byte limit")
+            }
+            ApiError::MethodNotAllowed => "method not allowed on this path".into(),
+            ApiError::GroupExists(g) => format!("group {g:?} already exists"),
+            ApiError::SchemaMismatch { expected } => {
+                e.expected_schema = Some(expected.clone());
+                format!(
+                    "the commit was made against another schema; the group is at version {} ({})",
+                    expected.version, expected.hash
+                )
+            }
+            ApiError::StaleHead { head, message } => {
+                e.head = Some((**head).clone());
+                message.clone()
+            }
+            ApiError::ChangesetConflict {
+                table,
+                key,
+                message,
+            } => {
+                e.table = Some(table.clone());
+                e.key = Some(key.iter().map(value_json).collect());
+                message.clone()
+            }
+            ApiError::InvalidChangeset {
+                table,
+                key,
+                message,
+            } => {
+                e.table = table.clone();
+                e.key = key.as_ref().map(|k| k.iter().map(value_json).collect());
+                message.clone()
+            }
+            ApiError::Internal(context) => format!("internal error while {context}; retry later"),
+        };
+        ErrorBody { error: e }
+    }
+}

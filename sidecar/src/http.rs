@@ -1,0 +1,338 @@
+//! HTTP transport: routing, authentication, bounded bodies, JSON in and
+//! out, and the accept loop with graceful shutdown.
+
+use crate::commit::CommitInput;
+use crate::error::ApiError;
+use crate::keys;
+use crate::read::{self, DEFAULT_PAGE, MAX_PAGE};
+use crate::witness::Witness;
+use crate::writer::Job;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use pdb_protocol::wire::{
+    unb64, CommitRequest, CommitsPage, CreateGroupRequest, GroupJson, WitnessJson,
+};
+use pdb_protocol::{hex, unhex32};
+use serde::Serialize;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Reply = Result<(StatusCode, serde_json::Value), ApiError>;
+
+fn json<T: Serialize>(status: StatusCode, v: &T) -> Reply {
+    serde_json::to_value(v)
+        .map(|v| (status, v))
+        .map_err(|e| ApiError::internal("encoding a response", e))
+}
+
+/// Accepts connections until `shutdown` resolves, then stops accepting,
+/// lets open requests finish (bounded), and stops the group writers after
+/// their queued commits are durable.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    witness: Arc<Witness>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let w = witness.clone();
+                let service = hyper::service::service_fn(move |req| handle(w.clone(), req));
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
+                    .serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: draining open requests");
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timed out; closing remaining connections");
+    }
+    let w = witness.clone();
+    let _ = tokio::task::spawn_blocking(move || w.shutdown()).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn handle(w: Arc<Witness>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let (status, body) = match route(&w, req).await {
+        Ok(ok) => ok,
+        Err(e) => {
+            let status = e.status();
+            let body = serde_json::to_value(e.body()).unwrap_or_default();
+            (status, body)
+        }
+    };
+    tracing::info!(
+        %method,
+        path = %path,
+        status = status.as_u16(),
+        micros = start.elapsed().as_micros() as u64,
+        "request"
+    );
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(resp)
+}
+
+async fn route(w: &Arc<Witness>, req: Request<Incoming>) -> Reply {
+    let path = req.uri().path().to_string();
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let m = req.method().clone();
+    match (&m, segs.as_slice()) {
+        (&Method::GET, ["v1", "witness"]) => {
+            return json(
+                StatusCode::OK,
+                &WitnessJson {
+                    public_key: hex(w.key.verifying_key().as_bytes()),
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                },
+            )
+        }
+        (&Method::GET, ["healthz"]) => return Ok((StatusCode::OK, serde_json::json!({"ok": true}))),
+        _ => {}
+    }
+    let known = matches!(
+        segs.as_slice(),
+        ["v1", "groups"] | ["v1", "groups", _] | ["v1", "groups", _, "head" | "commits"]
+    );
+    if !known {
+        return Err(ApiError::NotFound(format!("no such endpoint: {path}")));
+    }
+    let author = authenticate(w, &req)?;
+    match (m, segs.as_slice()) {
+        (Method::POST, ["v1", "groups"]) => {
+            let body: CreateGroupRequest = read_json(w, req).await?;
+            let w2 = w.clone();
+            let g = blocking(move || {
+                w2.create_group(&body.group, &body.schema_sql, body.schema_version.unwrap_or(1))
+            })
+            .await?;
+            let head = blocking_read(&g, |c| read::head(c)).await?;
+            json(StatusCode::CREATED, &group_json(w, &g, &head))
+        }
+        (Method::GET, ["v1", "groups"]) => {
+            Ok((StatusCode::OK, serde_json::json!({ "groups": w.group_ids() })))
+        }
+        (Method::GET, ["v1", "groups", g]) => {
+            let g = w.group(g)?;
+            let head = blocking_read(&g, |c| read::head(c)).await?;
+            json(StatusCode::OK, &group_json(w, &g, &head))
+        }
+        (Method::GET, ["v1", "groups", g, "head"]) => {
+            let g = w.group(g)?;
+            let head = blocking_read(&g, |c| read::head(c)).await?;
+            let i = &g.info;
+            json(
+                StatusCode::OK,
+                &read::sign_head(&w.key, &i.id, i.schema.version, &i.schema_hash, &head),
+            )
+        }
+        (Method::GET, ["v1", "groups", g, "commits"]) => {
+            let g = w.group(g)?;
+            let (after, limit) = page_query(req.uri().query().unwrap_or(""))?;
+            let g2 = g.clone();
+            let (head, commits) = blocking(move || {
+                g2.read(|c| -> Result<_, ApiError> {
+                    let head = read::head(c).map_err(|e| ApiError::internal("reading the head", e))?;
+                    let commits = read::log_page(c, after, limit, head.seq)?;
+                    Ok((head, commits))
+                })
+                .map_err(|e| ApiError::internal("reading the log", e))?
+            })
+            .await?;
+            let next_after = commits.last().map(|c| c.seq).filter(|s| *s < head.seq);
+            let i = &g.info;
+            json(
+                StatusCode::OK,
+                &CommitsPage {
+                    commits,
+                    head: read::sign_head(&w.key, &i.id, i.schema.version, &i.schema_hash, &head),
+                    next_after,
+                },
+            )
+        }
+        (Method::POST, ["v1", "groups", g, "commits"]) => {
+            let g = w.group(g)?;
+            let body: CommitRequest = read_json(w, req).await?;
+            let input = commit_input(body, author)?;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            g.submit(Job { input, reply: tx })
+                .map_err(|_| ApiError::Unavailable("the witness is shutting down; retry".into()))?;
+            let resp = rx
+                .await
+                .map_err(|_| ApiError::Unavailable("the group writer stopped; retry".into()))??;
+            let status = if resp.replay {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            json(status, &resp)
+        }
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+fn group_json(w: &Witness, g: &crate::group::Group, head: &read::HeadState) -> GroupJson {
+    let i = &g.info;
+    GroupJson {
+        group: i.id.clone(),
+        schema: i.schema_json(),
+        head: read::sign_head(&w.key, &i.id, i.schema.version, &i.schema_hash, head),
+    }
+}
+
+/// The caller's identity. One admin token for now; roles come later.
+fn authenticate(w: &Witness, req: &Request<Incoming>) -> Result<String, ApiError> {
+    let header = req
+        .headers()
+        .get(AUTHORIZATION)
+        .ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .ok_or_else(|| ApiError::Unauthorized("Authorization must be 'Bearer <token>'".into()))?;
+    if keys::digest_eq(&keys::token_hash(token), &w.settings.admin_token_hash) {
+        Ok("admin".to_string())
+    } else {
+        Err(ApiError::Unauthorized("invalid token".into()))
+    }
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(w: &Witness, req: Request<Incoming>) -> Result<T, ApiError> {
+    let limit = w.settings.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::BodyTooLarge(limit));
+    }
+    let bytes = Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                ApiError::BodyTooLarge(limit)
+            } else {
+                ApiError::BadRequest(format!("reading the request body: {e}"))
+            }
+        })?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+fn commit_input(body: CommitRequest, author: String) -> Result<CommitInput, ApiError> {
+    let key = body.idempotency_key;
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+    {
+        return Err(ApiError::BadRequest(format!(
+            "idempotency_key must be 1-{MAX_IDEMPOTENCY_KEY} characters of A-Z a-z 0-9 - _ . :"
+        )));
+    }
+    let base_hash = unhex32(&body.base.hash)
+        .ok_or_else(|| ApiError::BadRequest("base.hash must be 64 lowercase hex digits".into()))?;
+    let schema_hash = unhex32(&body.schema_hash)
+        .ok_or_else(|| ApiError::BadRequest("schema_hash must be 64 lowercase hex digits".into()))?;
+    let changeset = unb64(&body.changeset)
+        .ok_or_else(|| ApiError::BadRequest("changeset must be standard base64".into()))?;
+    Ok(CommitInput {
+        author,
+        base_seq: body.base.seq,
+        base_hash,
+        schema_version: body.schema_version,
+        schema_hash,
+        idempotency_key: key,
+        changeset,
+        policy: body.policy,
+        client_time: body.client_time,
+    })
+}
+
+fn page_query(q: &str) -> Result<(u64, u32), ApiError> {
+    let (mut after, mut limit) = (0u64, DEFAULT_PAGE);
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "after" => {
+                after = v
+                    .parse()
+                    .map_err(|_| ApiError::BadRequest("after must be a sequence number".into()))?
+            }
+            "limit" => {
+                limit = v
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!("limit must be between 1 and {MAX_PAGE}"))
+                    })?
+            }
+            _ => return Err(ApiError::BadRequest(format!("unknown query parameter {k:?}"))),
+        }
+    }
+    Ok((after, limit))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal("running a blocking task", e))?
+}
+
+async fn blocking_read<T: Send + 'static>(
+    g: &Arc<crate::group::Group>,
+    f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let g = g.clone();
+    blocking(move || {
+        g.read(f)
+            .and_then(|r| r)
+            .map_err(|e| ApiError::internal("reading the group", e))
+    })
+    .await
+}
