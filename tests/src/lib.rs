@@ -1,1 +1,390 @@
+//! Harness for end-to-end tests and the benchmark: starts the real
+//! `pdb-witness` binary on a loopback port and talks to it over real HTTP.
+//!
+//! The binary must be built first (`cargo build --release` does it; the
+//! README's test command runs it). It is looked up next to the test
+//! executable, so a `--release` test run uses the release witness.
 
+use ed25519_dalek::VerifyingKey;
+use pdb_protocol::records::Signed;
+use pdb_protocol::wire::{b64, BaseRef, CommitRequest, HeadJson, Policy, SignedJson};
+use pdb_protocol::{unhex32, Changeset, TableChanges, Value};
+use serde_json::{json, Value as Json};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+pub const TOKEN: &str = "test-admin-token-0123456789";
+
+/// `target/<profile>/<name>`, found from the running executable
+/// (`target/<profile>/deps/<test>` or `target/<profile>/<bin>`).
+pub fn target_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (cargo build --release --workspace)",
+        path.display()
+    );
+    path
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "pdb-{label}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running witness process.
+pub struct Witness {
+    child: Option<Child>,
+    pub url: String,
+    pub data_dir: PathBuf,
+    pub public_key: VerifyingKey,
+    agent: ureq::Agent,
+    port: u16,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: Json,
+}
+
+impl Reply {
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.body)
+    }
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+impl Witness {
+    /// Starts a witness on a free loopback port with its data in `dir`.
+    pub fn start(dir: &Path) -> Witness {
+        Self::start_on(dir, 0)
+    }
+
+    /// Starts on a given port (0 = any free one).
+    pub fn start_on(dir: &Path, port: u16) -> Witness {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("witness.log"))
+            .expect("log file");
+        let mut child = Command::new(target_binary("pdb-witness"))
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .env("PDB_ADMIN_TOKEN", TOKEN)
+            .env("PDB_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start pdb-witness");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines
+            .next()
+            .and_then(Result::ok)
+            .unwrap_or_else(|| panic!("witness printed nothing; see {}/witness.log", dir.display()));
+        let url = first
+            .rsplit(' ')
+            .next()
+            .expect("url on the first line")
+            .to_string();
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let port = url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+        let agent = agent();
+        let info: Json = agent
+            .get(format!("{url}/v1/witness"))
+            .call()
+            .expect("GET /v1/witness")
+            .body_mut()
+            .read_json()
+            .expect("witness json");
+        let key = unhex32(info["public_key"].as_str().expect("public_key")).expect("hex key");
+        Witness {
+            child: Some(child),
+            url,
+            data_dir: dir.join("data"),
+            public_key: VerifyingKey::from_bytes(&key).expect("valid key"),
+            agent,
+            port,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status()
+            .expect("kill -TERM");
+        c.wait().expect("wait")
+    }
+
+    pub fn request(&self, method: &str, path: &str, token: Option<&str>, body: Option<&Json>) -> Reply {
+        let url = format!("{}{path}", self.url);
+        let mut resp = match (method, body) {
+            ("GET", _) => {
+                let mut r = self.agent.get(&url);
+                if let Some(t) = token {
+                    r = r.header("Authorization", &format!("Bearer {t}"));
+                }
+                r.call()
+            }
+            (_, b) => {
+                let mut r = self.agent.post(&url);
+                if let Some(t) = token {
+                    r = r.header("Authorization", &format!("Bearer {t}"));
+                }
+                r.send_json(b.cloned().unwrap_or(Json::Null))
+            }
+        }
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(256 * 1024 * 1024)
+            .read_to_string()
+            .expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Json::String(text));
+        Reply { status, body }
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        self.request("GET", path, Some(TOKEN), None)
+    }
+
+    pub fn post(&self, path: &str, body: &Json) -> Reply {
+        self.request("POST", path, Some(TOKEN), Some(body))
+    }
+
+    pub fn create_group(&self, group: &str, ddl: &str) -> GroupRef {
+        let r = self.post("/v1/groups", &json!({ "group": group, "schema_sql": ddl }));
+        assert_eq!(r.status, 201, "create group: {r:?}");
+        GroupRef::from_json(&r.body)
+    }
+
+    /// The verified head of a group.
+    pub fn head(&self, group: &str) -> HeadJson {
+        let r = self.get(&format!("/v1/groups/{group}/head"));
+        assert_eq!(r.status, 200, "head: {r:?}");
+        let head: HeadJson = serde_json::from_value(r.body).expect("head json");
+        verify_head(&head, &self.public_key);
+        head
+    }
+
+    /// Every commit of a group, through the paged catch-up endpoint.
+    pub fn all_commits(&self, group: &str) -> Vec<Json> {
+        let mut out = Vec::new();
+        let mut after = 0;
+        loop {
+            let r = self.get(&format!("/v1/groups/{group}/commits?after={after}&limit=1000"));
+            assert_eq!(r.status, 200, "commits: {r:?}");
+            let page = r.body["commits"].as_array().cloned().unwrap_or_default();
+            out.extend(page);
+            match r.body["next_after"].as_u64() {
+                Some(n) => after = n,
+                None => return out,
+            }
+        }
+    }
+
+    /// Runs `pdb-witness verify` on this witness's data directory.
+    pub fn verify_cli(&self) -> (bool, String) {
+        verify_cli(&self.data_dir)
+    }
+}
+
+pub fn verify_cli(data_dir: &Path) -> (bool, String) {
+    let out = Command::new(target_binary("pdb-witness"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("verify")
+        .output()
+        .expect("run verify");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+impl Drop for Witness {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn verify_head(head: &HeadJson, key: &VerifyingKey) {
+    let signed = to_signed(&head.signed);
+    let rec = signed.head(key).expect("head signature verifies");
+    assert_eq!(rec.seq, head.seq);
+    assert_eq!(pdb_protocol::hex(&rec.head_hash), head.head_hash);
+}
+
+pub fn to_signed(s: &SignedJson) -> Signed {
+    s.to_signed().expect("well-formed signed record")
+}
+
+/// What a client must send with each commit for one group.
+#[derive(Clone, Debug)]
+pub struct GroupRef {
+    pub group: String,
+    pub schema_version: u32,
+    pub schema_hash: String,
+    pub schema_sql: String,
+}
+
+impl GroupRef {
+    pub fn from_json(v: &Json) -> GroupRef {
+        GroupRef {
+            group: v["group"].as_str().expect("group").to_string(),
+            schema_version: v["schema"]["version"].as_u64().expect("version") as u32,
+            schema_hash: v["schema"]["hash"].as_str().expect("hash").to_string(),
+            schema_sql: v["schema"]["sql"].as_str().expect("sql").to_string(),
+        }
+    }
+
+    pub fn commit_body(&self, base_seq: u64, base_hash: &str, key: &str, cs: &[u8], policy: Policy) -> Json {
+        serde_json::to_value(CommitRequest {
+            base: BaseRef {
+                seq: base_seq,
+                hash: base_hash.to_string(),
+            },
+            schema_version: self.schema_version,
+            schema_hash: self.schema_hash.clone(),
+            idempotency_key: key.to_string(),
+            changeset: b64(cs),
+            policy,
+            client_time: None,
+        })
+        .expect("commit json")
+    }
+}
+
+/// A one-table changeset built with the protocol codec.
+pub fn changeset(table: &str, pk_flags: &[u8], changes: Vec<pdb_protocol::Change>) -> Vec<u8> {
+    Changeset {
+        tables: vec![TableChanges {
+            name: table.to_string(),
+            pk_flags: pk_flags.to_vec(),
+            changes,
+        }],
+    }
+    .encode()
+}
+
+pub fn insert(values: Vec<Value>) -> pdb_protocol::Change {
+    pdb_protocol::Change {
+        op: pdb_protocol::Op::Insert,
+        indirect: false,
+        old: vec![],
+        new: values.into_iter().map(Some).collect(),
+    }
+}
+
+/// Runs SQL on a scratch copy of a database and returns the changeset of
+/// what it did, captured by SQLite's own session extension.
+pub fn session_changeset(db: &rusqlite::Connection, sql: &str) -> Vec<u8> {
+    let mut s = rusqlite::session::Session::new(db).expect("session");
+    s.attach::<&str>(None).expect("attach");
+    db.execute_batch(sql).expect("run sql");
+    let mut out = Vec::new();
+    s.changeset_strm(&mut out).expect("changeset");
+    out
+}
+
+/// Applies a changeset to a local database, failing on any conflict.
+pub fn apply_changeset(db: &rusqlite::Connection, cs: &[u8]) {
+    db.apply_strm(
+        &mut &cs[..],
+        None::<fn(&str) -> bool>,
+        |_, _| rusqlite::session::ConflictAction::SQLITE_CHANGESET_ABORT,
+    )
+    .expect("apply changeset");
+}
+
+/// The state root of a local database's tables, computed from scratch.
+pub fn local_root(db: &rusqlite::Connection, tables: &[&str]) -> [u8; 32] {
+    let mut root = pdb_protocol::StateRoot::empty();
+    for t in tables {
+        let mut st = db.prepare(&format!("SELECT * FROM \"{t}\"")).expect("scan");
+        let n = st.column_count();
+        let mut rows = st.query([]).expect("rows");
+        while let Some(r) = rows.next().expect("row") {
+            let row: Vec<Value> = (0..n)
+                .map(|i| match r.get_ref(i).expect("value") {
+                    rusqlite::types::ValueRef::Null => Value::Null,
+                    rusqlite::types::ValueRef::Integer(i) => Value::Integer(i),
+                    rusqlite::types::ValueRef::Real(f) => Value::Real(f),
+                    rusqlite::types::ValueRef::Text(t) => Value::Text(t.to_vec()),
+                    rusqlite::types::ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+                })
+                .collect();
+            root.add_row(t, &row);
+        }
+    }
+    root.digest()
+}
