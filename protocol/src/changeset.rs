@@ -273,7 +273,7 @@ impl Changeset {
                         }
                     }
                 }
-                if key.iter().any(|v| *v == Value::Null) {
+                if key.contains(&Value::Null) {
                     return Err(bad(Some(key), "primary key value is NULL".into()));
                 }
                 if !seen.insert((ti, value::encode_values(&key))) {

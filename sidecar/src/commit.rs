@@ -3,19 +3,16 @@
 //! thread inside a savepoint of the current batch transaction; any error
 //! rolls that savepoint back, so a rejected commit changes nothing.
 
+use crate::apply;
 use crate::error::ApiError;
 use crate::group::GroupInfo;
 use crate::read::{self, HeadState};
-use crate::sqlvalue::from_ref;
+use ed25519_dalek::SigningKey;
 use pdb_protocol::records::Signed;
 use pdb_protocol::value::encode_values;
 use pdb_protocol::wire::{CommitResponse, Policy};
-use pdb_protocol::{genesis_hash, sha256, Changeset, CommitRecord, Invalid, StateRoot, Value};
-use ed25519_dalek::SigningKey;
-use rusqlite::hooks::Action;
-use rusqlite::session::{ChangesetItem, ConflictAction, ConflictType};
+use pdb_protocol::{genesis_hash, sha256, Changeset, CommitRecord, Invalid, Value};
 use rusqlite::{params, Connection, OptionalExtension};
-use std::sync::{Arc, Mutex};
 
 pub struct CommitInput {
     pub author: String,
@@ -70,7 +67,8 @@ pub fn process(
     }
 
     let digest = sha256(&input.changeset);
-    if let Some((certificate, certified)) = read::by_idempotency_key(conn, &input.idempotency_key)? {
+    if let Some((certificate, certified)) = read::by_idempotency_key(conn, &input.idempotency_key)?
+    {
         if certified == digest {
             return Ok(CommitResponse {
                 replay: true,
@@ -143,7 +141,7 @@ pub fn process(
     }
 
     let mut root = head.root.clone();
-    apply(conn, info, &input.changeset, &touched, &mut root)?;
+    apply::apply(conn, info, &cs, &mut root)?;
 
     let seq = head.seq + 1;
     let record = CommitRecord {
@@ -176,19 +174,11 @@ pub fn process(
         ])
     })
     .map_err(db("appending to the log"))?;
-    conn.prepare_cached("UPDATE pdb_head SET seq = ?1, head_hash = ?2, root = ?3, time_ms = ?4 WHERE id = 1")
-        .and_then(|mut st| {
-            st.execute(params![
-                seq as i64,
-                head_hash.to_vec(),
-                root.to_bytes(),
-                record.time_ms as i64
-            ])
-        })
-        .map_err(db("moving the head"))?;
     {
         let mut st = conn
-            .prepare_cached("INSERT OR REPLACE INTO pdb_row_version(tbl, pk, seq) VALUES (?1, ?2, ?3)")
+            .prepare_cached(
+                "INSERT OR REPLACE INTO pdb_row_version(tbl, pk, seq) VALUES (?1, ?2, ?3)",
+            )
             .map_err(db("recording row versions"))?;
         for (table, row_key) in &touched {
             st.execute(params![table, encode_values(row_key), seq as i64])
@@ -232,97 +222,4 @@ fn row_version(conn: &Connection, table: &str, key: &[Value]) -> Result<Option<u
         })
         .map(|s| s.map(|s| s as u64))
         .map_err(db("reading row versions"))
-}
-
-/// Applies a validated changeset with SQLite's session apply, aborting on
-/// any conflict, and moves `root` by the touched rows' before and after
-/// values as read from the replica itself (exact stored values, whatever
-/// affinity did to them).
-pub fn apply(
-    conn: &Connection,
-    info: &GroupInfo,
-    changeset: &[u8],
-    touched: &[(String, Vec<Value>)],
-    root: &mut StateRoot,
-) -> Result<(), ApiError> {
-    let fetch = |table: &str, key: &[Value]| -> Result<Option<Vec<Value>>, ApiError> {
-        let t = info
-            .table_sql(table)
-            .ok_or_else(|| ApiError::internal("finding a table", table))?;
-        t.fetch(conn, key).map_err(db("reading a replica row"))
-    };
-    for (table, key) in touched {
-        if let Some(row) = fetch(table, key)? {
-            root.remove_row(table, &row);
-        }
-    }
-    let conflict: Arc<Mutex<Option<ApiError>>> = Arc::new(Mutex::new(None));
-    let slot = conflict.clone();
-    let result = conn.apply_strm(
-        &mut &changeset[..],
-        None::<fn(&str) -> bool>,
-        move |kind, item| {
-            let e = describe_conflict(&kind, item);
-            if let Ok(mut s) = slot.lock() {
-                s.get_or_insert(e);
-            }
-            ConflictAction::SQLITE_CHANGESET_ABORT
-        },
-    );
-    if let Err(e) = result {
-        let found = conflict.lock().ok().and_then(|mut s| s.take());
-        return Err(found.unwrap_or_else(|| ApiError::InvalidChangeset {
-            table: None,
-            key: None,
-            message: format!("SQLite could not apply the changeset: {e}"),
-        }));
-    }
-    for (table, key) in touched {
-        if let Some(row) = fetch(table, key)? {
-            root.add_row(table, &row);
-        }
-    }
-    Ok(())
-}
-
-fn describe_conflict(kind: &ConflictType, item: &ChangesetItem) -> ApiError {
-    let message = match kind {
-        ConflictType::SQLITE_CHANGESET_DATA => {
-            "the row's current values differ from the changeset's old values"
-        }
-        ConflictType::SQLITE_CHANGESET_NOTFOUND => "the row does not exist",
-        ConflictType::SQLITE_CHANGESET_CONFLICT => "a row with this primary key already exists",
-        ConflictType::SQLITE_CHANGESET_CONSTRAINT => {
-            "the change violates a constraint (NOT NULL, CHECK or UNIQUE)"
-        }
-        ConflictType::SQLITE_CHANGESET_FOREIGN_KEY => "the change violates a foreign key",
-        _ => "the change conflicts with the replica",
-    };
-    let (table, key) = item
-        .op()
-        .ok()
-        .map(|op| {
-            let table = op.table_name().to_string();
-            let n = op.number_of_columns().max(0) as usize;
-            let insert = matches!(op.code(), Action::SQLITE_INSERT);
-            let flags = item.pk().map(<[u8]>::to_vec).unwrap_or_default();
-            let key = (0..n)
-                .filter(|i| flags.get(*i).is_some_and(|f| *f != 0))
-                .filter_map(|i| {
-                    let v = if insert {
-                        item.new_value(i)
-                    } else {
-                        item.old_value(i)
-                    };
-                    v.ok().map(from_ref)
-                })
-                .collect();
-            (table, key)
-        })
-        .unwrap_or_default();
-    ApiError::ChangesetConflict {
-        table,
-        key,
-        message: message.to_string(),
-    }
 }

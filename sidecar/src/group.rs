@@ -58,29 +58,42 @@ impl GroupInfo {
 /// SQL text for one table, built once from the schema with quoted names.
 pub struct TableSql {
     pub name: String,
+    pub columns: Vec<String>,
     pub pk_cols: Vec<usize>,
+    /// Quoted column names, comma-separated, in column order.
+    pub column_list: String,
     pub select_by_pk: String,
     pub scan: String,
+    pub insert: String,
+    pub delete: String,
 }
 
 impl TableSql {
     fn new(t: &pdb_protocol::Table) -> TableSql {
         let cols: Vec<String> = t.columns.iter().map(|c| ident(&c.name)).collect();
-        let pk_cols: Vec<usize> = (0..t.columns.len()).filter(|i| t.columns[*i].pk > 0).collect();
+        let pk_cols: Vec<usize> = (0..t.columns.len())
+            .filter(|i| t.columns[*i].pk > 0)
+            .collect();
         let cond: Vec<String> = pk_cols
             .iter()
             .enumerate()
             .map(|(n, i)| format!("{} = ?{}", cols[*i], n + 1))
             .collect();
+        let list = cols.join(", ");
+        let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
+        let table = ident(&t.name);
+        let cond = cond.join(" AND ");
         TableSql {
             name: t.name.clone(),
-            select_by_pk: format!(
-                "SELECT {} FROM {} WHERE {}",
-                cols.join(", "),
-                ident(&t.name),
-                cond.join(" AND ")
+            columns: t.columns.iter().map(|c| c.name.clone()).collect(),
+            select_by_pk: format!("SELECT {list} FROM {table} WHERE {cond}"),
+            scan: format!("SELECT {list} FROM {table}"),
+            insert: format!(
+                "INSERT INTO {table} ({list}) VALUES ({}) RETURNING {list}",
+                marks.join(", ")
             ),
-            scan: format!("SELECT {} FROM {}", cols.join(", "), ident(&t.name)),
+            delete: format!("DELETE FROM {table} WHERE {cond}"),
+            column_list: list,
             pk_cols,
         }
     }
@@ -147,9 +160,12 @@ pub fn open_conn(path: &Path, writer: bool) -> rusqlite::Result<Connection> {
             )));
         }
         // A commit is durable when COMMIT returns: the WAL is fsynced.
-        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+        // Foreign keys stay off: the replica must change by exactly the rows a
+        // changeset names (cascades arrive as rows of their own), or the
+        // state root would miss rows SQLite changed on its own.
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF;")?;
     }
-    conn.set_prepared_statement_cache_capacity(64);
+    conn.set_prepared_statement_cache_capacity(256);
     Ok(conn)
 }
 
@@ -161,6 +177,7 @@ fn meta<T: rusqlite::types::FromSql>(conn: &Connection, k: &str) -> rusqlite::Re
 pub struct Group {
     pub info: Arc<GroupInfo>,
     pub path: PathBuf,
+    pub stats: Arc<writer::Stats>,
     writer: Mutex<Option<(mpsc::Sender<Job>, std::thread::JoinHandle<()>)>>,
     readers: Mutex<Vec<Connection>>,
 }
@@ -192,10 +209,19 @@ impl Group {
             let tx = conn.transaction().map_err(|e| e.to_string())?;
             for (k, v) in [
                 ("group", rusqlite::types::Value::Text(id.into())),
-                ("schema_sql", rusqlite::types::Value::Text(schema_sql.into())),
-                ("schema_version", rusqlite::types::Value::Integer(version.into())),
+                (
+                    "schema_sql",
+                    rusqlite::types::Value::Text(schema_sql.into()),
+                ),
+                (
+                    "schema_version",
+                    rusqlite::types::Value::Integer(version.into()),
+                ),
                 ("schema_hash", rusqlite::types::Value::Blob(hash.to_vec())),
-                ("created_ms", rusqlite::types::Value::Integer(read::now_ms() as i64)),
+                (
+                    "created_ms",
+                    rusqlite::types::Value::Integer(read::now_ms() as i64),
+                ),
             ] {
                 tx.execute("INSERT INTO pdb_meta(k, v) VALUES (?1, ?2)", params![k, v])
                     .map_err(|e| e.to_string())?;
@@ -233,9 +259,11 @@ impl Group {
         migrate(&conn)?;
         let info = Arc::new(load_info(&conn)?);
         let head = read::head(&conn)?;
-        let (tx, handle) = writer::start(conn, info.clone(), key, head);
+        let stats = Arc::new(writer::Stats::default());
+        let (tx, handle) = writer::start(conn, info.clone(), key, head, stats.clone());
         Ok(Group {
             info,
+            stats,
             path: path.to_path_buf(),
             writer: Mutex::new(Some((tx, handle))),
             readers: Mutex::new(Vec::new()),
@@ -243,11 +271,13 @@ impl Group {
     }
 
     /// Queues a commit for the writer. Fails only when shutting down.
-    pub fn submit(&self, job: Job) -> Result<(), Job> {
+    pub fn submit(&self, job: Job) -> Result<(), crate::error::ApiError> {
+        let stopping =
+            || crate::error::ApiError::Unavailable("the witness is shutting down; retry".into());
         let guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         match guard.as_ref() {
-            Some((tx, _)) => tx.send(job).map_err(|e| e.0),
-            None => Err(job),
+            Some((tx, _)) => tx.send(job).map_err(|_| stopping()),
+            None => Err(stopping()),
         }
     }
 

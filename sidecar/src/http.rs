@@ -85,7 +85,10 @@ pub async fn run(
     Ok(())
 }
 
-async fn handle(w: Arc<Witness>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    w: Arc<Witness>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -125,12 +128,14 @@ async fn route(w: &Arc<Witness>, req: Request<Incoming>) -> Reply {
                 },
             )
         }
-        (&Method::GET, ["healthz"]) => return Ok((StatusCode::OK, serde_json::json!({"ok": true}))),
+        (&Method::GET, ["healthz"]) => {
+            return Ok((StatusCode::OK, serde_json::json!({"ok": true})))
+        }
         _ => {}
     }
     let known = matches!(
         segs.as_slice(),
-        ["v1", "groups"] | ["v1", "groups", _] | ["v1", "groups", _, "head" | "commits"]
+        ["v1", "groups"] | ["v1", "groups", _] | ["v1", "groups", _, "head" | "commits" | "stats"]
     );
     if !known {
         return Err(ApiError::NotFound(format!("no such endpoint: {path}")));
@@ -141,28 +146,36 @@ async fn route(w: &Arc<Witness>, req: Request<Incoming>) -> Reply {
             let body: CreateGroupRequest = read_json(w, req).await?;
             let w2 = w.clone();
             let g = blocking(move || {
-                w2.create_group(&body.group, &body.schema_sql, body.schema_version.unwrap_or(1))
+                w2.create_group(
+                    &body.group,
+                    &body.schema_sql,
+                    body.schema_version.unwrap_or(1),
+                )
             })
             .await?;
-            let head = blocking_read(&g, |c| read::head(c)).await?;
+            let head = blocking_read(&g, read::head).await?;
             json(StatusCode::CREATED, &group_json(w, &g, &head))
         }
-        (Method::GET, ["v1", "groups"]) => {
-            Ok((StatusCode::OK, serde_json::json!({ "groups": w.group_ids() })))
-        }
+        (Method::GET, ["v1", "groups"]) => Ok((
+            StatusCode::OK,
+            serde_json::json!({ "groups": w.group_ids() }),
+        )),
         (Method::GET, ["v1", "groups", g]) => {
             let g = w.group(g)?;
-            let head = blocking_read(&g, |c| read::head(c)).await?;
+            let head = blocking_read(&g, read::head).await?;
             json(StatusCode::OK, &group_json(w, &g, &head))
         }
         (Method::GET, ["v1", "groups", g, "head"]) => {
             let g = w.group(g)?;
-            let head = blocking_read(&g, |c| read::head(c)).await?;
+            let head = blocking_read(&g, read::head).await?;
             let i = &g.info;
             json(
                 StatusCode::OK,
                 &read::sign_head(&w.key, &i.id, i.schema.version, &i.schema_hash, &head),
             )
+        }
+        (Method::GET, ["v1", "groups", g, "stats"]) => {
+            Ok((StatusCode::OK, w.group(g)?.stats.json()))
         }
         (Method::GET, ["v1", "groups", g, "commits"]) => {
             let g = w.group(g)?;
@@ -170,7 +183,8 @@ async fn route(w: &Arc<Witness>, req: Request<Incoming>) -> Reply {
             let g2 = g.clone();
             let (head, commits) = blocking(move || {
                 g2.read(|c| -> Result<_, ApiError> {
-                    let head = read::head(c).map_err(|e| ApiError::internal("reading the head", e))?;
+                    let head =
+                        read::head(c).map_err(|e| ApiError::internal("reading the head", e))?;
                     let commits = read::log_page(c, after, limit, head.seq)?;
                     Ok((head, commits))
                 })
@@ -193,8 +207,7 @@ async fn route(w: &Arc<Witness>, req: Request<Incoming>) -> Reply {
             let body: CommitRequest = read_json(w, req).await?;
             let input = commit_input(body, author)?;
             let (tx, rx) = tokio::sync::oneshot::channel();
-            g.submit(Job { input, reply: tx })
-                .map_err(|_| ApiError::Unavailable("the witness is shutting down; retry".into()))?;
+            g.submit(Job { input, reply: tx })?;
             let resp = rx
                 .await
                 .map_err(|_| ApiError::Unavailable("the group writer stopped; retry".into()))??;
@@ -236,7 +249,10 @@ fn authenticate(w: &Witness, req: &Request<Incoming>) -> Result<String, ApiError
     }
 }
 
-async fn read_json<T: serde::de::DeserializeOwned>(w: &Witness, req: Request<Incoming>) -> Result<T, ApiError> {
+async fn read_json<T: serde::de::DeserializeOwned>(
+    w: &Witness,
+    req: Request<Incoming>,
+) -> Result<T, ApiError> {
     let limit = w.settings.max_body_bytes;
     let declared = req
         .headers()
@@ -250,14 +266,17 @@ async fn read_json<T: serde::de::DeserializeOwned>(w: &Witness, req: Request<Inc
         .collect()
         .await
         .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 ApiError::BodyTooLarge(limit)
             } else {
                 ApiError::BadRequest(format!("reading the request body: {e}"))
             }
         })?
         .to_bytes();
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
 fn commit_input(body: CommitRequest, author: String) -> Result<CommitInput, ApiError> {
@@ -274,8 +293,9 @@ fn commit_input(body: CommitRequest, author: String) -> Result<CommitInput, ApiE
     }
     let base_hash = unhex32(&body.base.hash)
         .ok_or_else(|| ApiError::BadRequest("base.hash must be 64 lowercase hex digits".into()))?;
-    let schema_hash = unhex32(&body.schema_hash)
-        .ok_or_else(|| ApiError::BadRequest("schema_hash must be 64 lowercase hex digits".into()))?;
+    let schema_hash = unhex32(&body.schema_hash).ok_or_else(|| {
+        ApiError::BadRequest("schema_hash must be 64 lowercase hex digits".into())
+    })?;
     let changeset = unb64(&body.changeset)
         .ok_or_else(|| ApiError::BadRequest("changeset must be standard base64".into()))?;
     Ok(CommitInput {
@@ -310,7 +330,11 @@ fn page_query(q: &str) -> Result<(u64, u32), ApiError> {
                         ApiError::BadRequest(format!("limit must be between 1 and {MAX_PAGE}"))
                     })?
             }
-            _ => return Err(ApiError::BadRequest(format!("unknown query parameter {k:?}"))),
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter {k:?}"
+                )))
+            }
         }
     }
     Ok((after, limit))

@@ -61,15 +61,18 @@ pub fn token_hash(token: &str) -> [u8; 32] {
 /// Where the admin token comes from: the configuration (flag or
 /// environment), else a hash stored at first start. Returns the hash and,
 /// only when one was just generated, the token itself to show once.
-pub fn admin_token(data_dir: &Path, configured: Option<&str>) -> std::io::Result<([u8; 32], Option<String>)> {
+pub fn admin_token(
+    data_dir: &Path,
+    configured: Option<&str>,
+) -> std::io::Result<([u8; 32], Option<String>)> {
     if let Some(t) = configured {
         return Ok((token_hash(t), None));
     }
     let path = data_dir.join(TOKEN_HASH_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(s) => unhex32(s.trim())
-            .map(|h| (h, None))
-            .ok_or_else(|| std::io::Error::other(format!("{} is not a SHA-256 hex digest", path.display()))),
+        Ok(s) => unhex32(s.trim()).map(|h| (h, None)).ok_or_else(|| {
+            std::io::Error::other(format!("{} is not a SHA-256 hex digest", path.display()))
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let token = format!("pdb_{}", hex(&random32()?));
             let h = token_hash(&token);

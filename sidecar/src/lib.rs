@@ -1,6 +1,7 @@
 //! The PersonalDB witness: authorises calls, orders each group's commits
 //! into one signed, linear, durable history, and serves it.
 
+pub mod apply;
 pub mod commit;
 pub mod error;
 pub mod group;

@@ -8,7 +8,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "pdb-witness", version, about = "PersonalDB witness: orders, certifies and serves each group's history")]
+#[command(
+    name = "pdb-witness",
+    version,
+    about = "PersonalDB witness: orders, certifies and serves each group's history"
+)]
 struct Cli {
     /// Directory for the signing key, the token hash and the group files.
     #[arg(long, env = "PDB_DATA_DIR", default_value = ".pdb-data", global = true)]
@@ -86,7 +90,9 @@ fn main() -> std::process::ExitCode {
 fn init_logs(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PDB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         b.json().init();
     } else {
@@ -97,7 +103,8 @@ fn init_logs(format: &str) {
 /// Holds an exclusive lock on the data directory while serving, so offline
 /// commands never write under a running witness.
 fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File, String> {
-    std::fs::create_dir_all(data_dir).map_err(|e| format!("creating {}: {e}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| format!("creating {}: {e}", data_dir.display()))?;
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -179,7 +186,8 @@ fn create_group(
     version: u32,
 ) -> Result<(), String> {
     let _lock = lock_data_dir(data_dir)?;
-    let ddl = std::fs::read_to_string(schema).map_err(|e| format!("reading {}: {e}", schema.display()))?;
+    let ddl = std::fs::read_to_string(schema)
+        .map_err(|e| format!("reading {}: {e}", schema.display()))?;
     let (key, _) = keys::load_or_create_key(data_dir).map_err(|e| e.to_string())?;
     let settings = Settings {
         data_dir: data_dir.to_path_buf(),

@@ -71,7 +71,8 @@ pub fn sign_head(
 }
 
 pub fn certificate_json(record: Vec<u8>, signature: Vec<u8>) -> Result<CertificateJson, ApiError> {
-    let rec = CommitRecord::decode(&record).map_err(|e| ApiError::internal("decoding a stored certificate", e))?;
+    let rec = CommitRecord::decode(&record)
+        .map_err(|e| ApiError::internal("decoding a stored certificate", e))?;
     let signature: [u8; 64] = signature
         .try_into()
         .map_err(|_| ApiError::internal("reading a stored signature", "wrong length"))?;
@@ -101,7 +102,10 @@ pub fn by_idempotency_key(
 ) -> Result<Option<(CertificateJson, [u8; 32])>, ApiError> {
     let row: Option<(Vec<u8>, Vec<u8>)> = conn
         .prepare_cached("SELECT record, signature FROM pdb_log WHERE idem_key = ?1")
-        .and_then(|mut s| s.query_row([key], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .and_then(|mut s| {
+            s.query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
         .map_err(|e| ApiError::internal("looking up an idempotency key", e))?;
     match row {
         None => Ok(None),

@@ -126,13 +126,20 @@ mod tests {
         .unwrap();
         assert_eq!(s.version, 3);
         assert_eq!(s.tables.len(), 2);
-        assert_eq!(s.table("TASKS").unwrap().columns[2].default.as_deref(), Some("0"));
+        assert_eq!(
+            s.table("TASKS").unwrap().columns[2].default.as_deref(),
+            Some("0")
+        );
     }
 
     #[test]
     fn same_shape_same_hash_whatever_the_formatting() {
         let a = parse("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);", 1).unwrap();
-        let b = parse("create   table t (\n id integer primary key,\n v text\n)", 1).unwrap();
+        let b = parse(
+            "create   table t (\n id integer primary key,\n v text\n)",
+            1,
+        )
+        .unwrap();
         assert_eq!(a.hash(), b.hash());
         let c = parse("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB);", 1).unwrap();
         assert_ne!(a.hash(), c.hash());

@@ -7,14 +7,42 @@ use crate::commit::{self, CommitInput};
 use crate::error::ApiError;
 use crate::group::GroupInfo;
 use crate::read::{self, HeadState};
-use pdb_protocol::wire::CommitResponse;
 use ed25519_dalek::SigningKey;
+use pdb_protocol::wire::CommitResponse;
 use rusqlite::Connection;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use tokio::sync::oneshot;
 
 /// Most commits made durable by one fsync.
 pub const MAX_BATCH: usize = 256;
+
+/// Counters a group's writer keeps, for operators and the benchmark.
+#[derive(Default)]
+pub struct Stats {
+    /// Durable writes (COMMITs), each covering one batch.
+    pub batches: AtomicU64,
+    /// Commit requests answered (accepted, replayed or rejected).
+    pub requests: AtomicU64,
+    /// Commits appended to the log.
+    pub accepted: AtomicU64,
+}
+
+impl Stats {
+    pub fn json(&self) -> serde_json::Value {
+        let (b, r, a) = (
+            self.batches.load(Ordering::Relaxed),
+            self.requests.load(Ordering::Relaxed),
+            self.accepted.load(Ordering::Relaxed),
+        );
+        serde_json::json!({
+            "batches": b,
+            "requests": r,
+            "accepted": a,
+            "requests_per_batch": if b == 0 { 0.0 } else { r as f64 / b as f64 },
+        })
+    }
+}
 
 pub struct Job {
     pub input: CommitInput,
@@ -26,12 +54,13 @@ pub fn start(
     info: Arc<GroupInfo>,
     key: Arc<SigningKey>,
     head: HeadState,
+    stats: Arc<Stats>,
 ) -> (mpsc::Sender<Job>, std::thread::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel::<Job>();
     let name = format!("pdb-writer-{}", info.id);
     let handle = std::thread::Builder::new()
         .name(name)
-        .spawn(move || run(conn, &info, &key, head, rx))
+        .spawn(move || run(conn, &info, &key, head, &stats, rx))
         .unwrap_or_else(|e| panic!("cannot start a writer thread: {e}"));
     (tx, handle)
 }
@@ -40,7 +69,10 @@ fn run(
     conn: Connection,
     info: &GroupInfo,
     key: &SigningKey,
-    mut head: HeadState, rx: mpsc::Receiver<Job>) {
+    mut head: HeadState,
+    stats: &Stats,
+    rx: mpsc::Receiver<Job>,
+) {
     // recv() fails once every sender is gone: that is shutdown, after the
     // queue has been drained.
     while let Ok(first) = rx.recv() {
@@ -52,6 +84,7 @@ fn run(
             }
         }
         let before = head.clone();
+        let before_seq = before.seq;
         let results = match write_batch(&conn, info, key, &mut head, &batch) {
             Ok(results) => results,
             Err(e) => {
@@ -64,6 +97,13 @@ fn run(
                     .collect()
             }
         };
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats
+            .requests
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats
+            .accepted
+            .fetch_add(head.seq.saturating_sub(before_seq), Ordering::Relaxed);
         tracing::debug!(group = %info.id, size = batch.len(), seq = head.seq, "batch durable");
         for (job, result) in batch.into_iter().zip(results) {
             let _ = job.reply.send(result);
@@ -84,14 +124,25 @@ fn write_batch(
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
-        conn.execute_batch("SAVEPOINT pdb_commit")?;
+        conn.prepare_cached("SAVEPOINT pdb_commit")?.execute([])?;
         let result = commit::process(conn, info, key, head, &job.input);
         if result.is_err() {
-            conn.execute_batch("ROLLBACK TO pdb_commit")?;
+            conn.prepare_cached("ROLLBACK TO pdb_commit")?.execute([])?;
         }
-        conn.execute_batch("RELEASE pdb_commit")?;
+        conn.prepare_cached("RELEASE pdb_commit")?.execute([])?;
         results.push(result);
     }
+    // The head row moves once per batch; the in-memory head is the truth
+    // between commits of one batch.
+    conn.prepare_cached(
+        "UPDATE pdb_head SET seq = ?1, head_hash = ?2, root = ?3, time_ms = ?4 WHERE id = 1",
+    )?
+    .execute(rusqlite::params![
+        head.seq as i64,
+        head.hash.to_vec(),
+        head.root.to_bytes(),
+        head.time_ms as i64
+    ])?;
     conn.execute_batch("COMMIT")?;
     Ok(results)
 }

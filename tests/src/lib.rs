@@ -123,10 +123,9 @@ impl Witness {
             .expect("start pdb-witness");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let first = lines
-            .next()
-            .and_then(Result::ok)
-            .unwrap_or_else(|| panic!("witness printed nothing; see {}/witness.log", dir.display()));
+        let first = lines.next().and_then(Result::ok).unwrap_or_else(|| {
+            panic!("witness printed nothing; see {}/witness.log", dir.display())
+        });
         let url = first
             .rsplit(' ')
             .next()
@@ -134,7 +133,11 @@ impl Witness {
             .to_string();
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        let port = url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+        let port = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
         let agent = agent();
         let info: Json = agent
             .get(format!("{url}/v1/witness"))
@@ -181,7 +184,13 @@ impl Witness {
         c.wait().expect("wait")
     }
 
-    pub fn request(&self, method: &str, path: &str, token: Option<&str>, body: Option<&Json>) -> Reply {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Json>,
+    ) -> Reply {
         let url = format!("{}{path}", self.url);
         let mut resp = match (method, body) {
             ("GET", _) => {
@@ -239,7 +248,9 @@ impl Witness {
         let mut out = Vec::new();
         let mut after = 0;
         loop {
-            let r = self.get(&format!("/v1/groups/{group}/commits?after={after}&limit=1000"));
+            let r = self.get(&format!(
+                "/v1/groups/{group}/commits?after={after}&limit=1000"
+            ));
             assert_eq!(r.status, 200, "commits: {r:?}");
             let page = r.body["commits"].as_array().cloned().unwrap_or_default();
             out.extend(page);
@@ -307,7 +318,14 @@ impl GroupRef {
         }
     }
 
-    pub fn commit_body(&self, base_seq: u64, base_hash: &str, key: &str, cs: &[u8], policy: Policy) -> Json {
+    pub fn commit_body(
+        &self,
+        base_seq: u64,
+        base_hash: &str,
+        key: &str,
+        cs: &[u8],
+        policy: Policy,
+    ) -> Json {
         serde_json::to_value(CommitRequest {
             base: BaseRef {
                 seq: base_seq,
@@ -358,11 +376,9 @@ pub fn session_changeset(db: &rusqlite::Connection, sql: &str) -> Vec<u8> {
 
 /// Applies a changeset to a local database, failing on any conflict.
 pub fn apply_changeset(db: &rusqlite::Connection, cs: &[u8]) {
-    db.apply_strm(
-        &mut &cs[..],
-        None::<fn(&str) -> bool>,
-        |_, _| rusqlite::session::ConflictAction::SQLITE_CHANGESET_ABORT,
-    )
+    db.apply_strm(&mut &cs[..], None::<fn(&str) -> bool>, |_, _| {
+        rusqlite::session::ConflictAction::SQLITE_CHANGESET_ABORT
+    })
     .expect("apply changeset");
 }
 

@@ -9,13 +9,19 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const DDL: &str = "CREATE TABLE items(id INTEGER PRIMARY KEY, client INTEGER NOT NULL, n INTEGER, note TEXT);";
+const DDL: &str =
+    "CREATE TABLE items(id INTEGER PRIMARY KEY, client INTEGER NOT NULL, n INTEGER, note TEXT);";
 
 fn item(id: i64, client: i64, n: i64) -> Vec<u8> {
     changeset(
         "items",
         &[1, 0, 0, 0],
-        vec![insert(vec![Value::Integer(id), Value::Integer(client), Value::Integer(n), Value::text("x")])],
+        vec![insert(vec![
+            Value::Integer(id),
+            Value::Integer(client),
+            Value::Integer(n),
+            Value::text("x"),
+        ])],
     )
 }
 
@@ -25,7 +31,10 @@ fn commits_path(g: &GroupRef) -> String {
 
 fn commit(w: &Witness, g: &GroupRef, key: &str, cs: &[u8], policy: Policy) -> Reply {
     let h = w.head(&g.group);
-    w.post(&commits_path(g), &g.commit_body(h.seq, &h.head_hash, key, cs, policy))
+    w.post(
+        &commits_path(g),
+        &g.commit_body(h.seq, &h.head_hash, key, cs, policy),
+    )
 }
 
 /// Checks the whole log as a client would: contiguous sequence numbers,
@@ -35,7 +44,11 @@ fn commit(w: &Witness, g: &GroupRef, key: &str, cs: &[u8], policy: Policy) -> Re
 fn check_history(w: &Witness, g: &GroupRef, tables: &[&str]) -> Vec<String> {
     let head = w.head(&g.group);
     let commits = w.all_commits(&g.group);
-    assert_eq!(commits.len() as u64, head.seq, "one log entry per sequence number");
+    assert_eq!(
+        commits.len() as u64,
+        head.seq,
+        "one log entry per sequence number"
+    );
     let db = rusqlite::Connection::open_in_memory().unwrap();
     db.execute_batch(&g.schema_sql).unwrap();
     let mut prev: Option<[u8; 32]> = None;
@@ -54,7 +67,12 @@ fn check_history(w: &Witness, g: &GroupRef, tables: &[&str]) -> Vec<String> {
         }
         prev = Some(sha256(&signed.bytes));
         apply_changeset(&db, &cs);
-        assert_eq!(rec.state_root, local_root(&db, tables), "root after commit {}", rec.seq);
+        assert_eq!(
+            rec.state_root,
+            local_root(&db, tables),
+            "root after commit {}",
+            rec.seq
+        );
         keys.push(rec.idempotency_key);
     }
     if let Some(p) = prev {
@@ -70,7 +88,13 @@ fn replay_returns_the_original_certificate_even_after_the_head_moved() {
     let w = Witness::start(dir.path());
     let g = w.create_group("g", DDL);
     let h0 = w.head("g");
-    let body = g.commit_body(h0.seq, &h0.head_hash, "same-key", &item(1, 1, 1), Policy::Strict);
+    let body = g.commit_body(
+        h0.seq,
+        &h0.head_hash,
+        "same-key",
+        &item(1, 1, 1),
+        Policy::Strict,
+    );
     let first = w.post(&commits_path(&g), &body);
     assert_eq!(first.status, 201, "{first:?}");
     let first: CommitResponse = serde_json::from_value(first.body).unwrap();
@@ -81,8 +105,17 @@ fn replay_returns_the_original_certificate_even_after_the_head_moved() {
         assert_eq!(again.status, 200, "{again:?}");
         let again: CommitResponse = serde_json::from_value(again.body).unwrap();
         assert!(again.replay);
-        assert_eq!(again.certificate, first.certificate, "the original certificate");
-        let r = commit(&w, &g, &format!("other-{round}"), &item(10 + round, 2, 0), Policy::Strict);
+        assert_eq!(
+            again.certificate, first.certificate,
+            "the original certificate"
+        );
+        let r = commit(
+            &w,
+            &g,
+            &format!("other-{round}"),
+            &item(10 + round, 2, 0),
+            Policy::Strict,
+        );
         assert_eq!(r.status, 201);
     }
     // Also after a restart.
@@ -90,9 +123,16 @@ fn replay_returns_the_original_certificate_even_after_the_head_moved() {
     let w = Witness::start(dir.path());
     let again = w.post(&commits_path(&g), &body);
     assert_eq!(again.status, 200);
-    assert_eq!(again.body["certificate"], serde_json::to_value(&first.certificate).unwrap());
+    assert_eq!(
+        again.body["certificate"],
+        serde_json::to_value(&first.certificate).unwrap()
+    );
     let keys = check_history(&w, &g, &["items"]);
-    assert_eq!(keys.iter().filter(|k| *k == "same-key").count(), 1, "applied once");
+    assert_eq!(
+        keys.iter().filter(|k| *k == "same-key").count(),
+        1,
+        "applied once"
+    );
 }
 
 #[test]
@@ -100,34 +140,66 @@ fn rebase_if_clean_accepts_untouched_rows_only() {
     let dir = TempDir::new("policy");
     let w = Witness::start(dir.path());
     let g = w.create_group("g", DDL);
-    assert_eq!(commit(&w, &g, "a", &item(1, 1, 0), Policy::Strict).status, 201);
+    assert_eq!(
+        commit(&w, &g, "a", &item(1, 1, 0), Policy::Strict).status,
+        201
+    );
     let base = w.head("g");
     // Someone else changes row 1 and inserts row 2.
     let upd = {
         let db = rusqlite::Connection::open_in_memory().unwrap();
         db.execute_batch(DDL).unwrap();
-        db.execute_batch("INSERT INTO items VALUES (1, 1, 0, 'x')").unwrap();
-        session_changeset(&db, "UPDATE items SET n = 5 WHERE id = 1; INSERT INTO items VALUES (2, 9, 0, 'y');")
+        db.execute_batch("INSERT INTO items VALUES (1, 1, 0, 'x')")
+            .unwrap();
+        session_changeset(
+            &db,
+            "UPDATE items SET n = 5 WHERE id = 1; INSERT INTO items VALUES (2, 9, 0, 'y');",
+        )
     };
     assert_eq!(commit(&w, &g, "b", &upd, Policy::Strict).status, 201);
     let path = commits_path(&g);
     // From the old base: strict is stale, rebase_if_clean on a fresh row is accepted.
     let fresh = item(3, 1, 0);
-    let r = w.post(&path, &g.commit_body(base.seq, &base.head_hash, "c", &fresh, Policy::Strict));
+    let r = w.post(
+        &path,
+        &g.commit_body(base.seq, &base.head_hash, "c", &fresh, Policy::Strict),
+    );
     assert_eq!((r.status, r.code()), (409, "stale_head"));
-    let r = w.post(&path, &g.commit_body(base.seq, &base.head_hash, "c", &fresh, Policy::RebaseIfClean));
+    let r = w.post(
+        &path,
+        &g.commit_body(
+            base.seq,
+            &base.head_hash,
+            "c",
+            &fresh,
+            Policy::RebaseIfClean,
+        ),
+    );
     assert_eq!(r.status, 201, "{r:?}");
     // A row changed since the base is refused even with the policy.
     let touch = {
         let db = rusqlite::Connection::open_in_memory().unwrap();
         db.execute_batch(DDL).unwrap();
-        db.execute_batch("INSERT INTO items VALUES (1, 1, 5, 'x')").unwrap();
+        db.execute_batch("INSERT INTO items VALUES (1, 1, 5, 'x')")
+            .unwrap();
         session_changeset(&db, "UPDATE items SET note = 'mine' WHERE id = 1")
     };
     let before = w.head("g");
-    let r = w.post(&path, &g.commit_body(base.seq, &base.head_hash, "d", &touch, Policy::RebaseIfClean));
+    let r = w.post(
+        &path,
+        &g.commit_body(
+            base.seq,
+            &base.head_hash,
+            "d",
+            &touch,
+            Policy::RebaseIfClean,
+        ),
+    );
     assert_eq!((r.status, r.code()), (409, "stale_head"), "{r:?}");
-    assert!(r.body["error"]["message"].as_str().unwrap().contains("items"));
+    assert!(r.body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("items"));
     assert_eq!(w.head("g").head_hash, before.head_hash);
     check_history(&w, &g, &["items"]);
 }
@@ -149,12 +221,19 @@ fn eight_concurrent_clients_make_one_linear_chain() {
                     // rebase_if_clean commits that go straight through.
                     let key = format!("c{c}-{i}");
                     let cs = item(c * 1000 + i, c, i);
-                    let policy = if i % 2 == 0 { Policy::Strict } else { Policy::RebaseIfClean };
+                    let policy = if i % 2 == 0 {
+                        Policy::Strict
+                    } else {
+                        Policy::RebaseIfClean
+                    };
                     loop {
                         let r = commit(&w, &g, &key, &cs, policy);
                         match (r.status, r.code()) {
                             (201, _) => {
-                                accepted.lock().unwrap().push((key.clone(), r.body["certificate"].clone()));
+                                accepted
+                                    .lock()
+                                    .unwrap()
+                                    .push((key.clone(), r.body["certificate"].clone()));
                                 break;
                             }
                             (409, "stale_head") => continue,
@@ -192,7 +271,10 @@ fn catch_up_pages_are_bounded_and_complete() {
     let w = Witness::start(dir.path());
     let g = w.create_group("g", DDL);
     for i in 0..25 {
-        assert_eq!(commit(&w, &g, &format!("k{i}"), &item(i, 0, i), Policy::Strict).status, 201);
+        assert_eq!(
+            commit(&w, &g, &format!("k{i}"), &item(i, 0, i), Policy::Strict).status,
+            201
+        );
     }
     let mut after = 0;
     let mut seen = Vec::new();
@@ -202,7 +284,10 @@ fn catch_up_pages_are_bounded_and_complete() {
         let page = r.body["commits"].as_array().unwrap();
         assert!(page.len() <= 10);
         seen.extend(page.iter().map(|c| c["seq"].as_u64().unwrap()));
-        verify_head(&serde_json::from_value(r.body["head"].clone()).unwrap(), &w.public_key);
+        verify_head(
+            &serde_json::from_value(r.body["head"].clone()).unwrap(),
+            &w.public_key,
+        );
         match r.body["next_after"].as_u64() {
             Some(n) => after = n,
             None => break,
@@ -242,8 +327,12 @@ fn kill_9_while_committing_loses_no_certified_commit() {
                             .header("Authorization", &format!("Bearer {TOKEN}"))
                             .call();
                         let Ok(mut head) = head else { return };
-                        let Ok(head): Result<Json, _> = head.body_mut().read_json() else { return };
-                        let (Some(seq), Some(hash)) = (head["seq"].as_u64(), head["head_hash"].as_str()) else {
+                        let Ok(head): Result<Json, _> = head.body_mut().read_json() else {
+                            return;
+                        };
+                        let (Some(seq), Some(hash)) =
+                            (head["seq"].as_u64(), head["head_hash"].as_str())
+                        else {
                             return;
                         };
                         let body = g.commit_body(seq, hash, &key, &cs, Policy::RebaseIfClean);
@@ -254,7 +343,10 @@ fn kill_9_while_committing_loses_no_certified_commit() {
                         let Ok(mut r) = r else { return };
                         if r.status().as_u16() == 201 {
                             if let Ok(b) = r.body_mut().read_json::<Json>() {
-                                certified.lock().unwrap().push((key, b["certificate"].clone()));
+                                certified
+                                    .lock()
+                                    .unwrap()
+                                    .push((key, b["certificate"].clone()));
                             }
                         }
                         i += 1;
@@ -273,7 +365,11 @@ fn kill_9_while_committing_loses_no_certified_commit() {
         w = Witness::start(dir.path());
     }
     let certified = certified.lock().unwrap();
-    assert!(certified.len() > 30, "the clients got certificates before each kill ({})", certified.len());
+    assert!(
+        certified.len() > 30,
+        "the clients got certificates before each kill ({})",
+        certified.len()
+    );
     let log: BTreeMap<u64, Json> = w
         .all_commits("g")
         .into_iter()
@@ -281,7 +377,11 @@ fn kill_9_while_committing_loses_no_certified_commit() {
         .collect();
     for (key, cert) in certified.iter() {
         let seq = cert["seq"].as_u64().unwrap();
-        assert_eq!(log.get(&seq), Some(cert), "certified commit {key} is in the log");
+        assert_eq!(
+            log.get(&seq),
+            Some(cert),
+            "certified commit {key} is in the log"
+        );
     }
     check_history(&w, &g, &["items"]);
     let (ok, out) = w.verify_cli();
@@ -294,7 +394,10 @@ fn the_verifier_catches_tampering_on_disk() {
     let mut w = Witness::start(dir.path());
     let g = w.create_group("g", DDL);
     for i in 0..5 {
-        assert_eq!(commit(&w, &g, &format!("k{i}"), &item(i, 0, i), Policy::Strict).status, 201);
+        assert_eq!(
+            commit(&w, &g, &format!("k{i}"), &item(i, 0, i), Policy::Strict).status,
+            201
+        );
     }
     assert_eq!(w.terminate().code(), Some(0), "graceful shutdown exits 0");
     let data = w.data_dir.clone();
@@ -304,25 +407,36 @@ fn the_verifier_catches_tampering_on_disk() {
     let file = data.join("groups/g.sqlite");
     let db = rusqlite::Connection::open(&file).unwrap();
     // Change the replica behind the log's back.
-    db.execute("UPDATE items SET n = 99 WHERE id = 2", []).unwrap();
+    db.execute("UPDATE items SET n = 99 WHERE id = 2", [])
+        .unwrap();
     let (ok, out) = verify_cli(&data);
     assert!(!ok && out.contains("does not match"), "{out}");
-    db.execute("UPDATE items SET n = 2 WHERE id = 2", []).unwrap();
+    db.execute("UPDATE items SET n = 2 WHERE id = 2", [])
+        .unwrap();
     assert!(verify_cli(&data).0);
     // Change a logged changeset.
-    let cs: Vec<u8> = db.query_row("SELECT changeset FROM pdb_log WHERE seq = 3", [], |r| r.get(0)).unwrap();
+    let cs: Vec<u8> = db
+        .query_row("SELECT changeset FROM pdb_log WHERE seq = 3", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
     let mut bad = cs.clone();
     let last = bad.len() - 1;
     bad[last] ^= 1;
-    db.execute("UPDATE pdb_log SET changeset = ?1 WHERE seq = 3", [&bad]).unwrap();
+    db.execute("UPDATE pdb_log SET changeset = ?1 WHERE seq = 3", [&bad])
+        .unwrap();
     let (ok, out) = verify_cli(&data);
     assert!(!ok && out.contains("commit 3"), "{out}");
-    db.execute("UPDATE pdb_log SET changeset = ?1 WHERE seq = 3", [&cs]).unwrap();
+    db.execute("UPDATE pdb_log SET changeset = ?1 WHERE seq = 3", [&cs])
+        .unwrap();
     // Forge a certificate byte.
-    let rec: Vec<u8> = db.query_row("SELECT record FROM pdb_log WHERE seq = 4", [], |r| r.get(0)).unwrap();
+    let rec: Vec<u8> = db
+        .query_row("SELECT record FROM pdb_log WHERE seq = 4", [], |r| r.get(0))
+        .unwrap();
     let mut forged = rec.clone();
     forged[20] ^= 1;
-    db.execute("UPDATE pdb_log SET record = ?1 WHERE seq = 4", [&forged]).unwrap();
+    db.execute("UPDATE pdb_log SET record = ?1 WHERE seq = 4", [&forged])
+        .unwrap();
     let (ok, out) = verify_cli(&data);
     assert!(!ok && out.contains("signature"), "{out}");
 }
@@ -347,10 +461,99 @@ fn groups_can_be_created_from_the_command_line_while_stopped() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("running witness"));
     w.terminate();
     let out = run(&w.data_dir);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let w = Witness::start(dir.path());
     let r = w.get("/v1/groups/cli");
     assert_eq!(r.status, 200);
     assert_eq!(r.body["head"]["seq"], 0);
-    assert_eq!(commit(&w, &GroupRef::from_json(&r.body), "k", &item(1, 1, 1), Policy::Strict).status, 201);
+    assert_eq!(
+        commit(
+            &w,
+            &GroupRef::from_json(&r.body),
+            "k",
+            &item(1, 1, 1),
+            Policy::Strict
+        )
+        .status,
+        201
+    );
+}
+
+#[test]
+fn values_are_certified_exactly_as_sqlite_stores_them() {
+    let dir = TempDir::new("values");
+    let w = Witness::start(dir.path());
+    let ddl = "CREATE TABLE v(id INTEGER PRIMARY KEY, i INTEGER, r REAL, t TEXT, b BLOB, a ANY);";
+    let g = w.create_group("v", ddl);
+    let rows = vec![
+        // Affinity at work: text into INTEGER, integer into REAL, number into TEXT.
+        vec![
+            Value::Integer(1),
+            Value::text("42"),
+            Value::Integer(3),
+            Value::Integer(7),
+            Value::Blob(vec![]),
+            Value::Real(-0.0),
+        ],
+        vec![
+            Value::Integer(2),
+            Value::Integer(i64::MIN),
+            Value::Real(-0.0),
+            Value::text("ünï ✓ \u{0}"),
+            Value::Blob(vec![0; 70_000]),
+            Value::Null,
+        ],
+        vec![
+            Value::Integer(3),
+            Value::Integer(i64::MAX),
+            Value::Real(f64::MAX),
+            Value::Text(vec![0xff, 0xfe]),
+            Value::Null,
+            Value::text("x"),
+        ],
+        vec![
+            Value::Integer(4),
+            Value::Real(1.5),
+            Value::text("2.5"),
+            Value::Real(1e-300),
+            Value::Blob(vec![1]),
+            Value::Integer(0),
+        ],
+    ];
+    for (i, r) in rows.into_iter().enumerate() {
+        let cs = changeset("v", &[1, 0, 0, 0, 0, 0], vec![insert(r)]);
+        assert_eq!(
+            commit(&w, &g, &format!("k{i}"), &cs, Policy::Strict).status,
+            201
+        );
+    }
+    let upd = changeset(
+        "v",
+        &[1, 0, 0, 0, 0, 0],
+        vec![pdb_protocol::Change {
+            op: pdb_protocol::Op::Update,
+            indirect: false,
+            old: vec![
+                Some(Value::Integer(1)),
+                Some(Value::Integer(42)),
+                None,
+                None,
+                None,
+                None,
+            ],
+            new: vec![None, Some(Value::text("43")), None, None, None, None],
+        }],
+    );
+    let r = commit(&w, &g, "upd", &upd, Policy::Strict);
+    assert_eq!(
+        r.status, 201,
+        "old values compare against the stored (converted) value: {r:?}"
+    );
+    check_history(&w, &g, &["v"]);
+    let (ok, out) = w.verify_cli();
+    assert!(ok, "{out}");
 }

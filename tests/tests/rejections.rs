@@ -13,7 +13,11 @@ fn task(id: i64, title: &str) -> Vec<u8> {
     changeset(
         "tasks",
         &[1, 0, 0],
-        vec![insert(vec![Value::Integer(id), Value::text(title), Value::Integer(0)])],
+        vec![insert(vec![
+            Value::Integer(id),
+            Value::text(title),
+            Value::Integer(0),
+        ])],
     )
 }
 
@@ -40,8 +44,12 @@ impl Fixture {
 
     fn commit_at_head(&self, key: &str, cs: &[u8]) -> Reply {
         let h = self.w.head(&self.g.group);
-        self.w
-            .post(&self.path(), &self.g.commit_body(h.seq, &h.head_hash, key, cs, Policy::Strict))
+        self.w.post(
+            &self.path(),
+            &self
+                .g
+                .commit_body(h.seq, &h.head_hash, key, cs, Policy::Strict),
+        )
     }
 
     /// Head and log length, to prove a rejection changed nothing.
@@ -50,11 +58,20 @@ impl Fixture {
         (h.seq, h.head_hash, self.w.all_commits(&self.g.group).len())
     }
 
-    fn expect_rejected(&self, reply: Reply, status: u16, code: &str, before: &(u64, String, usize)) -> Json {
+    fn expect_rejected(
+        &self,
+        reply: Reply,
+        status: u16,
+        code: &str,
+        before: &(u64, String, usize),
+    ) -> Json {
         assert_eq!(reply.status, status, "{reply:?}");
         assert_eq!(reply.code(), code, "{reply:?}");
         assert!(
-            !reply.body["error"]["message"].as_str().unwrap_or("").is_empty(),
+            !reply.body["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .is_empty(),
             "a human message: {reply:?}"
         );
         assert_eq!(&self.state(), before, "rejection {code} changed the group");
@@ -67,12 +84,23 @@ fn unauthorized_without_or_with_a_wrong_token() {
     let f = Fixture::new();
     let before = f.state();
     let h = f.w.head("tasks");
-    let body = f.g.commit_body(h.seq, &h.head_hash, "k2", &task(2, "two"), Policy::Strict);
-    for token in [None, Some("wrong"), Some(""), Some("test-admin-token-0123456789x")] {
+    let body =
+        f.g.commit_body(h.seq, &h.head_hash, "k2", &task(2, "two"), Policy::Strict);
+    for token in [
+        None,
+        Some("wrong"),
+        Some(""),
+        Some("test-admin-token-0123456789x"),
+    ] {
         let r = f.w.request("POST", &f.path(), token, Some(&body));
         f.expect_rejected(r, 401, "unauthorized", &before);
     }
-    for path in ["/v1/groups/tasks/head", "/v1/groups/tasks/commits", "/v1/groups/tasks", "/v1/groups"] {
+    for path in [
+        "/v1/groups/tasks/head",
+        "/v1/groups/tasks/commits",
+        "/v1/groups/tasks",
+        "/v1/groups",
+    ] {
         let r = f.w.request("GET", path, Some("wrong"), None);
         assert_eq!((r.status, r.code()), (401, "unauthorized"), "{path}: {r:?}");
     }
@@ -85,13 +113,18 @@ fn schema_mismatch_returns_the_expected_schema() {
     let f = Fixture::new();
     let before = f.state();
     let h = f.w.head("tasks");
-    let mut body = f.g.commit_body(h.seq, &h.head_hash, "k2", &task(2, "two"), Policy::Strict);
+    let mut body =
+        f.g.commit_body(h.seq, &h.head_hash, "k2", &task(2, "two"), Policy::Strict);
     body["schema_version"] = json!(2);
     let e = f.expect_rejected(f.w.post(&f.path(), &body), 409, "schema_mismatch", &before);
     assert_eq!(e["expected_schema"]["version"], 1);
     assert_eq!(e["expected_schema"]["hash"], json!(f.g.schema_hash));
-    assert!(e["expected_schema"]["sql"].as_str().unwrap().contains("CREATE TABLE tasks"));
-    let mut body = f.g.commit_body(h.seq, &h.head_hash, "k2", &task(2, "two"), Policy::Strict);
+    assert!(e["expected_schema"]["sql"]
+        .as_str()
+        .unwrap()
+        .contains("CREATE TABLE tasks"));
+    let mut body =
+        f.g.commit_body(h.seq, &h.head_hash, "k2", &task(2, "two"), Policy::Strict);
     body["schema_hash"] = json!("00".repeat(32));
     f.expect_rejected(f.w.post(&f.path(), &body), 409, "schema_mismatch", &before);
 }
@@ -113,15 +146,21 @@ fn stale_head_returns_the_current_signed_head() {
         .unwrap()
         .to_string();
     let before = f.state();
-    let body = f.g.commit_body(0, &genesis, "k2", &task(2, "two"), Policy::Strict);
+    let body =
+        f.g.commit_body(0, &genesis, "k2", &task(2, "two"), Policy::Strict);
     let e = f.expect_rejected(f.w.post(&f.path(), &body), 409, "stale_head", &before);
     let head: pdb_protocol::wire::HeadJson = serde_json::from_value(e["head"].clone()).unwrap();
     verify_head(&head, &f.w.public_key);
-    assert_eq!((head.seq, head.head_hash.clone()), (before.0, before.1.clone()));
+    assert_eq!(
+        (head.seq, head.head_hash.clone()),
+        (before.0, before.1.clone())
+    );
     // A base that is not on the chain at all is stale too.
-    let body = f.g.commit_body(1, &"ab".repeat(32), "k3", &task(3, "x"), Policy::Strict);
+    let body =
+        f.g.commit_body(1, &"ab".repeat(32), "k3", &task(3, "x"), Policy::Strict);
     f.expect_rejected(f.w.post(&f.path(), &body), 409, "stale_head", &before);
-    let body = f.g.commit_body(99, &before.1, "k4", &task(4, "x"), Policy::Strict);
+    let body =
+        f.g.commit_body(99, &before.1, "k4", &task(4, "x"), Policy::Strict);
     f.expect_rejected(f.w.post(&f.path(), &body), 409, "stale_head", &before);
 }
 
@@ -130,7 +169,12 @@ fn changeset_conflict_names_table_and_key() {
     let f = Fixture::new();
     let before = f.state();
     // Insert of an existing key.
-    let e = f.expect_rejected(f.commit_at_head("dup", &task(1, "again")), 409, "changeset_conflict", &before);
+    let e = f.expect_rejected(
+        f.commit_at_head("dup", &task(1, "again")),
+        409,
+        "changeset_conflict",
+        &before,
+    );
     assert_eq!(e["table"], "tasks");
     assert_eq!(e["key"], json!([1]));
     // Update whose old value is not the current one.
@@ -144,8 +188,16 @@ fn changeset_conflict_names_table_and_key() {
             new: vec![None, Some(Value::text("new")), None],
         }],
     );
-    let e = f.expect_rejected(f.commit_at_head("upd", &upd), 409, "changeset_conflict", &before);
-    assert_eq!((e["table"].clone(), e["key"].clone()), (json!("tasks"), json!([1])));
+    let e = f.expect_rejected(
+        f.commit_at_head("upd", &upd),
+        409,
+        "changeset_conflict",
+        &before,
+    );
+    assert_eq!(
+        (e["table"].clone(), e["key"].clone()),
+        (json!("tasks"), json!([1]))
+    );
     // Delete of a missing row.
     let del = changeset(
         "tasks",
@@ -153,11 +205,20 @@ fn changeset_conflict_names_table_and_key() {
         vec![Change {
             op: Op::Delete,
             indirect: false,
-            old: vec![Some(Value::Integer(7)), Some(Value::text("x")), Some(Value::Null)],
+            old: vec![
+                Some(Value::Integer(7)),
+                Some(Value::text("x")),
+                Some(Value::Null),
+            ],
             new: vec![],
         }],
     );
-    let e = f.expect_rejected(f.commit_at_head("del", &del), 409, "changeset_conflict", &before);
+    let e = f.expect_rejected(
+        f.commit_at_head("del", &del),
+        409,
+        "changeset_conflict",
+        &before,
+    );
     assert_eq!(e["key"], json!([7]));
     // A constraint (NOT NULL) violation, in a multi-row changeset whose
     // first row is fine: the whole commit is refused.
@@ -169,7 +230,12 @@ fn changeset_conflict_names_table_and_key() {
             insert(vec![Value::Integer(11), Value::Null, Value::Null]),
         ],
     );
-    f.expect_rejected(f.commit_at_head("nn", &cs), 409, "changeset_conflict", &before);
+    f.expect_rejected(
+        f.commit_at_head("nn", &cs),
+        409,
+        "changeset_conflict",
+        &before,
+    );
 }
 
 #[test]
@@ -185,12 +251,37 @@ fn malformed_changesets_are_invalid_and_change_nothing() {
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("truncated", good[..good.len() - 3].to_vec()),
         ("wrong column count", wrong_cols),
-        ("unknown table", changeset("nope", &[1, 0, 0], vec![insert(vec![Value::Integer(1), Value::Null, Value::Null])])),
-        ("wrong primary key shape", changeset("tasks", &[0, 1, 0], vec![insert(vec![Value::Integer(3), Value::text("t"), Value::Null])])),
+        (
+            "unknown table",
+            changeset(
+                "nope",
+                &[1, 0, 0],
+                vec![insert(vec![Value::Integer(1), Value::Null, Value::Null])],
+            ),
+        ),
+        (
+            "wrong primary key shape",
+            changeset(
+                "tasks",
+                &[0, 1, 0],
+                vec![insert(vec![
+                    Value::Integer(3),
+                    Value::text("t"),
+                    Value::Null,
+                ])],
+            ),
+        ),
         ("garbage", b"this is not a changeset at all".to_vec()),
         ("empty", vec![]),
         ("patchset", vec![b'P', 3, 1, 0, 0, b't', 0]),
-        ("null key", changeset("tasks", &[1, 0, 0], vec![insert(vec![Value::Null, Value::text("t"), Value::Null])])),
+        (
+            "null key",
+            changeset(
+                "tasks",
+                &[1, 0, 0],
+                vec![insert(vec![Value::Null, Value::text("t"), Value::Null])],
+            ),
+        ),
     ];
     for (i, (what, cs)) in cases.into_iter().enumerate() {
         let r = f.commit_at_head(&format!("bad-{i}"), &cs);
@@ -198,7 +289,18 @@ fn malformed_changesets_are_invalid_and_change_nothing() {
         assert!(!e["retryable"].as_bool().unwrap(), "{what}");
     }
     // The right table name in any case is the same table.
-    let r = f.commit_at_head("case", &changeset("TASKS", &[1, 0, 0], vec![insert(vec![Value::Integer(3), Value::text("t"), Value::Null])]));
+    let r = f.commit_at_head(
+        "case",
+        &changeset(
+            "TASKS",
+            &[1, 0, 0],
+            vec![insert(vec![
+                Value::Integer(3),
+                Value::text("t"),
+                Value::Null,
+            ])],
+        ),
+    );
     assert_eq!(r.status, 201, "{r:?}");
 }
 
@@ -207,7 +309,8 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     let f = Fixture::new();
     let before = f.state();
     let h = f.w.head("tasks");
-    let good = f.g.commit_body(h.seq, &h.head_hash, "k", &task(2, "two"), Policy::Strict);
+    let good =
+        f.g.commit_body(h.seq, &h.head_hash, "k", &task(2, "two"), Policy::Strict);
     let mut cases: Vec<(Json, &str)> = Vec::new();
     let mut b = good.clone();
     b["extra"] = json!(1);
@@ -229,7 +332,10 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     for (body, says) in cases {
         let r = f.w.post(&f.path(), &body);
         let e = f.expect_rejected(r, 400, "bad_request", &before);
-        assert!(e["message"].as_str().unwrap().contains(says), "{e} should mention {says}");
+        assert!(
+            e["message"].as_str().unwrap().contains(says),
+            "{e} should mention {says}"
+        );
     }
     // Raw garbage bytes and an oversized body.
     let agent = agent();
@@ -252,15 +358,27 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
         Err(e) => assert!(matches!(e, ureq::Error::Io(_)), "{e}"),
     }
     // Hostile group ids and paths.
-    for path in ["/v1/groups/..%2f..%2fetc/commits", "/v1/groups/nope/head", "/v1/groups/TASKS/head", "/v2/x"] {
+    for path in [
+        "/v1/groups/..%2f..%2fetc/commits",
+        "/v1/groups/nope/head",
+        "/v1/groups/TASKS/head",
+        "/v2/x",
+    ] {
         let r = f.w.get(path);
         assert_eq!(r.status, 404, "{path}: {r:?}");
     }
-    let r = f.w.post("/v1/groups", &json!({"group": "../evil", "schema_sql": DDL}));
+    let r = f.w.post(
+        "/v1/groups",
+        &json!({"group": "../evil", "schema_sql": DDL}),
+    );
     assert_eq!((r.status, r.code()), (400, "bad_request"));
-    let r = f.w.post("/v1/groups", &json!({"group": "tasks", "schema_sql": DDL}));
+    let r =
+        f.w.post("/v1/groups", &json!({"group": "tasks", "schema_sql": DDL}));
     assert_eq!((r.status, r.code()), (409, "group_exists"));
-    let r = f.w.post("/v1/groups", &json!({"group": "evil", "schema_sql": "ATTACH '/tmp/x' AS x"}));
+    let r = f.w.post(
+        "/v1/groups",
+        &json!({"group": "evil", "schema_sql": "ATTACH '/tmp/x' AS x"}),
+    );
     assert_eq!((r.status, r.code()), (400, "bad_request"));
     assert_eq!(f.state(), before);
     let (ok, out) = f.w.verify_cli();

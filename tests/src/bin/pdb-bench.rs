@@ -1,1 +1,173 @@
-fn main() {}
+//! `pdb-bench`: figures for the witness, each beside a baseline measured
+//! in the same run on the same disk, so ratios hold on a noisy machine.
+//!
+//!   cargo run --release -p pdb-e2e --bin pdb-bench [-- --seconds 3]
+//!
+//! Durable commits: 1-row changesets on one group with 1, 8 and 64
+//! concurrent clients (commits/s, p50, p99), against durable single-row
+//! SQLite transactions (WAL, synchronous=FULL, the witness's settings).
+
+use pdb_e2e::*;
+use pdb_protocol::wire::Policy;
+use pdb_protocol::Value;
+use serde_json::Value as Json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const DDL: &str =
+    "CREATE TABLE items(id INTEGER PRIMARY KEY, client INTEGER NOT NULL, n INTEGER, note TEXT);";
+
+fn main() {
+    let mut seconds = 3.0f64;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--seconds" => {
+                seconds = args
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| usage())
+            }
+            _ => usage(),
+        }
+    }
+    let run_for = Duration::from_secs_f64(seconds);
+    let dir = TempDir::new("bench");
+    println!(
+        "pdb-bench: {seconds}s per measurement, data in {}",
+        dir.path().display()
+    );
+
+    let baseline = sqlite_baseline(dir.path(), run_for);
+    println!();
+    println!("== durable commits, 1-row changesets, one group ==");
+    println!(
+        "baseline: durable single-row SQLite transactions (WAL, synchronous=FULL, same disk): {baseline:.0}/s"
+    );
+    println!(
+        "{:>8} {:>12} {:>12} {:>10} {:>10} {:>16}",
+        "clients", "commits/s", "x baseline", "p50 ms", "p99 ms", "commits/fsync"
+    );
+    let w = Arc::new(Witness::start(dir.path()));
+    let g = w.create_group("bench", DDL);
+    let mut next_id = 0i64;
+    for clients in [1usize, 8, 64] {
+        let stats = |w: &Witness| {
+            let s = w.get("/v1/groups/bench/stats").body;
+            (
+                s["batches"].as_u64().unwrap_or(0),
+                s["requests"].as_u64().unwrap_or(0),
+            )
+        };
+        let (b0, r0) = stats(&w);
+        let (rate, p50, p99) = witness_commits(&w, &g, clients, run_for, &mut next_id);
+        let (b1, r1) = stats(&w);
+        println!(
+            "{clients:>8} {rate:>12.0} {:>12.2} {:>10.2} {:>10.2} {:>16.1}",
+            rate / baseline,
+            p50,
+            p99,
+            (r1 - r0) as f64 / (b1 - b0).max(1) as f64
+        );
+    }
+    let (ok, out) = w.verify_cli();
+    println!(
+        "verify after the run: {}",
+        if ok { "ok" } else { out.trim() }
+    );
+}
+
+fn usage() -> ! {
+    eprintln!("usage: pdb-bench [--seconds S]");
+    std::process::exit(2)
+}
+
+/// Autocommitted single-row inserts: one fsync each.
+fn sqlite_baseline(dir: &std::path::Path, run_for: Duration) -> f64 {
+    let db = rusqlite::Connection::open(dir.join("baseline.sqlite")).expect("open");
+    db.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
+        .expect("wal");
+    db.execute_batch("PRAGMA synchronous = FULL;")
+        .expect("pragmas");
+    db.execute_batch(DDL).expect("ddl");
+    let mut st = db
+        .prepare("INSERT INTO items VALUES (?1, 1, ?1, 'x')")
+        .expect("prepare");
+    let start = Instant::now();
+    let mut n = 0i64;
+    while start.elapsed() < run_for {
+        st.execute([n]).expect("insert");
+        n += 1;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Each client commits fresh rows back to back, building on the head of
+/// its own last certificate (rebase_if_clean, as an app client would).
+fn witness_commits(
+    w: &Arc<Witness>,
+    g: &GroupRef,
+    clients: usize,
+    run_for: Duration,
+    next_id: &mut i64,
+) -> (f64, f64, f64) {
+    let first = *next_id;
+    *next_id += clients as i64 * 10_000_000;
+    let head = w.head(&g.group);
+    let start = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let (url, g) = (w.url.clone(), g.clone());
+            let (mut seq, mut hash) = (head.seq, head.head_hash.clone());
+            std::thread::spawn(move || {
+                let agent = agent();
+                let mut lat = Vec::new();
+                let mut i = 0i64;
+                while start.elapsed() < run_for {
+                    let id = first + c as i64 * 10_000_000 + i;
+                    let cs = changeset(
+                        "items",
+                        &[1, 0, 0, 0],
+                        vec![insert(vec![
+                            Value::Integer(id),
+                            Value::Integer(c as i64),
+                            Value::Integer(i),
+                            Value::text("x"),
+                        ])],
+                    );
+                    let body =
+                        g.commit_body(seq, &hash, &format!("b{id}"), &cs, Policy::RebaseIfClean);
+                    let t = Instant::now();
+                    let mut r = agent
+                        .post(format!("{url}/v1/groups/{}/commits", g.group))
+                        .header("Authorization", &format!("Bearer {TOKEN}"))
+                        .send_json(&body)
+                        .expect("commit");
+                    let status = r.status().as_u16();
+                    let body: Json = r.body_mut().read_json().expect("json");
+                    lat.push(t.elapsed());
+                    assert_eq!(status, 201, "{body}");
+                    seq = body["certificate"]["seq"].as_u64().expect("seq");
+                    hash = body["certificate"]["head_hash"]
+                        .as_str()
+                        .expect("hash")
+                        .to_string();
+                    i += 1;
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat: Vec<Duration> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("client"))
+        .collect();
+    let elapsed = start.elapsed().as_secs_f64();
+    lat.sort();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0)
+    };
+    (lat.len() as f64 / elapsed, pct(0.50), pct(0.99))
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what building and testing PersonalDB needs on a fresh Debian
+# machine of this kind. Idempotent: does nothing when all is present.
+set -euo pipefail
+
+# libclang-dev: bindgen for rusqlite's session feature.
+# sqlite3-tools: sqldiff, a real external producer of changesets (tests).
+# sqlite3: the CLI host the extension is tested in.
+packages=(libclang-dev sqlite3 sqlite3-tools)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "setup: cargo is required (rustup)"; exit 1; }

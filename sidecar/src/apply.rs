@@ -1,0 +1,185 @@
+//! Applying a validated changeset to the group's replica, row by row, with
+//! every conflict an abort. This is the session extension's apply
+//! semantics (NOTFOUND, DATA, CONFLICT, CONSTRAINT) done with cached
+//! statements: SQLite's own `changeset_apply` sets a pragma that expires
+//! every prepared statement of the connection on each call, which made it
+//! the writer's largest cost. The verifier replays with SQLite's apply, so
+//! the two are cross-checked on every verification.
+//!
+//! Old values are compared bit-exactly. The state root moves by the row as
+//! it was before (read by key) and as SQLite stored it after (`RETURNING`,
+//! so affinity conversions are what gets hashed).
+
+use crate::error::ApiError;
+use crate::group::{GroupInfo, TableSql};
+use crate::sqlvalue::{from_ref, ident, Bind};
+use pdb_protocol::{Change, Changeset, Op, StateRoot, Value};
+use rusqlite::{Connection, ErrorCode};
+
+fn conflict(table: &str, key: &[Value], message: impl Into<String>) -> ApiError {
+    ApiError::ChangesetConflict {
+        table: table.to_string(),
+        key: key.to_vec(),
+        message: message.into(),
+    }
+}
+
+pub fn apply(
+    conn: &Connection,
+    info: &GroupInfo,
+    cs: &Changeset,
+    root: &mut StateRoot,
+) -> Result<(), ApiError> {
+    for t in &cs.tables {
+        let ts = info
+            .table_sql(&t.name)
+            .ok_or_else(|| ApiError::internal("finding a validated table", &t.name))?;
+        for c in &t.changes {
+            apply_one(conn, ts, &t.pk_flags, c, root)?;
+        }
+    }
+    Ok(())
+}
+
+fn apply_one(
+    conn: &Connection,
+    ts: &TableSql,
+    pk_flags: &[u8],
+    c: &Change,
+    root: &mut StateRoot,
+) -> Result<(), ApiError> {
+    let key = c.pk(pk_flags);
+    let current = ts
+        .fetch(conn, &key)
+        .map_err(|e| ApiError::internal("reading a replica row", e))?;
+    let stored = match (c.op, &current) {
+        (Op::Insert, Some(_)) => {
+            return Err(conflict(
+                &ts.name,
+                &key,
+                "a row with this primary key already exists",
+            ))
+        }
+        (Op::Update | Op::Delete, None) => {
+            return Err(conflict(&ts.name, &key, "the row does not exist"))
+        }
+        (Op::Insert, None) => {
+            let values: Vec<&Value> = c.new.iter().flatten().collect();
+            write(conn, ts, &key, &ts.insert, values)?
+        }
+        (Op::Update, Some(row)) => {
+            check_old(ts, &key, &c.old, row)?;
+            let (sql, values) = update_sql(ts, c);
+            write(conn, ts, &key, &sql, values)?
+        }
+        (Op::Delete, Some(row)) => {
+            check_old(ts, &key, &c.old, row)?;
+            let mut st = conn
+                .prepare_cached(&ts.delete)
+                .map_err(|e| ApiError::internal("preparing a delete", e))?;
+            let binds: Vec<Bind<'_>> = key.iter().map(Bind).collect();
+            st.execute(rusqlite::params_from_iter(binds.iter()))
+                .map_err(|e| sql_conflict(ts, &key, e))?;
+            None
+        }
+    };
+    if let Some(old) = &current {
+        root.remove_row(&ts.name, old);
+    }
+    if let Some(new) = &stored {
+        root.add_row(&ts.name, new);
+    }
+    Ok(())
+}
+
+/// Every old value the changeset states must be the stored one, exactly.
+fn check_old(
+    ts: &TableSql,
+    key: &[Value],
+    old: &[Option<Value>],
+    row: &[Value],
+) -> Result<(), ApiError> {
+    for (i, (want, have)) in old.iter().zip(row).enumerate() {
+        if let Some(want) = want {
+            if want != have {
+                return Err(conflict(
+                    &ts.name,
+                    key,
+                    format!(
+                        "column {:?} is no longer the changeset's old value (the row changed)",
+                        ts.columns.get(i).map(String::as_str).unwrap_or("?")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn update_sql<'a>(ts: &TableSql, c: &'a Change) -> (String, Vec<&'a Value>) {
+    let mut sets = Vec::new();
+    let mut values = Vec::new();
+    for (i, v) in c.new.iter().enumerate() {
+        if let Some(v) = v {
+            values.push(v);
+            sets.push(format!("{} = ?{}", ident(&ts.columns[i]), values.len()));
+        }
+    }
+    let mut conds = Vec::new();
+    for i in &ts.pk_cols {
+        if let Some(Some(v)) = c.old.get(*i) {
+            values.push(v);
+            conds.push(format!("{} = ?{}", ident(&ts.columns[*i]), values.len()));
+        }
+    }
+    let sql = format!(
+        "UPDATE {} SET {} WHERE {} RETURNING {}",
+        ident(&ts.name),
+        sets.join(", "),
+        conds.join(" AND "),
+        ts.column_list
+    );
+    (sql, values)
+}
+
+/// Runs an INSERT or UPDATE ... RETURNING and gives back the stored row.
+fn write(
+    conn: &Connection,
+    ts: &TableSql,
+    key: &[Value],
+    sql: &str,
+    values: Vec<&Value>,
+) -> Result<Option<Vec<Value>>, ApiError> {
+    let mut st = conn
+        .prepare_cached(sql)
+        .map_err(|e| ApiError::internal("preparing a replica write", e))?;
+    let n = st.column_count();
+    let binds: Vec<Bind<'_>> = values.into_iter().map(Bind).collect();
+    let mut rows = st
+        .query(rusqlite::params_from_iter(binds.iter()))
+        .map_err(|e| sql_conflict(ts, key, e))?;
+    let row = rows.next().map_err(|e| sql_conflict(ts, key, e))?;
+    let out = match row {
+        Some(r) => Some(
+            (0..n)
+                .map(|i| r.get_ref(i).map(from_ref))
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(|e| ApiError::internal("reading a written row", e))?,
+        ),
+        None => None,
+    };
+    // Drain so the statement runs to completion before the next one.
+    while rows.next().map_err(|e| sql_conflict(ts, key, e))?.is_some() {}
+    Ok(out)
+}
+
+fn sql_conflict(ts: &TableSql, key: &[Value], e: rusqlite::Error) -> ApiError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::ConstraintViolation) => conflict(
+            &ts.name,
+            key,
+            format!("the change violates a constraint: {e}"),
+        ),
+        _ => ApiError::internal("writing a replica row", e),
+    }
+}
