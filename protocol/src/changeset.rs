@@ -14,6 +14,7 @@
 //!
 //! Decoding is strict: every byte must be accounted for, varints must be
 //! canonical and lengths must fit the input, so `encode(decode(b)) == b`.
+//! A table block may hold no records: `sqldiff` writes one for every table.
 
 use crate::schema::Schema;
 use crate::value::{self, Value};
@@ -145,9 +146,6 @@ impl Changeset {
                     break;
                 }
                 changes.push(r.change(n_col)?);
-            }
-            if changes.is_empty() {
-                return Err(r.error("table block holds no records"));
             }
             tables.push(TableChanges {
                 name,
