@@ -133,6 +133,9 @@ pub struct SchemaJson {
     pub hash: String,
     /// The DDL the group was created with.
     pub sql: String,
+    /// The synced tables' names, as the schema spells them.
+    #[serde(default)]
+    pub tables: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -47,6 +47,7 @@ impl GroupInfo {
             version: self.schema.version,
             hash: hex(&self.schema_hash),
             sql: self.schema_sql.clone(),
+            tables: self.schema.tables.iter().map(|t| t.name.clone()).collect(),
         }
     }
 

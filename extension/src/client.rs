@@ -1,0 +1,105 @@
+//! Talking to the witness over HTTP. Every failure says which stage it
+//! happened at and whether it was the network (retry later) or an answer
+//! (a typed rejection with the witness's code).
+
+use serde_json::Value as Json;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+#[derive(Debug)]
+pub enum CallError {
+    /// The witness could not be reached or the exchange broke off.
+    Network(String),
+    /// The witness answered with a typed error.
+    Rejected {
+        status: u16,
+        code: String,
+        message: String,
+        body: Json,
+    },
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Network(m) => f.write_str(m),
+            CallError::Rejected { code, message, .. } => write!(f, "{code}: {message}"),
+        }
+    }
+}
+
+fn agent() -> &'static ureq::Agent {
+    static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
+    AGENT.get_or_init(|| {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(5)))
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into()
+    })
+}
+
+pub struct Client {
+    pub url: String,
+    token: String,
+}
+
+/// Largest response body read (a page of commits can be large).
+const MAX_RESPONSE: u64 = 512 * 1024 * 1024;
+
+impl Client {
+    pub fn new(url: &str, token: &str) -> Client {
+        Client {
+            url: url.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+        }
+    }
+
+    fn finish(&self, what: &str, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Json, CallError> {
+        let mut resp = r.map_err(|e| CallError::Network(format!("sending request to {}{what}: {e}", self.url)))?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_RESPONSE)
+            .read_to_string()
+            .map_err(|e| CallError::Network(format!("reading response from {}{what}: {e}", self.url)))?;
+        let body: Json = serde_json::from_str(&text).map_err(|e| {
+            CallError::Network(format!("response from {}{what} is not JSON ({e})", self.url))
+        })?;
+        if (200..300).contains(&status) {
+            return Ok(body);
+        }
+        let code = body["error"]["code"].as_str().unwrap_or("http_error").to_string();
+        let message = body["error"]["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("HTTP {status}"));
+        if status >= 500 {
+            return Err(CallError::Network(format!("{}{what}: {code}: {message}", self.url)));
+        }
+        Err(CallError::Rejected {
+            status,
+            code,
+            message,
+            body,
+        })
+    }
+
+    pub fn get(&self, path: &str) -> Result<Json, CallError> {
+        let r = agent()
+            .get(format!("{}{path}", self.url))
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .call();
+        self.finish(path, r)
+    }
+
+    pub fn post(&self, path: &str, body: &Json) -> Result<Json, CallError> {
+        let r = agent()
+            .post(format!("{}{path}", self.url))
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .send_json(body);
+        self.finish(path, r)
+    }
+}

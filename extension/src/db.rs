@@ -1,0 +1,302 @@
+//! A small safe layer over the host's SQLite, reached through the
+//! extension API table the host hands to the entry point. Statements,
+//! exact values in and out, and errors that carry SQLite's message.
+//!
+//! sqlite-loadable wraps only part of the API table, so the entry point
+//! keeps its own copy of the table pointer for the calls made here.
+
+use pdb_protocol::Value;
+use sqlite_loadable::ext::{sqlite3, sqlite3_api_routines, sqlite3_stmt};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+static API: AtomicPtr<sqlite3_api_routines> = AtomicPtr::new(std::ptr::null_mut());
+
+const SQLITE_OK: c_int = 0;
+const SQLITE_ROW: c_int = 100;
+const SQLITE_DONE: c_int = 101;
+const SQLITE_INTEGER: c_int = 1;
+const SQLITE_FLOAT: c_int = 2;
+const SQLITE_TEXT: c_int = 3;
+const SQLITE_BLOB: c_int = 4;
+
+/// Called once from the entry point with the host's API table.
+pub fn set_api(api: *mut sqlite3_api_routines) {
+    if !api.is_null() {
+        API.store(api, Ordering::Release);
+    }
+}
+
+/// Looks up one routine of the API table, or fails cleanly.
+macro_rules! api {
+    ($name:ident) => {{
+        let table = API.load(Ordering::Acquire);
+        if table.is_null() {
+            return Err(Error("the extension was not initialised".into()));
+        }
+        // SAFETY: the table was handed to the entry point by SQLite and
+        // lives as long as the process.
+        match unsafe { (*table).$name } {
+            Some(f) => f,
+            None => return Err(Error(concat!("host SQLite lacks ", stringify!($name)).into())),
+        }
+    }};
+}
+
+#[derive(Debug, Clone)]
+pub struct Error(pub String);
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn transient() -> Option<unsafe extern "C" fn(*mut c_void)> {
+    // SQLITE_TRANSIENT: SQLite copies the bytes before the call returns.
+    // SAFETY: SQLite compares this pointer to -1 and never calls it.
+    Some(unsafe { std::mem::transmute::<isize, unsafe extern "C" fn(*mut c_void)>(-1) })
+}
+
+/// A borrowed handle to the host's connection.
+#[derive(Clone, Copy)]
+pub struct Db(*mut sqlite3);
+
+impl Db {
+    pub fn new(raw: *mut sqlite3) -> Db {
+        Db(raw)
+    }
+
+    fn errmsg(&self) -> String {
+        let f = match (|| -> Result<_> { Ok(api!(errmsg)) })() {
+            Ok(f) => f,
+            Err(e) => return e.0,
+        };
+        // SAFETY: errmsg returns a NUL-terminated string owned by SQLite.
+        unsafe {
+            let p = f(self.0);
+            if p.is_null() {
+                "unknown SQLite error".into()
+            } else {
+                CStr::from_ptr(p).to_string_lossy().into_owned()
+            }
+        }
+    }
+
+    /// Runs SQL without results (may hold several statements).
+    pub fn exec(&self, sql: &str) -> Result<()> {
+        let f = api!(exec);
+        let c = CString::new(sql).map_err(|_| Error("SQL contains a NUL byte".into()))?;
+        // SAFETY: valid connection and NUL-terminated SQL; no callback.
+        let rc = unsafe { f(self.0, c.as_ptr(), None, std::ptr::null_mut(), std::ptr::null_mut()) };
+        if rc != SQLITE_OK {
+            return Err(Error(self.errmsg()));
+        }
+        Ok(())
+    }
+
+    pub fn prepare(&self, sql: &str) -> Result<Stmt> {
+        let f = api!(prepare_v2);
+        let mut raw: *mut sqlite3_stmt = std::ptr::null_mut();
+        let c = CString::new(sql).map_err(|_| Error("SQL contains a NUL byte".into()))?;
+        // SAFETY: valid connection, SQL and out-pointer.
+        let rc = unsafe { f(self.0, c.as_ptr(), -1, &mut raw, std::ptr::null_mut()) };
+        if rc != SQLITE_OK || raw.is_null() {
+            return Err(Error(format!("{} (in: {sql})", self.errmsg())));
+        }
+        Ok(Stmt { raw, db: *self })
+    }
+
+    /// All rows of a query, each as values.
+    pub fn rows(&self, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>> {
+        let mut st = self.prepare(sql)?;
+        st.bind_all(params)?;
+        let mut out = Vec::new();
+        while st.step()? {
+            out.push(st.row()?);
+        }
+        Ok(out)
+    }
+
+    /// The first row, if any.
+    pub fn row(&self, sql: &str, params: &[Value]) -> Result<Option<Vec<Value>>> {
+        let mut st = self.prepare(sql)?;
+        st.bind_all(params)?;
+        if st.step()? {
+            Ok(Some(st.row()?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Runs one statement with parameters to completion.
+    pub fn run(&self, sql: &str, params: &[Value]) -> Result<()> {
+        let mut st = self.prepare(sql)?;
+        st.bind_all(params)?;
+        while st.step()? {}
+        Ok(())
+    }
+
+    pub fn in_transaction(&self) -> Result<bool> {
+        let f = api!(get_autocommit);
+        // SAFETY: valid connection.
+        Ok(unsafe { f(self.0) } == 0)
+    }
+
+    pub fn sqlite_version(&self) -> Result<String> {
+        let f = api!(libversion);
+        // SAFETY: returns a static NUL-terminated string.
+        Ok(unsafe { CStr::from_ptr(f()) }.to_string_lossy().into_owned())
+    }
+}
+
+/// A prepared statement, finalised on drop.
+pub struct Stmt {
+    raw: *mut sqlite3_stmt,
+    db: Db,
+}
+
+impl Stmt {
+    fn check(&self, rc: c_int) -> Result<()> {
+        if rc == SQLITE_OK {
+            Ok(())
+        } else {
+            Err(Error(self.db.errmsg()))
+        }
+    }
+
+    /// Binds `params` to ?1..?n after resetting the statement.
+    pub fn bind_all(&mut self, params: &[Value]) -> Result<()> {
+        let reset = api!(reset);
+        // SAFETY: valid statement.
+        unsafe { reset(self.raw) };
+        for (i, v) in params.iter().enumerate() {
+            self.bind(i as c_int + 1, v)?;
+        }
+        Ok(())
+    }
+
+    pub fn bind(&mut self, idx: c_int, v: &Value) -> Result<()> {
+        let len = |b: &[u8]| c_int::try_from(b.len()).map_err(|_| Error("value too large".into()));
+        let rc = match v {
+            Value::Null => {
+                let f = api!(bind_null);
+                // SAFETY: valid statement.
+                unsafe { f(self.raw, idx) }
+            }
+            Value::Integer(i) => {
+                let f = api!(bind_int64);
+                // SAFETY: valid statement.
+                unsafe { f(self.raw, idx, *i) }
+            }
+            Value::Real(x) => {
+                let f = api!(bind_double);
+                // SAFETY: valid statement.
+                unsafe { f(self.raw, idx, *x) }
+            }
+            Value::Text(t) => {
+                let f = api!(bind_text);
+                let n = len(t)?;
+                // SAFETY: valid statement; SQLite copies the bytes (TRANSIENT).
+                unsafe { f(self.raw, idx, t.as_ptr() as *const c_char, n, transient()) }
+            }
+            Value::Blob(b) => {
+                let f = api!(bind_blob);
+                let n = len(b)?;
+                // SAFETY: valid statement; SQLite copies the bytes (TRANSIENT).
+                unsafe { f(self.raw, idx, b.as_ptr() as *const c_void, n, transient()) }
+            }
+        };
+        self.check(rc)
+    }
+
+    /// Advances: true when a row is available.
+    pub fn step(&mut self) -> Result<bool> {
+        let f = api!(step);
+        // SAFETY: valid statement.
+        match unsafe { f(self.raw) } {
+            SQLITE_ROW => Ok(true),
+            SQLITE_DONE => Ok(false),
+            _ => Err(Error(self.db.errmsg())),
+        }
+    }
+
+    pub fn column_count(&self) -> Result<usize> {
+        let f = api!(column_count);
+        // SAFETY: valid statement.
+        Ok(unsafe { f(self.raw) }.max(0) as usize)
+    }
+
+    /// Column `i` of the current row, exactly as stored.
+    pub fn value(&self, i: usize) -> Result<Value> {
+        let i = i as c_int;
+        let (ty, int64, double) = (api!(column_type), api!(column_int64), api!(column_double));
+        let (text, blob, bytes) = (api!(column_text), api!(column_blob), api!(column_bytes));
+        // SAFETY: valid statement positioned on a row; the pointers from
+        // column_text/blob stay valid until the next step and are copied.
+        unsafe {
+            Ok(match ty(self.raw, i) {
+                SQLITE_INTEGER => Value::Integer(int64(self.raw, i)),
+                SQLITE_FLOAT => Value::Real(double(self.raw, i)),
+                SQLITE_TEXT => {
+                    let p = text(self.raw, i);
+                    let n = bytes(self.raw, i).max(0) as usize;
+                    Value::Text(if p.is_null() { Vec::new() } else { std::slice::from_raw_parts(p, n).to_vec() })
+                }
+                SQLITE_BLOB => {
+                    let p = blob(self.raw, i) as *const u8;
+                    let n = bytes(self.raw, i).max(0) as usize;
+                    Value::Blob(if p.is_null() { Vec::new() } else { std::slice::from_raw_parts(p, n).to_vec() })
+                }
+                _ => Value::Null,
+            })
+        }
+    }
+
+    pub fn row(&self) -> Result<Vec<Value>> {
+        (0..self.column_count()?).map(|i| self.value(i)).collect()
+    }
+}
+
+impl Drop for Stmt {
+    fn drop(&mut self) {
+        let table = API.load(Ordering::Acquire);
+        if !table.is_null() {
+            // SAFETY: finalising a statement we own, once.
+            unsafe {
+                if let Some(f) = (*table).finalize {
+                    f(self.raw);
+                }
+            }
+        }
+    }
+}
+
+/// Quotes an identifier for SQL text.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Value helpers for reading rows back.
+pub fn as_i64(v: &Value) -> Option<i64> {
+    match v {
+        Value::Integer(i) => Some(*i),
+        _ => None,
+    }
+}
+
+pub fn as_text(v: &Value) -> Option<String> {
+    match v {
+        Value::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+        _ => None,
+    }
+}
+
+pub fn as_blob(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::Blob(b) => Some(b),
+        _ => None,
+    }
+}

@@ -1,0 +1,110 @@
+//! The SQL functions. Every body runs behind a panic guard (a panic must
+//! never unwind into the host), errors start with the function's name,
+//! and flags are honest: only pdb_version is DETERMINISTIC; everything
+//! that reads sync state, changes it or uses the network is DIRECTONLY.
+
+use crate::db::{Db, Error};
+use crate::sync;
+use sqlite_loadable::api;
+use sqlite_loadable::ext::{sqlite3, sqlite3_context, sqlite3_value};
+use sqlite_loadable::{define_scalar_function, FunctionFlags};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// The documented list; tests compare it with `pragma_function_list`.
+pub const FUNCTIONS: &[&str] = &[
+    "pdb_commit",
+    "pdb_debug",
+    "pdb_head",
+    "pdb_open",
+    "pdb_status",
+    "pdb_sync",
+    "pdb_verify",
+    "pdb_version",
+];
+
+type Body = fn(Db, &[*mut sqlite3_value]) -> Result<String, Error>;
+
+fn run(name: &str, ctx: *mut sqlite3_context, args: &[*mut sqlite3_value], body: Body) -> sqlite_loadable::Result<()> {
+    let db = Db::new(api::context_db_handle(ctx));
+    let outcome = catch_unwind(AssertUnwindSafe(|| body(db, args)));
+    let message = match outcome {
+        Ok(Ok(text)) => return api::result_text(ctx, text),
+        Ok(Err(e)) => format!("{name}: {e}"),
+        Err(_) => format!("{name}: internal error (a bug; nothing was changed by the failed step)"),
+    };
+    Err(sqlite_loadable::Error::new_message(message))
+}
+
+fn text_arg(args: &[*mut sqlite3_value], i: usize, what: &str) -> Result<Option<String>, Error> {
+    let Some(v) = args.get(i) else { return Ok(None) };
+    if api::value_is_null(v) {
+        return Ok(None);
+    }
+    api::value_text(v)
+        .map(|s| Some(s.to_string()))
+        .map_err(|_| Error(format!("argument {} ({what}) must be UTF-8 text", i + 1)))
+}
+
+fn required(args: &[*mut sqlite3_value], i: usize, what: &str) -> Result<String, Error> {
+    text_arg(args, i, what)?.ok_or_else(|| Error(format!("argument {} ({what}) is required text", i + 1)))
+}
+
+fn version(_: Db, _: &[*mut sqlite3_value]) -> Result<String, Error> {
+    Ok(env!("CARGO_PKG_VERSION").to_string())
+}
+
+fn debug(db: Db, _: &[*mut sqlite3_value]) -> Result<String, Error> {
+    Ok(format!(
+        "pdb {} (git {}), host SQLite {}",
+        env!("CARGO_PKG_VERSION"),
+        option_env!("PDB_GIT_REV").unwrap_or("unknown"),
+        db.sqlite_version()?
+    ))
+}
+
+fn open(db: Db, args: &[*mut sqlite3_value]) -> Result<String, Error> {
+    let url = required(args, 0, "witness url")?;
+    let group = required(args, 1, "group id")?;
+    let opts = sync::parse_options(text_arg(args, 2, "options JSON")?.as_deref())?;
+    Ok(sync::open(db, &url, &group, opts)?.to_string())
+}
+
+fn sync_fn(db: Db, _: &[*mut sqlite3_value]) -> Result<String, Error> {
+    Ok(sync::sync(db)?.to_string())
+}
+
+fn commit(db: Db, _: &[*mut sqlite3_value]) -> Result<String, Error> {
+    Ok(sync::commit(db)?.to_string())
+}
+
+fn head(db: Db, _: &[*mut sqlite3_value]) -> Result<String, Error> {
+    Ok(sync::head(db)?.to_string())
+}
+
+fn status(db: Db, _: &[*mut sqlite3_value]) -> Result<String, Error> {
+    Ok(sync::status(db)?.to_string())
+}
+
+fn verify(db: Db, _: &[*mut sqlite3_value]) -> Result<String, Error> {
+    Ok(sync::verify(db)?.to_string())
+}
+
+pub fn register(db: *mut sqlite3) -> sqlite_loadable::Result<()> {
+    let pure = FunctionFlags::UTF8 | FunctionFlags::DETERMINISTIC | FunctionFlags::INNOCUOUS;
+    let stateful = FunctionFlags::UTF8 | FunctionFlags::DIRECTONLY;
+    let table: &[(&'static str, i32, Body, FunctionFlags)] = &[
+        ("pdb_version", 0, version, pure),
+        ("pdb_debug", 0, debug, FunctionFlags::UTF8),
+        ("pdb_open", 2, open, stateful),
+        ("pdb_open", 3, open, stateful),
+        ("pdb_sync", 0, sync_fn, stateful),
+        ("pdb_commit", 0, commit, stateful),
+        ("pdb_head", 0, head, stateful),
+        ("pdb_status", 0, status, stateful),
+        ("pdb_verify", 0, verify, stateful),
+    ];
+    for (name, n, body, flags) in table.iter().copied() {
+        define_scalar_function(db, name, n, move |ctx, args| run(name, ctx, args, body), flags)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! Turning captured changes into a commit: the net change of every row
+//! touched since the verified head (base values vs current values), as a
+//! SQLite changeset, sealed into the outbox with a fresh idempotency key.
+
+use crate::db::{as_i64, Result};
+use crate::local::{now_ms, Local};
+use crate::tables::SyncTable;
+use pdb_protocol::{hex, Change, Changeset, Op, TableChanges, Value};
+
+/// The net change of one row, or None when base and current agree.
+pub fn diff(t: &SyncTable, base: Option<&[Value]>, cur: Option<&[Value]>) -> Option<Change> {
+    let change = |op, old: Vec<Option<Value>>, new: Vec<Option<Value>>| Change {
+        op,
+        indirect: false,
+        old,
+        new,
+    };
+    match (base, cur) {
+        (None, None) => None,
+        (None, Some(c)) => Some(change(Op::Insert, vec![], c.iter().cloned().map(Some).collect())),
+        (Some(b), None) => Some(change(Op::Delete, b.iter().cloned().map(Some).collect(), vec![])),
+        (Some(b), Some(c)) => {
+            let mut old = vec![None; b.len()];
+            let mut new = vec![None; b.len()];
+            let mut changed = false;
+            for i in 0..b.len() {
+                if t.pk_cols.contains(&i) {
+                    old[i] = Some(b[i].clone());
+                } else if b[i] != c[i] {
+                    old[i] = Some(b[i].clone());
+                    new[i] = Some(c[i].clone());
+                    changed = true;
+                }
+            }
+            changed.then(|| change(Op::Update, old, new))
+        }
+    }
+}
+
+/// Reads every pending row of `t`: (base row if it existed, current row
+/// if it exists).
+pub type Pending = (Option<Vec<Value>>, Option<Vec<Value>>);
+
+pub fn pending_rows(l: &Local, t: &SyncTable) -> Result<Vec<Pending>> {
+    let n = t.columns.len();
+    let rows = l.db.rows(&t.pending_join, &[])?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let existed = as_i64(&r[0]) == Some(1);
+            let present = as_i64(&r[n + 1]) == Some(1);
+            let base = existed.then(|| r[1..=n].to_vec());
+            let cur = present.then(|| r[n + 2..2 * n + 2].to_vec());
+            (base, cur)
+        })
+        .collect())
+}
+
+/// The changeset of all pending rows; rows whose net change is nothing
+/// (inserted then deleted, changed then changed back) stop being pending.
+pub fn pending_changeset(l: &Local) -> Result<(Changeset, usize)> {
+    let mut cs = Changeset::default();
+    let mut n = 0;
+    for t in &l.tables {
+        let mut changes = Vec::new();
+        for (base, cur) in pending_rows(l, t)? {
+            match diff(t, base.as_deref(), cur.as_deref()) {
+                Some(c) => changes.push(c),
+                None => {
+                    let row = base.as_ref().or(cur.as_ref());
+                    if let Some(row) = row {
+                        l.db.run(&t.delete_base, &t.key_of(row))?;
+                    }
+                }
+            }
+        }
+        if !changes.is_empty() {
+            n += changes.len();
+            cs.tables.push(TableChanges {
+                name: t.name.clone(),
+                pk_flags: t.pk_flags.clone(),
+                changes,
+            });
+        }
+    }
+    Ok((cs, n))
+}
+
+pub struct Outbox {
+    pub id: i64,
+    pub key: String,
+    pub base_seq: u64,
+    pub base_hash: [u8; 32],
+    pub changeset: Vec<u8>,
+    pub rows: i64,
+    pub attempts: i64,
+}
+
+pub fn outbox(l: &Local) -> Result<Option<Outbox>> {
+    let r = l.db.row(
+        "SELECT id, idem_key, base_seq, base_hash, changeset, rows, attempts FROM pdb_outbox ORDER BY id LIMIT 1",
+        &[],
+    )?;
+    Ok(r.map(|r| Outbox {
+        id: as_i64(&r[0]).unwrap_or(0),
+        key: crate::db::as_text(&r[1]).unwrap_or_default(),
+        base_seq: as_i64(&r[2]).unwrap_or(0) as u64,
+        base_hash: crate::db::as_blob(&r[3])
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .unwrap_or([0; 32]),
+        changeset: crate::db::as_blob(&r[4]).map(<[u8]>::to_vec).unwrap_or_default(),
+        rows: as_i64(&r[5]).unwrap_or(0),
+        attempts: as_i64(&r[6]).unwrap_or(0),
+    }))
+}
+
+fn fresh_key() -> Result<String> {
+    let mut b = [0u8; 16];
+    getrandom::getrandom(&mut b).map_err(|e| crate::db::Error(format!("no randomness: {e}")))?;
+    Ok(format!("pdb-{}", hex(&b)))
+}
+
+/// Seals pending changes into the outbox (call inside a transaction). An
+/// outbox commit that was already sent stays as it is, byte for byte, so
+/// its retry replays; one never sent is replaced by a fresh seal.
+pub fn seal(l: &Local) -> Result<Option<Outbox>> {
+    if let Some(o) = outbox(l)? {
+        if o.attempts > 0 {
+            return Ok(Some(o));
+        }
+        l.db.run("DELETE FROM pdb_outbox WHERE id = ?1", &[Value::Integer(o.id)])?;
+    }
+    let (cs, rows) = pending_changeset(l)?;
+    if rows == 0 {
+        return Ok(None);
+    }
+    let head = l.head()?;
+    l.db.run(
+        "INSERT INTO pdb_outbox(idem_key, base_seq, base_hash, changeset, rows, sealed_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        &[
+            Value::text(&fresh_key()?),
+            Value::Integer(head.seq as i64),
+            Value::Blob(head.hash.to_vec()),
+            Value::Blob(cs.encode()),
+            Value::Integer(rows as i64),
+            Value::Integer(now_ms()),
+        ],
+    )?;
+    outbox(l)
+}
