@@ -17,23 +17,34 @@ use pdb_protocol::{sha256, Change, Changeset, Op, StateRoot, Value};
 
 type Row = Vec<Value>;
 
-pub struct Applied {
-    pub conflicts: usize,
-    pub own: bool,
-}
-
 /// Verifies a log entry against the pinned key and the current head, then
-/// applies it. Call inside a transaction with capture off.
-pub fn apply_entry(l: &Local, head: &mut Head, seq: u64, changeset: &[u8], cert: &Signed) -> Result<Applied> {
+/// applies it; returns the conflicts met. Call inside a transaction with
+/// capture off.
+pub fn apply_entry(
+    l: &Local,
+    head: &mut Head,
+    seq: u64,
+    changeset: &[u8],
+    cert: &Signed,
+) -> Result<usize> {
     let fail = |m: &str| Error(format!("commit {seq}: {m}; nothing was applied"));
     let rec = cert
         .commit(&l.key)
         .map_err(|e| fail(&format!("certificate rejected ({e})")))?;
     let checks = [
-        (rec.seq == seq && seq == head.seq + 1, "it does not follow the verified head"),
+        (
+            rec.seq == seq && seq == head.seq + 1,
+            "it does not follow the verified head",
+        ),
         (rec.group == l.group, "the certificate names another group"),
-        (rec.prev_head == head.hash, "the certificate does not chain to the verified head"),
-        (rec.changeset_digest == sha256(changeset), "the changeset does not match its certificate"),
+        (
+            rec.prev_head == head.hash,
+            "the certificate does not chain to the verified head",
+        ),
+        (
+            rec.changeset_digest == sha256(changeset),
+            "the changeset does not match its certificate",
+        ),
         (
             rec.schema_hash == l.schema_hash && rec.schema_version == l.schema.version,
             "the certificate names another schema",
@@ -42,8 +53,10 @@ pub fn apply_entry(l: &Local, head: &mut Head, seq: u64, changeset: &[u8], cert:
     if let Some((_, m)) = checks.iter().find(|(ok, _)| !ok) {
         return Err(fail(m));
     }
-    let cs = Changeset::decode(changeset).map_err(|e| fail(&format!("malformed changeset ({e})")))?;
-    cs.validate(&l.schema).map_err(|e| fail(&format!("invalid changeset ({e})")))?;
+    let cs =
+        Changeset::decode(changeset).map_err(|e| fail(&format!("malformed changeset ({e})")))?;
+    cs.validate(&l.schema)
+        .map_err(|e| fail(&format!("invalid changeset ({e})")))?;
     let own = crate::seal::outbox(l)?.is_some_and(|o| o.key == rec.idempotency_key);
     let mut root = head.root.clone();
     let mut conflicts = 0;
@@ -74,17 +87,27 @@ pub fn apply_entry(l: &Local, head: &mut Head, seq: u64, changeset: &[u8], cert:
         ],
     )?;
     if own {
-        l.db.run("DELETE FROM pdb_outbox WHERE idem_key = ?1", &[Value::text(&rec.idempotency_key)])?;
+        l.db.run(
+            "DELETE FROM pdb_outbox WHERE idem_key = ?1",
+            &[Value::text(&rec.idempotency_key)],
+        )?;
     }
     *head = Head {
         seq,
         hash: sha256(&cert.bytes),
         root,
     };
-    Ok(Applied { conflicts, own })
+    Ok(conflicts)
 }
 
-fn apply_change(l: &Local, st: &SyncTable, c: &Change, own: bool, seq: u64, root: &mut StateRoot) -> Result<usize> {
+fn apply_change(
+    l: &Local,
+    st: &SyncTable,
+    c: &Change,
+    own: bool,
+    seq: u64,
+    root: &mut StateRoot,
+) -> Result<usize> {
     let key = c.pk(&st.pk_flags);
     let pending = l.db.row(&st.select_base, &key)?;
     let local = l.db.row(&st.select_row, &key)?;
@@ -92,9 +115,19 @@ fn apply_change(l: &Local, st: &SyncTable, c: &Change, own: bool, seq: u64, root
         Some(p) => (as_i64(&p[0]) == Some(1)).then(|| p[1..].to_vec()),
         None => local.clone(),
     };
-    let diverged = || Error(format!("table {:?}: the change does not fit the verified local copy", st.name));
+    let diverged = || {
+        Error(format!(
+            "table {:?}: the change does not fit the verified local copy",
+            st.name
+        ))
+    };
     let new_server: Option<Row> = match (c.op, &old_server) {
-        (Op::Insert, None) => Some(c.new.iter().map(|v| v.clone().unwrap_or(Value::Null)).collect()),
+        (Op::Insert, None) => Some(
+            c.new
+                .iter()
+                .map(|v| v.clone().unwrap_or(Value::Null))
+                .collect(),
+        ),
         (Op::Update, Some(o)) | (Op::Delete, Some(o)) => {
             for (i, want) in c.old.iter().enumerate() {
                 if let Some(w) = want {
@@ -129,7 +162,13 @@ fn apply_change(l: &Local, st: &SyncTable, c: &Change, own: bool, seq: u64, root
     let (merged, conflicts) = if own {
         (local.clone(), Vec::new())
     } else {
-        merge(st, l.policy, old_server.as_ref(), stored_base.as_ref(), local.as_ref())
+        merge(
+            st,
+            l.policy,
+            old_server.as_ref(),
+            stored_base.as_ref(),
+            local.as_ref(),
+        )
     };
     let now = if merged != local {
         write_row(l, st, &key, local.as_ref(), merged.as_ref())?
@@ -146,7 +185,13 @@ fn apply_change(l: &Local, st: &SyncTable, c: &Change, own: bool, seq: u64, root
 }
 
 /// Moves the row from `current` to `target` and returns it as stored.
-fn write_row(l: &Local, st: &SyncTable, key: &[Value], current: Option<&Row>, target: Option<&Row>) -> Result<Option<Row>> {
+fn write_row(
+    l: &Local,
+    st: &SyncTable,
+    key: &[Value],
+    current: Option<&Row>,
+    target: Option<&Row>,
+) -> Result<Option<Row>> {
     match (current, target) {
         (None, None) => Ok(None),
         (Some(_), None) => {
@@ -194,7 +239,9 @@ pub struct Conflict {
 
 fn row_json(r: Option<&Row>) -> Value {
     match r {
-        Some(r) => Value::text(&serde_json::Value::Array(r.iter().map(value_json).collect()).to_string()),
+        Some(r) => {
+            Value::text(&serde_json::Value::Array(r.iter().map(value_json).collect()).to_string())
+        }
         None => Value::Null,
     }
 }
@@ -257,7 +304,11 @@ pub fn merge(
                 remote: row_json(remote),
                 kept: side(take_remote),
             };
-            let merged = if take_remote { remote.cloned() } else { local.cloned() };
+            let merged = if take_remote {
+                remote.cloned()
+            } else {
+                local.cloned()
+            };
             (merged, vec![c])
         }
     }

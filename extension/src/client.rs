@@ -11,12 +11,7 @@ pub enum CallError {
     /// The witness could not be reached or the exchange broke off.
     Network(String),
     /// The witness answered with a typed error.
-    Rejected {
-        status: u16,
-        code: String,
-        message: String,
-        body: Json,
-    },
+    Rejected { code: String, message: String },
 }
 
 impl std::fmt::Display for CallError {
@@ -56,35 +51,47 @@ impl Client {
         }
     }
 
-    fn finish(&self, what: &str, r: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<Json, CallError> {
-        let mut resp = r.map_err(|e| CallError::Network(format!("sending request to {}{what}: {e}", self.url)))?;
+    fn finish(
+        &self,
+        what: &str,
+        r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Json, CallError> {
+        let mut resp = r.map_err(|e| {
+            CallError::Network(format!("sending request to {}{what}: {e}", self.url))
+        })?;
         let status = resp.status().as_u16();
         let text = resp
             .body_mut()
             .with_config()
             .limit(MAX_RESPONSE)
             .read_to_string()
-            .map_err(|e| CallError::Network(format!("reading response from {}{what}: {e}", self.url)))?;
+            .map_err(|e| {
+                CallError::Network(format!("reading response from {}{what}: {e}", self.url))
+            })?;
         let body: Json = serde_json::from_str(&text).map_err(|e| {
-            CallError::Network(format!("response from {}{what} is not JSON ({e})", self.url))
+            CallError::Network(format!(
+                "response from {}{what} is not JSON ({e})",
+                self.url
+            ))
         })?;
         if (200..300).contains(&status) {
             return Ok(body);
         }
-        let code = body["error"]["code"].as_str().unwrap_or("http_error").to_string();
+        let code = body["error"]["code"]
+            .as_str()
+            .unwrap_or("http_error")
+            .to_string();
         let message = body["error"]["message"]
             .as_str()
             .map(str::to_string)
             .unwrap_or_else(|| format!("HTTP {status}"));
         if status >= 500 {
-            return Err(CallError::Network(format!("{}{what}: {code}: {message}", self.url)));
+            return Err(CallError::Network(format!(
+                "{}{what}: {code}: {message}",
+                self.url
+            )));
         }
-        Err(CallError::Rejected {
-            status,
-            code,
-            message,
-            body,
-        })
+        Err(CallError::Rejected { code, message })
     }
 
     pub fn get(&self, path: &str) -> Result<Json, CallError> {

@@ -38,7 +38,11 @@ macro_rules! api {
         // lives as long as the process.
         match unsafe { (*table).$name } {
             Some(f) => f,
-            None => return Err(Error(concat!("host SQLite lacks ", stringify!($name)).into())),
+            None => {
+                return Err(Error(
+                    concat!("host SQLite lacks ", stringify!($name)).into(),
+                ))
+            }
         }
     }};
 }
@@ -90,7 +94,15 @@ impl Db {
         let f = api!(exec);
         let c = CString::new(sql).map_err(|_| Error("SQL contains a NUL byte".into()))?;
         // SAFETY: valid connection and NUL-terminated SQL; no callback.
-        let rc = unsafe { f(self.0, c.as_ptr(), None, std::ptr::null_mut(), std::ptr::null_mut()) };
+        let rc = unsafe {
+            f(
+                self.0,
+                c.as_ptr(),
+                None,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        };
         if rc != SQLITE_OK {
             return Err(Error(self.errmsg()));
         }
@@ -148,7 +160,9 @@ impl Db {
     pub fn sqlite_version(&self) -> Result<String> {
         let f = api!(libversion);
         // SAFETY: returns a static NUL-terminated string.
-        Ok(unsafe { CStr::from_ptr(f()) }.to_string_lossy().into_owned())
+        Ok(unsafe { CStr::from_ptr(f()) }
+            .to_string_lossy()
+            .into_owned())
     }
 }
 
@@ -243,12 +257,20 @@ impl Stmt {
                 SQLITE_TEXT => {
                     let p = text(self.raw, i);
                     let n = bytes(self.raw, i).max(0) as usize;
-                    Value::Text(if p.is_null() { Vec::new() } else { std::slice::from_raw_parts(p, n).to_vec() })
+                    Value::Text(if p.is_null() {
+                        Vec::new()
+                    } else {
+                        std::slice::from_raw_parts(p, n).to_vec()
+                    })
                 }
                 SQLITE_BLOB => {
                     let p = blob(self.raw, i) as *const u8;
                     let n = bytes(self.raw, i).max(0) as usize;
-                    Value::Blob(if p.is_null() { Vec::new() } else { std::slice::from_raw_parts(p, n).to_vec() })
+                    Value::Blob(if p.is_null() {
+                        Vec::new()
+                    } else {
+                        std::slice::from_raw_parts(p, n).to_vec()
+                    })
                 }
                 _ => Value::Null,
             })

@@ -10,21 +10,14 @@ use sqlite_loadable::ext::{sqlite3, sqlite3_context, sqlite3_value};
 use sqlite_loadable::{define_scalar_function, FunctionFlags};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-/// The documented list; tests compare it with `pragma_function_list`.
-pub const FUNCTIONS: &[&str] = &[
-    "pdb_commit",
-    "pdb_debug",
-    "pdb_head",
-    "pdb_open",
-    "pdb_status",
-    "pdb_sync",
-    "pdb_verify",
-    "pdb_version",
-];
-
 type Body = fn(Db, &[*mut sqlite3_value]) -> Result<String, Error>;
 
-fn run(name: &str, ctx: *mut sqlite3_context, args: &[*mut sqlite3_value], body: Body) -> sqlite_loadable::Result<()> {
+fn run(
+    name: &str,
+    ctx: *mut sqlite3_context,
+    args: &[*mut sqlite3_value],
+    body: Body,
+) -> sqlite_loadable::Result<()> {
     let db = Db::new(api::context_db_handle(ctx));
     let outcome = catch_unwind(AssertUnwindSafe(|| body(db, args)));
     let message = match outcome {
@@ -36,7 +29,9 @@ fn run(name: &str, ctx: *mut sqlite3_context, args: &[*mut sqlite3_value], body:
 }
 
 fn text_arg(args: &[*mut sqlite3_value], i: usize, what: &str) -> Result<Option<String>, Error> {
-    let Some(v) = args.get(i) else { return Ok(None) };
+    let Some(v) = args.get(i) else {
+        return Ok(None);
+    };
     if api::value_is_null(v) {
         return Ok(None);
     }
@@ -46,7 +41,8 @@ fn text_arg(args: &[*mut sqlite3_value], i: usize, what: &str) -> Result<Option<
 }
 
 fn required(args: &[*mut sqlite3_value], i: usize, what: &str) -> Result<String, Error> {
-    text_arg(args, i, what)?.ok_or_else(|| Error(format!("argument {} ({what}) is required text", i + 1)))
+    text_arg(args, i, what)?
+        .ok_or_else(|| Error(format!("argument {} ({what}) is required text", i + 1)))
 }
 
 fn version(_: Db, _: &[*mut sqlite3_value]) -> Result<String, Error> {
@@ -104,7 +100,13 @@ pub fn register(db: *mut sqlite3) -> sqlite_loadable::Result<()> {
         ("pdb_verify", 0, verify, stateful),
     ];
     for (name, n, body, flags) in table.iter().copied() {
-        define_scalar_function(db, name, n, move |ctx, args| run(name, ctx, args, body), flags)?;
+        define_scalar_function(
+            db,
+            name,
+            n,
+            move |ctx, args| run(name, ctx, args, body),
+            flags,
+        )?;
     }
     Ok(())
 }

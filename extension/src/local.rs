@@ -53,7 +53,6 @@ pub struct Local {
     pub policy: Policy,
     pub schema: Schema,
     pub schema_hash: [u8; 32],
-    pub schema_sql: String,
     pub tables: Vec<SyncTable>,
 }
 
@@ -84,10 +83,13 @@ pub fn is_open(db: &Db) -> Result<bool> {
 
 pub fn load(db: Db) -> Result<Local> {
     if !is_open(&db)? {
-        return Err(Error("this database is not open for sync; call pdb_open(url, group, options) first".into()));
+        return Err(Error(
+            "this database is not open for sync; call pdb_open(url, group, options) first".into(),
+        ));
     }
     let need = |k: &str| -> Result<String> {
-        get_text(&db, k)?.ok_or_else(|| Error(format!("sync state is missing {k:?}; call pdb_open again")))
+        get_text(&db, k)?
+            .ok_or_else(|| Error(format!("sync state is missing {k:?}; call pdb_open again")))
     };
     let key_hex = need("public_key")?;
     let key = unhex32(&key_hex)
@@ -95,10 +97,14 @@ pub fn load(db: Db) -> Result<Local> {
         .ok_or_else(|| Error("the pinned witness key is corrupt".into()))?;
     let names: Vec<String> = serde_json::from_str(&need("tables")?)
         .map_err(|_| Error("the stored table list is corrupt".into()))?;
-    let version = get(&db, "schema_version")?.as_ref().and_then(as_i64).unwrap_or(0) as u32;
+    let version = get(&db, "schema_version")?
+        .as_ref()
+        .and_then(as_i64)
+        .unwrap_or(0) as u32;
     let schema = read_local(&db, &names, version)?
         .ok_or_else(|| Error("the group's tables are missing from this database".into()))?;
-    let schema_hash = unhex32(&need("schema_hash")?).ok_or_else(|| Error("the stored schema hash is corrupt".into()))?;
+    let schema_hash = unhex32(&need("schema_hash")?)
+        .ok_or_else(|| Error("the stored schema hash is corrupt".into()))?;
     if schema.hash() != schema_hash {
         return Err(Error(
             "schema_mismatch: the local tables no longer match the group's schema".into(),
@@ -111,7 +117,6 @@ pub fn load(db: Db) -> Result<Local> {
         token: get_text(&db, "token")?.unwrap_or_default(),
         key,
         policy: Policy::parse(&need("policy")?).unwrap_or(Policy::RemoteWins),
-        schema_sql: need("schema_sql")?,
         schema,
         schema_hash,
         tables,
@@ -121,11 +126,16 @@ pub fn load(db: Db) -> Result<Local> {
 
 impl Local {
     pub fn table(&self, name: &str) -> Option<&SyncTable> {
-        self.schema.table_index(name).and_then(|i| self.tables.get(i))
+        self.schema
+            .table_index(name)
+            .and_then(|i| self.tables.get(i))
     }
 
     pub fn head(&self) -> Result<Head> {
-        let seq = get(&self.db, "head_seq")?.as_ref().and_then(as_i64).unwrap_or(0) as u64;
+        let seq = get(&self.db, "head_seq")?
+            .as_ref()
+            .and_then(as_i64)
+            .unwrap_or(0) as u64;
         let hash = get(&self.db, "head_hash")?
             .as_ref()
             .and_then(as_blob)
@@ -167,7 +177,11 @@ impl Local {
 /// autocommit, a savepoint inside the host's own transaction.
 pub fn transaction<T>(db: &Db, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let nested = db.in_transaction()?;
-    db.exec(if nested { "SAVEPOINT pdb_tx" } else { "BEGIN IMMEDIATE" })?;
+    db.exec(if nested {
+        "SAVEPOINT pdb_tx"
+    } else {
+        "BEGIN IMMEDIATE"
+    })?;
     match f() {
         Ok(v) => {
             db.exec(if nested { "RELEASE pdb_tx" } else { "COMMIT" })?;

@@ -17,8 +17,16 @@ pub fn diff(t: &SyncTable, base: Option<&[Value]>, cur: Option<&[Value]>) -> Opt
     };
     match (base, cur) {
         (None, None) => None,
-        (None, Some(c)) => Some(change(Op::Insert, vec![], c.iter().cloned().map(Some).collect())),
-        (Some(b), None) => Some(change(Op::Delete, b.iter().cloned().map(Some).collect(), vec![])),
+        (None, Some(c)) => Some(change(
+            Op::Insert,
+            vec![],
+            c.iter().cloned().map(Some).collect(),
+        )),
+        (Some(b), None) => Some(change(
+            Op::Delete,
+            b.iter().cloned().map(Some).collect(),
+            vec![],
+        )),
         (Some(b), Some(c)) => {
             let mut old = vec![None; b.len()];
             let mut new = vec![None; b.len()];
@@ -37,9 +45,13 @@ pub fn diff(t: &SyncTable, base: Option<&[Value]>, cur: Option<&[Value]>) -> Opt
     }
 }
 
-/// Reads every pending row of `t`: (base row if it existed, current row
-/// if it exists).
-pub type Pending = (Option<Vec<Value>>, Option<Vec<Value>>);
+/// A pending row: its key, its base row (if it existed at the verified
+/// head) and its current row (if it exists now).
+pub struct Pending {
+    pub key: Vec<Value>,
+    pub base: Option<Vec<Value>>,
+    pub cur: Option<Vec<Value>>,
+}
 
 pub fn pending_rows(l: &Local, t: &SyncTable) -> Result<Vec<Pending>> {
     let n = t.columns.len();
@@ -49,9 +61,11 @@ pub fn pending_rows(l: &Local, t: &SyncTable) -> Result<Vec<Pending>> {
         .map(|r| {
             let existed = as_i64(&r[0]) == Some(1);
             let present = as_i64(&r[n + 1]) == Some(1);
-            let base = existed.then(|| r[1..=n].to_vec());
-            let cur = present.then(|| r[n + 2..2 * n + 2].to_vec());
-            (base, cur)
+            Pending {
+                key: t.key_of(&r[1..=n]),
+                base: existed.then(|| r[1..=n].to_vec()),
+                cur: present.then(|| r[n + 2..2 * n + 2].to_vec()),
+            }
         })
         .collect())
 }
@@ -63,15 +77,10 @@ pub fn pending_changeset(l: &Local) -> Result<(Changeset, usize)> {
     let mut n = 0;
     for t in &l.tables {
         let mut changes = Vec::new();
-        for (base, cur) in pending_rows(l, t)? {
-            match diff(t, base.as_deref(), cur.as_deref()) {
+        for p in pending_rows(l, t)? {
+            match diff(t, p.base.as_deref(), p.cur.as_deref()) {
                 Some(c) => changes.push(c),
-                None => {
-                    let row = base.as_ref().or(cur.as_ref());
-                    if let Some(row) = row {
-                        l.db.run(&t.delete_base, &t.key_of(row))?;
-                    }
-                }
+                None => l.db.run(&t.delete_base, &p.key)?,
             }
         }
         if !changes.is_empty() {
@@ -108,7 +117,9 @@ pub fn outbox(l: &Local) -> Result<Option<Outbox>> {
         base_hash: crate::db::as_blob(&r[3])
             .and_then(|b| <[u8; 32]>::try_from(b).ok())
             .unwrap_or([0; 32]),
-        changeset: crate::db::as_blob(&r[4]).map(<[u8]>::to_vec).unwrap_or_default(),
+        changeset: crate::db::as_blob(&r[4])
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default(),
         rows: as_i64(&r[5]).unwrap_or(0),
         attempts: as_i64(&r[6]).unwrap_or(0),
     }))
@@ -128,7 +139,10 @@ pub fn seal(l: &Local) -> Result<Option<Outbox>> {
         if o.attempts > 0 {
             return Ok(Some(o));
         }
-        l.db.run("DELETE FROM pdb_outbox WHERE id = ?1", &[Value::Integer(o.id)])?;
+        l.db.run(
+            "DELETE FROM pdb_outbox WHERE id = ?1",
+            &[Value::Integer(o.id)],
+        )?;
     }
     let (cs, rows) = pending_changeset(l)?;
     if rows == 0 {

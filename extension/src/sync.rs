@@ -10,7 +10,9 @@ use crate::local::{self, now_ms, transaction, Head, Local, Policy};
 use crate::seal;
 use crate::tables::{read_local, SyncTable};
 use ed25519_dalek::VerifyingKey;
-use pdb_protocol::wire::{b64, unb64, BaseRef, CommitRequest, HeadJson, LogEntryJson, Policy as WirePolicy};
+use pdb_protocol::wire::{
+    b64, unb64, BaseRef, CommitRequest, HeadJson, LogEntryJson, Policy as WirePolicy,
+};
 use pdb_protocol::{genesis_hash, hex, sha256, unhex32, HeadRecord, StateRoot, Value};
 use serde_json::{json, Value as Json};
 
@@ -52,14 +54,17 @@ pub struct OpenOptions {
 pub fn parse_options(s: Option<&str>) -> Result<OpenOptions> {
     let v: Json = match s {
         None => json!({}),
-        Some(s) => serde_json::from_str(s).map_err(|e| Error(format!("options must be a JSON object: {e}")))?,
+        Some(s) => serde_json::from_str(s)
+            .map_err(|e| Error(format!("options must be a JSON object: {e}")))?,
     };
     let obj = v
         .as_object()
         .ok_or_else(|| Error("options must be a JSON object".into()))?;
     for k in obj.keys() {
         if !["token", "public_key", "policy"].contains(&k.as_str()) {
-            return Err(Error(format!("unknown option {k:?} (expected token, public_key, policy)")));
+            return Err(Error(format!(
+                "unknown option {k:?} (expected token, public_key, policy)"
+            )));
         }
     }
     let policy = match obj.get("policy") {
@@ -70,8 +75,15 @@ pub fn parse_options(s: Option<&str>) -> Result<OpenOptions> {
             .ok_or_else(|| Error("policy must be remote_wins, local_wins or keep_both".into()))?,
     };
     Ok(OpenOptions {
-        token: obj.get("token").and_then(Json::as_str).unwrap_or("").to_string(),
-        public_key: obj.get("public_key").and_then(Json::as_str).map(str::to_string),
+        token: obj
+            .get("token")
+            .and_then(Json::as_str)
+            .unwrap_or("")
+            .to_string(),
+        public_key: obj
+            .get("public_key")
+            .and_then(Json::as_str)
+            .map(str::to_string),
         policy,
     })
 }
@@ -84,7 +96,9 @@ pub fn open(db: Db, url: &str, group: &str, opts: OpenOptions) -> Result<Json> {
     db.exec(local::MIGRATION)?;
     if let (Some(u), Some(g)) = (local::get_text(&db, "url")?, local::get_text(&db, "group")?) {
         if g != group {
-            return Err(Error(format!("this database is already open for group {g:?} at {u}")));
+            return Err(Error(format!(
+                "this database is already open for group {g:?} at {u}"
+            )));
         }
     }
     let client = Client::new(url, &opts.token);
@@ -93,7 +107,10 @@ pub fn open(db: Db, url: &str, group: &str, opts: OpenOptions) -> Result<Json> {
         .as_str()
         .ok_or_else(|| Error("the witness did not send its public key".into()))?
         .to_string();
-    let expected = opts.public_key.clone().or(local::get_text(&db, "public_key")?);
+    let expected = opts
+        .public_key
+        .clone()
+        .or(local::get_text(&db, "public_key")?);
     if let Some(pinned) = expected {
         if pinned != served {
             return Err(Error(format!(
@@ -104,20 +121,26 @@ pub fn open(db: Db, url: &str, group: &str, opts: OpenOptions) -> Result<Json> {
     let key = unhex32(&served)
         .and_then(|k| VerifyingKey::from_bytes(&k).ok())
         .ok_or_else(|| Error("the witness's public key is malformed".into()))?;
-    let g = client.get(&format!("/v1/groups/{group}")).map_err(|e| match e {
-        CallError::Rejected { code, message, .. } => Error(format!("{code}: {message}")),
-        other => network(other),
-    })?;
-    let head: HeadJson = serde_json::from_value(g["head"].clone()).map_err(|_| Error("malformed group head".into()))?;
+    let g = client
+        .get(&format!("/v1/groups/{group}"))
+        .map_err(|e| match e {
+            CallError::Rejected { code, message, .. } => Error(format!("{code}: {message}")),
+            other => network(other),
+        })?;
+    let head: HeadJson = serde_json::from_value(g["head"].clone())
+        .map_err(|_| Error("malformed group head".into()))?;
     let head_rec = verify_head(&key, group, &head)?;
     let version = g["schema"]["version"].as_u64().unwrap_or(0) as u32;
     let schema_hash = unhex32(g["schema"]["hash"].as_str().unwrap_or(""))
         .ok_or_else(|| Error("malformed schema hash".into()))?;
     if head_rec.schema_hash != schema_hash || head_rec.schema_version != version {
-        return Err(Error("the signed head names another schema than the group info".into()));
+        return Err(Error(
+            "the signed head names another schema than the group info".into(),
+        ));
     }
     let sql = g["schema"]["sql"].as_str().unwrap_or("").to_string();
-    let names: Vec<String> = serde_json::from_value(g["schema"]["tables"].clone()).unwrap_or_default();
+    let names: Vec<String> =
+        serde_json::from_value(g["schema"]["tables"].clone()).unwrap_or_default();
     if names.is_empty() {
         return Err(Error("the witness sent no table list".into()));
     }
@@ -135,9 +158,12 @@ pub fn open(db: Db, url: &str, group: &str, opts: OpenOptions) -> Result<Json> {
                 true
             }
         };
-        let schema = read_local(&db, &names, version)?.ok_or_else(|| Error("creating the group's tables failed".into()))?;
+        let schema = read_local(&db, &names, version)?
+            .ok_or_else(|| Error("creating the group's tables failed".into()))?;
         if schema.hash() != schema_hash {
-            return Err(Error("schema_mismatch: the group's DDL does not give the group's schema here".into()));
+            return Err(Error(
+                "schema_mismatch: the group's DDL does not give the group's schema here".into(),
+            ));
         }
         let fresh = local::get(&db, "head_seq")?.is_none();
         for (k, v) in [
@@ -149,7 +175,10 @@ pub fn open(db: Db, url: &str, group: &str, opts: OpenOptions) -> Result<Json> {
             ("schema_version", Value::Integer(version.into())),
             ("schema_hash", Value::text(&hex(&schema_hash))),
             ("schema_sql", Value::text(&sql)),
-            ("tables", Value::text(&serde_json::to_string(&names).unwrap_or_default())),
+            (
+                "tables",
+                Value::text(&serde_json::to_string(&names).unwrap_or_default()),
+            ),
         ] {
             local::set(&db, k, v)?;
         }
@@ -161,7 +190,11 @@ pub fn open(db: Db, url: &str, group: &str, opts: OpenOptions) -> Result<Json> {
             }
             if fresh && !created {
                 // Rows that were here before sync started are local inserts.
-                let pk: Vec<String> = st.pk_cols.iter().map(|i| crate::db::ident(&st.columns[*i])).collect();
+                let pk: Vec<String> = st
+                    .pk_cols
+                    .iter()
+                    .map(|i| crate::db::ident(&st.columns[*i]))
+                    .collect();
                 db.exec(&format!(
                     "INSERT OR IGNORE INTO {} ({}, {}) SELECT 0, {} FROM {}",
                     st.base,
@@ -174,7 +207,11 @@ pub fn open(db: Db, url: &str, group: &str, opts: OpenOptions) -> Result<Json> {
         }
         if fresh {
             local::set(&db, "head_seq", Value::Integer(0))?;
-            local::set(&db, "head_hash", Value::Blob(genesis_hash(group, version, &schema_hash).to_vec()))?;
+            local::set(
+                &db,
+                "head_hash",
+                Value::Blob(genesis_hash(group, version, &schema_hash).to_vec()),
+            )?;
             local::set(&db, "root", Value::Blob(StateRoot::empty().to_bytes()))?;
         }
         Ok(())
@@ -197,7 +234,10 @@ fn pull(l: &Local, client: &Client) -> Result<(usize, usize)> {
     loop {
         let after = l.head()?.seq;
         let page = client
-            .get(&format!("/v1/groups/{}/commits?after={after}&limit={PAGE}", l.group))
+            .get(&format!(
+                "/v1/groups/{}/commits?after={after}&limit={PAGE}",
+                l.group
+            ))
             .map_err(|e| classify(&l.db, e))?;
         let head: HeadJson = serde_json::from_value(page["head"].clone())
             .map_err(|_| Error("the witness sent a malformed page".into()))?;
@@ -226,9 +266,8 @@ fn pull(l: &Local, client: &Client) -> Result<(usize, usize)> {
                         .signed
                         .to_signed()
                         .ok_or_else(|| Error(format!("commit {}: malformed certificate", e.seq)))?;
-                    let a = apply_entry(l, &mut h, e.seq, &cs, &cert)?;
+                    c += apply_entry(l, &mut h, e.seq, &cs, &cert)?;
                     n += 1;
-                    c += a.conflicts;
                 }
                 if h.seq == signed_head.seq && (h.hash != signed_head.head_hash || h.root.digest() != signed_head.state_root) {
                     return Err(Error("the local copy does not match the witness's signed head; nothing was applied".into()));
@@ -251,8 +290,12 @@ fn classify(db: &Db, e: CallError) -> Error {
     let msg = match &e {
         CallError::Network(m) => format!("witness unreachable: {m}"),
         CallError::Rejected { code, message, .. } => match code.as_str() {
-            "unauthorized" => format!("unauthorized: {message} (sync stopped: fix the token or the caller's role)"),
-            "schema_mismatch" => format!("schema_mismatch: {message} (sync stopped: migrate this database)"),
+            "unauthorized" => format!(
+                "unauthorized: {message} (sync stopped: fix the token or the caller's role)"
+            ),
+            "schema_mismatch" => {
+                format!("schema_mismatch: {message} (sync stopped: migrate this database)")
+            }
             _ => format!("{code}: {message}"),
         },
     };
@@ -265,7 +308,9 @@ pub fn commit(db: Db) -> Result<Json> {
     let l = local::load(db)?;
     let o = transaction(&db, || seal::seal(&l))?;
     Ok(match o {
-        Some(o) => json!({ "sealed": true, "idempotency_key": o.key, "rows": o.rows, "base_seq": o.base_seq }),
+        Some(o) => {
+            json!({ "sealed": true, "idempotency_key": o.key, "rows": o.rows, "base_seq": o.base_seq })
+        }
         None => json!({ "sealed": false, "rows": 0 }),
     })
 }
@@ -288,7 +333,10 @@ pub fn sync(db: Db) -> Result<Json> {
             }
             continue;
         };
-        db.run("UPDATE pdb_outbox SET attempts = attempts + 1 WHERE id = ?1", &[Value::Integer(o.id)])?;
+        db.run(
+            "UPDATE pdb_outbox SET attempts = attempts + 1 WHERE id = ?1",
+            &[Value::Integer(o.id)],
+        )?;
         let req = CommitRequest {
             base: BaseRef {
                 seq: o.base_seq,
@@ -304,17 +352,21 @@ pub fn sync(db: Db) -> Result<Json> {
         let body = serde_json::to_value(&req).map_err(|e| Error(e.to_string()))?;
         match client.post(&format!("/v1/groups/{}/commits", l.group), &body) {
             Ok(resp) => {
-                let cert = resp["certificate"]["signed"]
-                    .clone();
-                let cert: pdb_protocol::wire::SignedJson =
-                    serde_json::from_value(cert).map_err(|_| Error("the witness sent a malformed certificate".into()))?;
+                let cert = resp["certificate"]["signed"].clone();
+                let cert: pdb_protocol::wire::SignedJson = serde_json::from_value(cert)
+                    .map_err(|_| Error("the witness sent a malformed certificate".into()))?;
                 let rec = cert
                     .to_signed()
                     .ok_or_else(|| Error("the witness sent a malformed certificate".into()))?
                     .commit(&l.key)
                     .map_err(|e| Error(format!("the witness's certificate was rejected ({e})")))?;
-                if rec.changeset_digest != sha256(&o.changeset) || rec.idempotency_key != o.key || rec.group != l.group {
-                    return Err(Error("the witness certified something other than this commit".into()));
+                if rec.changeset_digest != sha256(&o.changeset)
+                    || rec.idempotency_key != o.key
+                    || rec.group != l.group
+                {
+                    return Err(Error(
+                        "the witness certified something other than this commit".into(),
+                    ));
                 }
                 let (p, c) = pull(&l, &client)?;
                 pulled += p;
@@ -333,14 +385,19 @@ pub fn sync(db: Db) -> Result<Json> {
                 let (p, c) = pull(&l, &client)?;
                 pulled += p;
                 conflicts += c;
-                db.run("DELETE FROM pdb_outbox WHERE id = ?1", &[Value::Integer(o.id)])?;
+                db.run(
+                    "DELETE FROM pdb_outbox WHERE id = ?1",
+                    &[Value::Integer(o.id)],
+                )?;
             }
             Err(e) => return Err(classify(&db, e)),
         }
     }
     clear_error(&db)?;
     local::set(&db, "last_sync_ms", Value::Integer(now_ms()))?;
-    Ok(json!({ "pushed": pushed, "pulled": pulled, "conflicts": conflicts, "head": head_json(&l)? }))
+    Ok(
+        json!({ "pushed": pushed, "pulled": pulled, "conflicts": conflicts, "head": head_json(&l)? }),
+    )
 }
 
 pub fn head_json(l: &Local) -> Result<Json> {
@@ -371,7 +428,10 @@ pub fn status(db: Db) -> Result<Json> {
     }
     let o = seal::outbox(&l)?;
     let h = l.head()?;
-    let remote = local::get(&db, "remote_seq")?.as_ref().and_then(as_i64).unwrap_or(h.seq as i64);
+    let remote = local::get(&db, "remote_seq")?
+        .as_ref()
+        .and_then(as_i64)
+        .unwrap_or(h.seq as i64);
     let conflicts = db
         .row("SELECT count(*) FROM pdb_conflicts", &[])?
         .and_then(|r| as_i64(&r[0]))
@@ -400,19 +460,28 @@ pub fn verify(db: Db) -> Result<Json> {
     let mut rows = 0;
     for t in &l.tables {
         let list: Vec<String> = t.columns.iter().map(|c| crate::db::ident(c)).collect();
-        for r in db.rows(&format!("SELECT {} FROM {}", list.join(", "), crate::db::ident(&t.name)), &[])? {
+        for r in db.rows(
+            &format!(
+                "SELECT {} FROM {}",
+                list.join(", "),
+                crate::db::ident(&t.name)
+            ),
+            &[],
+        )? {
             root.add_row(&t.name, &r);
             rows += 1;
         }
-        for (base, cur) in seal::pending_rows(&l, t)? {
-            if let Some(c) = cur {
+        for p in seal::pending_rows(&l, t)? {
+            if let Some(c) = p.cur {
                 root.remove_row(&t.name, &c);
             }
-            if let Some(b) = base {
+            if let Some(b) = p.base {
                 root.add_row(&t.name, &b);
             }
         }
     }
     let ok = root == h.root;
-    Ok(json!({ "ok": ok, "rows": rows, "head_seq": h.seq, "state_root": hex(&root.digest()), "verified_root": hex(&h.root.digest()) }))
+    Ok(
+        json!({ "ok": ok, "rows": rows, "head_seq": h.seq, "state_root": hex(&root.digest()), "verified_root": hex(&h.root.digest()) }),
+    )
 }

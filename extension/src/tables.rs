@@ -113,7 +113,7 @@ impl SyncTable {
         SyncTable {
             name: t.name.clone(),
             columns: t.columns.iter().map(|c| c.name.clone()).collect(),
-            pk_flags: t.columns.iter().map(|c| u8::from(c.pk > 0)).collect(),
+            pk_flags: t.pk_flags(),
             select_row: format!("SELECT {list} FROM {table} WHERE {}", cond("")),
             select_base: format!("SELECT {EXISTED}, {list} FROM {base} WHERE {}", cond("")),
             insert_row: format!(
@@ -175,7 +175,11 @@ impl SyncTable {
             .iter()
             .map(|c| format!("{} {}", ident(&c.name), c.decl_type))
             .collect();
-        let pk: Vec<String> = self.pk_cols.iter().map(|i| ident(&self.columns[*i])).collect();
+        let pk: Vec<String> = self
+            .pk_cols
+            .iter()
+            .map(|i| ident(&self.columns[*i]))
+            .collect();
         format!(
             "CREATE TABLE IF NOT EXISTS {} ({EXISTED} INTEGER NOT NULL, {}, PRIMARY KEY ({})) WITHOUT ROWID",
             self.base,
@@ -187,46 +191,71 @@ impl SyncTable {
     /// The capture triggers: plain SQL, so writes from any connection are
     /// captured, and a rolled-back transaction takes its captures with it.
     /// Each records a row's base values the first time it is touched.
+    ///
+    /// The bodies avoid conflict clauses on purpose: an `OR REPLACE` or
+    /// `OR IGNORE` on the user's statement overrides those inside trigger
+    /// bodies. `INSERT ... WHERE NOT EXISTS` never conflicts.
     pub fn trigger_ddl(&self) -> Vec<String> {
         let table = ident(&self.name);
         let list: Vec<String> = self.columns.iter().map(|c| ident(c)).collect();
-        let pk: Vec<String> = self.pk_cols.iter().map(|i| ident(&self.columns[*i])).collect();
+        let pk: Vec<String> = self
+            .pk_cols
+            .iter()
+            .map(|i| ident(&self.columns[*i]))
+            .collect();
         let vals = |prefix: &str, cols: &[String]| -> String {
-            cols.iter().map(|c| format!("{prefix}.{c}")).collect::<Vec<_>>().join(", ")
+            cols.iter()
+                .map(|c| format!("{prefix}.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
-        let key_cond: Vec<String> = pk.iter().map(|c| format!("{c} = NEW.{c}")).collect();
+        let absent = |prefix: &str| -> String {
+            let cond: Vec<String> = pk.iter().map(|c| format!("b.{c} = {prefix}.{c}")).collect();
+            format!(
+                "NOT EXISTS (SELECT 1 FROM {} b WHERE {})",
+                self.base,
+                cond.join(" AND ")
+            )
+        };
         let name = |what: &str| ident(&format!("pdb_capture_{}_{what}", self.name));
         let base = &self.base;
         let l = list.join(", ");
         let p = pk.join(", ");
+        let key_cond: Vec<String> = pk.iter().map(|c| format!("t.{c} = NEW.{c}")).collect();
         vec![
             // INSERT OR REPLACE deletes the old row without firing DELETE
             // triggers: keep the old row as the base before it goes.
             format!(
                 "CREATE TRIGGER IF NOT EXISTS {} BEFORE INSERT ON {table} BEGIN \
-                 INSERT OR IGNORE INTO {base} ({EXISTED}, {l}) SELECT 1, {l} FROM {table} WHERE {}; END",
+                 INSERT INTO {base} ({EXISTED}, {l}) SELECT 1, {} FROM {table} t WHERE {} AND {}; END",
                 name("replace"),
-                key_cond.join(" AND ")
+                vals("t", &list),
+                key_cond.join(" AND "),
+                absent("NEW")
             ),
             format!(
                 "CREATE TRIGGER IF NOT EXISTS {} AFTER INSERT ON {table} BEGIN \
-                 INSERT OR IGNORE INTO {base} ({EXISTED}, {p}) VALUES (0, {}); END",
+                 INSERT INTO {base} ({EXISTED}, {p}) SELECT 0, {} WHERE {}; END",
                 name("insert"),
-                vals("NEW", &pk)
+                vals("NEW", &pk),
+                absent("NEW")
             ),
             format!(
                 "CREATE TRIGGER IF NOT EXISTS {} AFTER UPDATE ON {table} BEGIN \
-                 INSERT OR IGNORE INTO {base} ({EXISTED}, {l}) VALUES (1, {}); \
-                 INSERT OR IGNORE INTO {base} ({EXISTED}, {p}) VALUES (0, {}); END",
+                 INSERT INTO {base} ({EXISTED}, {l}) SELECT 1, {} WHERE {}; \
+                 INSERT INTO {base} ({EXISTED}, {p}) SELECT 0, {} WHERE {}; END",
                 name("update"),
                 vals("OLD", &list),
-                vals("NEW", &pk)
+                absent("OLD"),
+                vals("NEW", &pk),
+                absent("NEW")
             ),
             format!(
                 "CREATE TRIGGER IF NOT EXISTS {} AFTER DELETE ON {table} BEGIN \
-                 INSERT OR IGNORE INTO {base} ({EXISTED}, {l}) VALUES (1, {}); END",
+                 INSERT INTO {base} ({EXISTED}, {l}) SELECT 1, {} WHERE {}; END",
                 name("delete"),
-                vals("OLD", &list)
+                vals("OLD", &list),
+                absent("OLD")
             ),
         ]
     }

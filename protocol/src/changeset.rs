@@ -68,7 +68,8 @@ pub struct Change {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TableChanges {
     pub name: String,
-    /// Raw per-column primary-key flags as written (non-zero = key column).
+    /// Per-column key flags as SQLite writes them: the column's position
+    /// in the primary key (1, 2, ...), or 0.
     pub pk_flags: Vec<u8>,
     pub changes: Vec<Change>,
 }
@@ -219,8 +220,10 @@ impl Changeset {
                     ),
                 ));
             }
+            // SQLite writes each key column's position in the key (1, 2,
+            // ...) and its apply skips a table whose flags differ.
             for (i, c) in st.columns.iter().enumerate() {
-                if (c.pk > 0) != t.is_pk(i) {
+                if u32::from(t.pk_flags[i]) != c.pk {
                     return Err(bad(
                         None,
                         format!(

@@ -77,7 +77,9 @@ impl Schema {
 }
 
 impl Table {
+    /// Key flags as SQLite's changesets carry them: each key column's
+    /// position in the primary key, 0 for other columns.
     pub fn pk_flags(&self) -> Vec<u8> {
-        self.columns.iter().map(|c| u8::from(c.pk > 0)).collect()
+        self.columns.iter().map(|c| c.pk.min(255) as u8).collect()
     }
 }

@@ -57,7 +57,10 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        // PDB_KEEP_TMP=1 keeps test data for a post-mortem.
+        if std::env::var_os("PDB_KEEP_TMP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
@@ -403,4 +406,93 @@ pub fn local_root(db: &rusqlite::Connection, tables: &[&str]) -> [u8; 32] {
         }
     }
     root.digest()
+}
+
+/// The built extension, as `.load` takes it (no `.so`).
+pub fn extension_path() -> PathBuf {
+    let so = target_binary("libpdb.so");
+    so.with_extension("")
+}
+
+/// One device: a database file with the extension loaded, through
+/// rusqlite's bundled SQLite (a real host like any other).
+pub struct Device {
+    pub conn: rusqlite::Connection,
+    pub path: PathBuf,
+}
+
+impl Device {
+    pub fn new(path: &Path) -> Device {
+        let conn = rusqlite::Connection::open(path).expect("open device db");
+        // SAFETY: loading our own freshly built extension.
+        unsafe {
+            conn.load_extension_enable().expect("enable loading");
+            conn.load_extension(extension_path(), None::<&str>)
+                .expect("load libpdb");
+        }
+        conn.load_extension_disable().expect("disable loading");
+        conn.busy_timeout(Duration::from_secs(10))
+            .expect("busy timeout");
+        Device {
+            conn,
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// `SELECT <expr>` returning JSON text; errors as SQLite's message.
+    pub fn call(&self, expr: &str) -> Result<Json, String> {
+        self.conn
+            .query_row(&format!("SELECT {expr}"), [], |r| r.get::<_, String>(0))
+            .map_err(|e| e.to_string())
+            .map(|s| serde_json::from_str(&s).unwrap_or(Json::String(s)))
+    }
+
+    pub fn open(&self, w: &Witness, group: &str, policy: &str) -> Result<Json, String> {
+        self.open_url(&w.url, group, policy)
+    }
+
+    pub fn open_url(&self, url: &str, group: &str, policy: &str) -> Result<Json, String> {
+        self.call(&format!(
+            "pdb_open('{url}', '{group}', json_object('token', '{TOKEN}', 'policy', '{policy}'))"
+        ))
+    }
+
+    pub fn sync(&self) -> Result<Json, String> {
+        self.call("pdb_sync()")
+    }
+
+    pub fn exec(&self, sql: &str) {
+        self.conn
+            .execute_batch(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Every row of `tables` with exact types and bytes, in key order.
+    pub fn dump(&self, tables: &[&str]) -> Vec<String> {
+        dump(&self.conn, tables)
+    }
+}
+
+pub fn dump(conn: &rusqlite::Connection, tables: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in tables {
+        let mut st = conn
+            .prepare(&format!("SELECT * FROM \"{t}\" ORDER BY 1, 2"))
+            .expect("dump");
+        let n = st.column_count();
+        let mut rows = st.query([]).expect("rows");
+        while let Some(r) = rows.next().expect("row") {
+            let cells: Vec<String> = (0..n)
+                .map(|i| match r.get_ref(i).expect("cell") {
+                    rusqlite::types::ValueRef::Null => "null".to_string(),
+                    rusqlite::types::ValueRef::Integer(i) => format!("int:{i}"),
+                    rusqlite::types::ValueRef::Real(f) => format!("real:{:016x}", f.to_bits()),
+                    rusqlite::types::ValueRef::Text(t) => format!("text:{}", pdb_protocol::hex(t)),
+                    rusqlite::types::ValueRef::Blob(b) => format!("blob:{}", pdb_protocol::hex(b)),
+                })
+                .collect();
+            out.push(format!("{t}|{}", cells.join("|")));
+        }
+    }
+    out
 }
