@@ -19,3 +19,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { echo "setup: cargo is required (rustup)"; exit 1; }
+
+# Node host for the extension tests: better-sqlite3@12 (compiles, ~1 min).
+here="$(cd "$(dirname "$0")/.." && pwd)"
+if command -v npm >/dev/null && [ ! -f "$here/tests/node/node_modules/better-sqlite3/build/Release/better_sqlite3.node" ]; then
+  echo "setup: installing better-sqlite3 for the Node host test"
+  (cd "$here/tests/node" && npm install --no-audit --no-fund --loglevel=error)
+fi

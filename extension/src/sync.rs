@@ -315,20 +315,26 @@ pub fn commit(db: Db) -> Result<Json> {
     })
 }
 
-/// Push the outbox, pull, rebase, repeat until nothing is pending.
+/// Push the outbox, pull, rebase, repeat until nothing is pending. A
+/// failure is kept for pdb_status; nothing local is lost by it.
 pub fn sync(db: Db) -> Result<Json> {
     let l = local::load(db)?;
-    let client = client_of(&l);
+    sync_rounds(&l).inspect_err(|e| record_error(&db, &e.0))
+}
+
+fn sync_rounds(l: &Local) -> Result<Json> {
+    let db = l.db;
+    let client = client_of(l);
     let mut pushed = 0;
     let mut pulled = 0;
     let mut conflicts = 0;
     for _ in 0..MAX_ROUNDS {
-        let Some(o) = transaction(&db, || seal::seal(&l))? else {
-            let (p, c) = pull(&l, &client)?;
+        let Some(o) = transaction(&db, || seal::seal(l))? else {
+            let (p, c) = pull(l, &client)?;
             pulled += p;
             conflicts += c;
             // A pull can leave changes to push (local_wins); go round again.
-            if transaction(&db, || seal::seal(&l))?.is_none() {
+            if transaction(&db, || seal::seal(l))?.is_none() {
                 break;
             }
             continue;
@@ -368,10 +374,10 @@ pub fn sync(db: Db) -> Result<Json> {
                         "the witness certified something other than this commit".into(),
                     ));
                 }
-                let (p, c) = pull(&l, &client)?;
+                let (p, c) = pull(l, &client)?;
                 pulled += p;
                 conflicts += c;
-                if seal::outbox(&l)?.is_some_and(|x| x.key == o.key) {
+                if seal::outbox(l)?.is_some_and(|x| x.key == o.key) {
                     return Err(Error(format!(
                         "commit {} was certified but is not in the log the witness serves",
                         rec.seq
@@ -382,7 +388,7 @@ pub fn sync(db: Db) -> Result<Json> {
             Err(CallError::Rejected { code, .. }) if code == "stale_head" => {
                 // Not accepted (a replay would have answered): pull, then
                 // seal again from the merged state with a new key.
-                let (p, c) = pull(&l, &client)?;
+                let (p, c) = pull(l, &client)?;
                 pulled += p;
                 conflicts += c;
                 db.run(

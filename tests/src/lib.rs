@@ -496,3 +496,137 @@ pub fn dump(conn: &rusqlite::Connection, tables: &[&str]) -> Vec<String> {
     }
     out
 }
+
+/// What the fake witness does to the traffic it relays.
+#[derive(Clone)]
+pub enum ProxyMode {
+    /// Relay faithfully.
+    Pass,
+    /// Relay commit POSTs to the witness, then drop the connection before
+    /// the answer, this many times.
+    DropCommitResponses(usize),
+    /// Relay, then let a function rewrite the JSON answer to a GET.
+    TamperGet(fn(&str, &mut Json)),
+    /// Refuse connections' requests by closing them (witness "down").
+    Down,
+}
+
+/// A fake witness: relays HTTP to a real one and can lose or tamper with
+/// answers. One request per connection (`Connection: close`).
+pub struct Proxy {
+    pub url: String,
+    pub mode: std::sync::Arc<std::sync::Mutex<ProxyMode>>,
+    pub relayed_commits: std::sync::Arc<AtomicU64>,
+}
+
+impl Proxy {
+    pub fn start(target: &str) -> Proxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let mode = std::sync::Arc::new(std::sync::Mutex::new(ProxyMode::Pass));
+        let relayed = std::sync::Arc::new(AtomicU64::new(0));
+        let (m, r, target) = (mode.clone(), relayed.clone(), target.to_string());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (m, r, target) = (m.clone(), r.clone(), target.clone());
+                std::thread::spawn(move || {
+                    let _ = relay(stream, &target, &m, &r);
+                });
+            }
+        });
+        Proxy {
+            url,
+            mode,
+            relayed_commits: relayed,
+        }
+    }
+
+    pub fn set(&self, mode: ProxyMode) {
+        *self.mode.lock().expect("mode") = mode;
+    }
+}
+
+fn relay(
+    mut stream: std::net::TcpStream,
+    target: &str,
+    mode: &std::sync::Mutex<ProxyMode>,
+    relayed: &AtomicU64,
+) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let (method, path) = (
+        parts.next().unwrap_or("").to_string(),
+        parts.next().unwrap_or("").to_string(),
+    );
+    let (mut auth, mut len) = (String::new(), 0usize);
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h)?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            match k.trim().to_ascii_lowercase().as_str() {
+                "authorization" => auth = v.trim().to_string(),
+                "content-length" => len = v.trim().parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body)?;
+    let current = mode.lock().expect("mode").clone();
+    if matches!(current, ProxyMode::Down) {
+        return Ok(());
+    }
+    let agent = agent();
+    let url = format!("{target}{path}");
+    let resp = if method == "POST" {
+        agent
+            .post(&url)
+            .header("Authorization", &auth)
+            .header("Content-Type", "application/json")
+            .send(&body[..])
+    } else {
+        agent.get(&url).header("Authorization", &auth).call()
+    };
+    let mut resp = match resp {
+        Ok(r) => r,
+        Err(_) => return Ok(()),
+    };
+    let status = resp.status().as_u16();
+    let mut text = resp
+        .body_mut()
+        .with_config()
+        .limit(512 * 1024 * 1024)
+        .read_to_string()
+        .unwrap_or_default();
+    let is_commit = method == "POST" && path.ends_with("/commits");
+    if is_commit {
+        relayed.fetch_add(1, Ordering::SeqCst);
+    }
+    match current {
+        ProxyMode::DropCommitResponses(n) if is_commit && n > 0 => {
+            *mode.lock().expect("mode") = ProxyMode::DropCommitResponses(n - 1);
+            return Ok(());
+        }
+        ProxyMode::TamperGet(f) if method == "GET" => {
+            if let Ok(mut j) = serde_json::from_str::<Json>(&text) {
+                f(&path, &mut j);
+                text = j.to_string();
+            }
+        }
+        _ => {}
+    }
+    write!(
+        stream,
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+        text.len()
+    )?;
+    stream.flush()
+}
