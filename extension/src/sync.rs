@@ -402,7 +402,7 @@ fn sync_rounds(l: &Local) -> Result<Json> {
     clear_error(&db)?;
     local::set(&db, "last_sync_ms", Value::Integer(now_ms()))?;
     Ok(
-        json!({ "pushed": pushed, "pulled": pulled, "conflicts": conflicts, "head": head_json(&l)? }),
+        json!({ "pushed": pushed, "pulled": pulled, "conflicts": conflicts, "head": head_json(l)? }),
     )
 }
 
