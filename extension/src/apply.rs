@@ -12,16 +12,35 @@ use crate::db::{as_i64, Error, Result};
 use crate::local::{now_ms, Head, Local, Policy};
 use crate::tables::SyncTable;
 use pdb_protocol::records::Signed;
+use pdb_protocol::value::encode_values;
 use pdb_protocol::wire::value_json;
 use pdb_protocol::{sha256, Change, Changeset, Op, StateRoot, Value};
 
 type Row = Vec<Value>;
+
+/// The pending rows of every table, by (table index, encoded key): the
+/// base entry's pdb_seq and the base row (None if the row did not exist
+/// at the verified head). Built once per page, kept in step with the log.
+pub type PendingMap = std::collections::HashMap<(usize, Vec<u8>), (i64, Option<Row>)>;
+
+/// Compacts every base log and loads the pending rows.
+pub fn load_pending(l: &Local) -> Result<PendingMap> {
+    let mut map = PendingMap::new();
+    for (i, t) in l.tables.iter().enumerate() {
+        l.db.run(&t.compact_base, &[])?;
+        for p in crate::seal::pending_rows(l, t)? {
+            map.insert((i, encode_values(&p.key)), (p.seq, p.base));
+        }
+    }
+    Ok(map)
+}
 
 /// Verifies a log entry against the pinned key and the current head, then
 /// applies it; returns the conflicts met. Call inside a transaction with
 /// capture off.
 pub fn apply_entry(
     l: &Local,
+    pending: &mut PendingMap,
     head: &mut Head,
     seq: u64,
     changeset: &[u8],
@@ -61,9 +80,14 @@ pub fn apply_entry(
     let mut root = head.root.clone();
     let mut conflicts = 0;
     for t in &cs.tables {
-        let st = l.table(&t.name).ok_or_else(|| fail("unknown table"))?;
+        let ti = l
+            .schema
+            .table_index(&t.name)
+            .ok_or_else(|| fail("unknown table"))?;
+        let st = &l.tables[ti];
         for c in &t.changes {
-            conflicts += apply_change(l, st, c, own, seq, &mut root).map_err(|e| fail(&e.0))?;
+            conflicts +=
+                apply_change(l, pending, ti, st, c, own, seq, &mut root).map_err(|e| fail(&e.0))?;
         }
     }
     if root.digest() != rec.state_root {
@@ -100,8 +124,11 @@ pub fn apply_entry(
     Ok(conflicts)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn apply_change(
     l: &Local,
+    pending_map: &mut PendingMap,
+    ti: usize,
     st: &SyncTable,
     c: &Change,
     own: bool,
@@ -109,10 +136,17 @@ fn apply_change(
     root: &mut StateRoot,
 ) -> Result<usize> {
     let key = c.pk(&st.pk_flags);
-    let pending = l.db.row(&st.select_base, &key)?;
-    let local = l.db.row(&st.select_row, &key)?;
+    let map_key = (ti, encode_values(&key));
+    let pending = pending_map.get(&map_key).cloned();
+    // A row nobody changed here is the server's row: an insert of it needs
+    // no lookup (if it exists, the INSERT's key constraint says so).
+    let local = if c.op == Op::Insert && pending.is_none() {
+        None
+    } else {
+        l.sql.row(&st.select_row, &key)?
+    };
     let old_server: Option<Row> = match &pending {
-        Some(p) => (as_i64(&p[0]) == Some(1)).then(|| p[1..].to_vec()),
+        Some((_, base)) => base.clone(),
         None => local.clone(),
     };
     let diverged = || {
@@ -155,7 +189,18 @@ fn apply_change(
         }
         return Ok(0);
     }
-    let stored_base = write_base(l, st, &key, new_server.as_ref())?;
+    let entry = pending.as_ref().map(|(s, _)| *s).unwrap_or(0);
+    l.sql.run(&st.delete_base, &[Value::Integer(entry)])?;
+    if own && local == new_server {
+        // Our own commit, and the row has not changed since: the server now
+        // holds exactly the local row (as read), and nothing is pending.
+        if let Some(r) = &local {
+            root.add_row(&st.name, r);
+        }
+        pending_map.remove(&map_key);
+        return Ok(0);
+    }
+    let (new_entry, stored_base) = write_base(l, st, &key, new_server.as_ref())?;
     if let Some(s) = &stored_base {
         root.add_row(&st.name, s);
     }
@@ -176,7 +221,10 @@ fn apply_change(
         local
     };
     if now == stored_base {
-        l.db.run(&st.delete_base, &key)?;
+        l.sql.run(&st.delete_base, &[Value::Integer(new_entry)])?;
+        pending_map.remove(&map_key);
+    } else {
+        pending_map.insert(map_key, (new_entry, stored_base));
     }
     for cf in &conflicts {
         record_conflict(l, st, seq, &key, cf)?;
@@ -184,7 +232,9 @@ fn apply_change(
     Ok(conflicts.len())
 }
 
-/// Moves the row from `current` to `target` and returns it as stored.
+/// Moves the row from `current` to `target` and returns it as stored: read
+/// back, because column affinity may have changed a value (and some SQLite
+/// versions give REAL columns' integral values as integers via RETURNING).
 fn write_row(
     l: &Local,
     st: &SyncTable,
@@ -195,10 +245,16 @@ fn write_row(
     match (current, target) {
         (None, None) => Ok(None),
         (Some(_), None) => {
-            l.db.run(&st.delete_row, key)?;
+            l.sql.run(&st.delete_row, key)?;
             Ok(None)
         }
-        (None, Some(t)) => l.db.row(&st.insert_row, t),
+        (None, Some(t)) => {
+            l.sql.run(&st.insert_row, t)?;
+            if st.keeps(t.iter().cloned().enumerate()) {
+                return Ok(Some(t.clone()));
+            }
+            l.sql.row(&st.select_row, key)
+        }
         (Some(c), Some(t)) => {
             let changed: Vec<usize> = (0..t.len()).filter(|i| c.get(*i) != t.get(*i)).collect();
             if changed.is_empty() {
@@ -206,14 +262,23 @@ fn write_row(
             }
             let mut params: Vec<Value> = changed.iter().map(|i| t[*i].clone()).collect();
             params.extend(key.iter().cloned());
-            l.db.row(&st.update_sql(&changed), &params)
+            l.sql.run(&st.update_sql(&changed), &params)?;
+            if st.keeps(changed.iter().map(|i| (*i, t[*i].clone()))) {
+                return Ok(Some(t.clone()));
+            }
+            l.sql.row(&st.select_row, key)
         }
     }
 }
 
-/// Sets a pending row's base to the server's new value and returns it as
-/// stored (the base table has the same column affinities).
-fn write_base(l: &Local, st: &SyncTable, key: &[Value], row: Option<&Row>) -> Result<Option<Row>> {
+/// Logs the server's new value as a pending row's base; returns the
+/// entry's pdb_seq and the row as stored (same column affinities).
+fn write_base(
+    l: &Local,
+    st: &SyncTable,
+    key: &[Value],
+    row: Option<&Row>,
+) -> Result<(i64, Option<Row>)> {
     let mut params: Vec<Value> = match row {
         Some(r) => r.clone(),
         None => {
@@ -225,8 +290,13 @@ fn write_base(l: &Local, st: &SyncTable, key: &[Value], row: Option<&Row>) -> Re
         }
     };
     params.push(Value::Integer(i64::from(row.is_some())));
-    let stored = l.db.row(&st.upsert_base, &params)?;
-    Ok(if row.is_some() { stored } else { None })
+    l.sql.run(&st.insert_base, &params)?;
+    let stored = l
+        .sql
+        .row(&st.last_base, &[])?
+        .ok_or_else(|| Error("a logged base row cannot be read back".into()))?;
+    let entry = as_i64(&stored[0]).unwrap_or(0);
+    Ok((entry, row.is_some().then(|| stored[1..].to_vec())))
 }
 
 pub struct Conflict {

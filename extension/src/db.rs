@@ -226,6 +226,14 @@ impl Stmt {
         self.check(rc)
     }
 
+    pub fn reset(&mut self) -> Result<()> {
+        let f = api!(reset);
+        // SAFETY: valid statement. Its return code repeats the last step's
+        // error, which the step already reported.
+        unsafe { f(self.raw) };
+        Ok(())
+    }
+
     /// Advances: true when a row is available.
     pub fn step(&mut self) -> Result<bool> {
         let f = api!(step);
@@ -320,5 +328,60 @@ pub fn as_blob(v: &Value) -> Option<&[u8]> {
     match v {
         Value::Blob(b) => Some(b),
         _ => None,
+    }
+}
+
+/// Prepared statements kept for the length of one SQL function call, keyed
+/// by their text (a pull or a seal runs the same few statements per row).
+/// Dropped, and so finalised, when the call ends: a statement left
+/// behind would keep the host from closing its connection.
+pub struct Cache {
+    db: Db,
+    stmts: std::cell::RefCell<std::collections::HashMap<String, Stmt>>,
+}
+
+impl Cache {
+    pub fn new(db: Db) -> Cache {
+        Cache {
+            db,
+            stmts: Default::default(),
+        }
+    }
+
+    fn with<T>(
+        &self,
+        sql: &str,
+        params: &[Value],
+        f: impl FnOnce(&mut Stmt) -> Result<T>,
+    ) -> Result<T> {
+        let mut map = self.stmts.borrow_mut();
+        if !map.contains_key(sql) {
+            let st = self.db.prepare(sql)?;
+            map.insert(sql.to_string(), st);
+        }
+        let st = map
+            .get_mut(sql)
+            .ok_or_else(|| Error("statement cache lost a statement".into()))?;
+        st.bind_all(params)?;
+        let out = f(st);
+        // Reset so no statement stays active between uses.
+        st.reset()?;
+        out
+    }
+
+    /// The first row of a query (or of `... RETURNING`), if any.
+    pub fn row(&self, sql: &str, params: &[Value]) -> Result<Option<Vec<Value>>> {
+        self.with(sql, params, |st| {
+            let r = if st.step()? { Some(st.row()?) } else { None };
+            while st.step()? {}
+            Ok(r)
+        })
+    }
+
+    pub fn run(&self, sql: &str, params: &[Value]) -> Result<()> {
+        self.with(sql, params, |st| {
+            while st.step()? {}
+            Ok(())
+        })
     }
 }

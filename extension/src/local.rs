@@ -46,6 +46,8 @@ pub struct Head {
 /// Everything `pdb_open` stored, loaded for one call.
 pub struct Local {
     pub db: Db,
+    /// Statements reused within this call.
+    pub sql: crate::db::Cache,
     pub url: String,
     pub group: String,
     pub token: String,
@@ -120,17 +122,12 @@ pub fn load(db: Db) -> Result<Local> {
         schema,
         schema_hash,
         tables,
+        sql: crate::db::Cache::new(db),
         db,
     })
 }
 
 impl Local {
-    pub fn table(&self, name: &str) -> Option<&SyncTable> {
-        self.schema
-            .table_index(name)
-            .and_then(|i| self.tables.get(i))
-    }
-
     pub fn head(&self) -> Result<Head> {
         let seq = get(&self.db, "head_seq")?
             .as_ref()

@@ -48,6 +48,8 @@ pub fn diff(t: &SyncTable, base: Option<&[Value]>, cur: Option<&[Value]>) -> Opt
 /// A pending row: its key, its base row (if it existed at the verified
 /// head) and its current row (if it exists now).
 pub struct Pending {
+    /// The base entry's pdb_seq.
+    pub seq: i64,
     pub key: Vec<Value>,
     pub base: Option<Vec<Value>>,
     pub cur: Option<Vec<Value>>,
@@ -55,16 +57,17 @@ pub struct Pending {
 
 pub fn pending_rows(l: &Local, t: &SyncTable) -> Result<Vec<Pending>> {
     let n = t.columns.len();
-    let rows = l.db.rows(&t.pending_join, &[])?;
+    let rows = l.db.rows(&t.pending, &[])?;
     Ok(rows
         .into_iter()
         .map(|r| {
-            let existed = as_i64(&r[0]) == Some(1);
-            let present = as_i64(&r[n + 1]) == Some(1);
+            let existed = as_i64(&r[1]) == Some(1);
+            let present = as_i64(&r[n + 2]) == Some(1);
             Pending {
-                key: t.key_of(&r[1..=n]),
-                base: existed.then(|| r[1..=n].to_vec()),
-                cur: present.then(|| r[n + 2..2 * n + 2].to_vec()),
+                seq: as_i64(&r[0]).unwrap_or(0),
+                key: t.key_of(&r[2..n + 2]),
+                base: existed.then(|| r[2..n + 2].to_vec()),
+                cur: present.then(|| r[n + 3..2 * n + 3].to_vec()),
             }
         })
         .collect())
@@ -72,15 +75,17 @@ pub fn pending_rows(l: &Local, t: &SyncTable) -> Result<Vec<Pending>> {
 
 /// The changeset of all pending rows; rows whose net change is nothing
 /// (inserted then deleted, changed then changed back) stop being pending.
+/// Call inside a transaction: it compacts the base log.
 pub fn pending_changeset(l: &Local) -> Result<(Changeset, usize)> {
     let mut cs = Changeset::default();
     let mut n = 0;
     for t in &l.tables {
+        l.db.run(&t.compact_base, &[])?;
         let mut changes = Vec::new();
         for p in pending_rows(l, t)? {
             match diff(t, p.base.as_deref(), p.cur.as_deref()) {
                 Some(c) => changes.push(c),
-                None => l.db.run(&t.delete_base, &p.key)?,
+                None => l.sql.run(&t.delete_base, &[Value::Integer(p.seq)])?,
             }
         }
         if !changes.is_empty() {
@@ -129,6 +134,14 @@ fn fresh_key() -> Result<String> {
     let mut b = [0u8; 16];
     getrandom::getrandom(&mut b).map_err(|e| crate::db::Error(format!("no randomness: {e}")))?;
     Ok(format!("pdb-{}", hex(&b)))
+}
+
+/// The outbox commit to push: the one already sealed, else a new seal.
+pub fn next_commit(l: &Local) -> Result<Option<Outbox>> {
+    match outbox(l)? {
+        Some(o) => Ok(Some(o)),
+        None => seal(l),
+    }
 }
 
 /// Seals pending changes into the outbox (call inside a transaction). An

@@ -196,7 +196,7 @@ pub fn open(db: Db, url: &str, group: &str, opts: OpenOptions) -> Result<Json> {
                     .map(|i| crate::db::ident(&st.columns[*i]))
                     .collect();
                 db.exec(&format!(
-                    "INSERT OR IGNORE INTO {} ({}, {}) SELECT 0, {} FROM {}",
+                    "INSERT INTO {} ({}, {}) SELECT 0, {} FROM {}",
                     st.base,
                     crate::tables::EXISTED,
                     pk.join(", "),
@@ -253,6 +253,7 @@ fn pull(l: &Local, client: &Client) -> Result<(usize, usize)> {
         }
         let (n, c) = transaction(&l.db, || {
             l.without_capture(|| {
+                let mut pending = crate::apply::load_pending(l)?;
                 let mut h = l.head()?;
                 let mut n = 0;
                 let mut c = 0;
@@ -266,7 +267,7 @@ fn pull(l: &Local, client: &Client) -> Result<(usize, usize)> {
                         .signed
                         .to_signed()
                         .ok_or_else(|| Error(format!("commit {}: malformed certificate", e.seq)))?;
-                    c += apply_entry(l, &mut h, e.seq, &cs, &cert)?;
+                    c += apply_entry(l, &mut pending, &mut h, e.seq, &cs, &cert)?;
                     n += 1;
                 }
                 if h.seq == signed_head.seq && (h.hash != signed_head.head_hash || h.root.digest() != signed_head.state_root) {
@@ -329,12 +330,12 @@ fn sync_rounds(l: &Local) -> Result<Json> {
     let mut pulled = 0;
     let mut conflicts = 0;
     for _ in 0..MAX_ROUNDS {
-        let Some(o) = transaction(&db, || seal::seal(l))? else {
+        let Some(o) = transaction(&db, || seal::next_commit(l))? else {
             let (p, c) = pull(l, &client)?;
             pulled += p;
             conflicts += c;
             // A pull can leave changes to push (local_wins); go round again.
-            if transaction(&db, || seal::seal(l))?.is_none() {
+            if transaction(&db, || seal::next_commit(l))?.is_none() {
                 break;
             }
             continue;
@@ -401,9 +402,7 @@ fn sync_rounds(l: &Local) -> Result<Json> {
     }
     clear_error(&db)?;
     local::set(&db, "last_sync_ms", Value::Integer(now_ms()))?;
-    Ok(
-        json!({ "pushed": pushed, "pulled": pulled, "conflicts": conflicts, "head": head_json(l)? }),
-    )
+    Ok(json!({ "pushed": pushed, "pulled": pulled, "conflicts": conflicts, "head": head_json(l)? }))
 }
 
 pub fn head_json(l: &Local) -> Result<Json> {
@@ -429,7 +428,7 @@ pub fn status(db: Db) -> Result<Json> {
     let l = local::load(db)?;
     let mut pending = 0i64;
     for t in &l.tables {
-        let n = db.row(&format!("SELECT count(*) FROM {}", t.base), &[])?;
+        let n = db.row(&format!("SELECT count(*) FROM ({})", t.pending), &[])?;
         pending += n.and_then(|r| as_i64(&r[0])).unwrap_or(0);
     }
     let o = seal::outbox(&l)?;

@@ -64,17 +64,25 @@ pub struct SyncTable {
     pub columns: Vec<String>,
     pub pk_cols: Vec<usize>,
     pub pk_flags: Vec<u8>,
+    pub affinities: Vec<pdb_protocol::schema::Affinity>,
     pub base: String,
     pub select_row: String,
-    pub select_base: String,
     pub insert_row: String,
     pub delete_row: String,
-    pub upsert_base: String,
+    /// Appends a base entry; parameters: the row, then pdb_existed.
+    pub insert_base: String,
+    /// Reads back the entry just appended (seq and row as stored).
+    pub last_base: String,
+    /// Deletes one base entry by its pdb_seq.
     pub delete_base: String,
-    pub pending_join: String,
+    /// Keeps only the earliest entry per key.
+    pub compact_base: String,
+    /// (seq, existed, base row, present, current row) per pending key.
+    pub pending: String,
 }
 
 pub const EXISTED: &str = "pdb_existed";
+pub const SEQ: &str = "pdb_seq";
 
 impl SyncTable {
     pub fn new(t: &Table) -> SyncTable {
@@ -110,25 +118,32 @@ impl SyncTable {
         let b_cols: Vec<String> = cols.iter().map(|c| format!("b.{c}")).collect();
         let t_cols: Vec<String> = cols.iter().map(|c| format!("t.{c}")).collect();
         let first_pk = cols[pk_cols.first().copied().unwrap_or(0)].clone();
+        let pk_list: Vec<String> = pk_cols.iter().map(|i| cols[*i].clone()).collect();
+        let pk_list = pk_list.join(", ");
         SyncTable {
             name: t.name.clone(),
             columns: t.columns.iter().map(|c| c.name.clone()).collect(),
             pk_flags: t.pk_flags(),
+            affinities: t.affinities(),
             select_row: format!("SELECT {list} FROM {table} WHERE {}", cond("")),
-            select_base: format!("SELECT {EXISTED}, {list} FROM {base} WHERE {}", cond("")),
-            insert_row: format!(
-                "INSERT INTO {table} ({list}) VALUES ({}) RETURNING {list}",
-                marks.join(", ")
-            ),
+            insert_row: format!("INSERT INTO {table} ({list}) VALUES ({})", marks.join(", ")),
             delete_row: format!("DELETE FROM {table} WHERE {}", cond("")),
-            upsert_base: format!(
-                "INSERT OR REPLACE INTO {base} ({EXISTED}, {list}) VALUES (?{}, {}) RETURNING {list}",
+            insert_base: format!(
+                "INSERT INTO {base} ({EXISTED}, {list}) VALUES (?{}, {})",
                 cols.len() + 1,
                 marks.join(", ")
             ),
-            delete_base: format!("DELETE FROM {base} WHERE {}", cond("")),
-            pending_join: format!(
-                "SELECT b.{EXISTED}, {}, t.{first_pk} IS NOT NULL, {} FROM {base} b LEFT JOIN {table} t ON {}",
+            last_base: format!("SELECT {SEQ}, {list} FROM {base} WHERE {SEQ} = last_insert_rowid()"),
+            delete_base: format!("DELETE FROM {base} WHERE {SEQ} = ?1"),
+            compact_base: format!(
+                "DELETE FROM {base} WHERE {SEQ} NOT IN (SELECT min({SEQ}) FROM {base} GROUP BY {pk_list})"
+            ),
+            // The earliest entry of each key is its base (SQLite takes bare
+            // columns from the row that gives min()).
+            pending: format!(
+                "SELECT b.{SEQ}, b.{EXISTED}, {}, t.{first_pk} IS NOT NULL, {} \
+                 FROM (SELECT min({SEQ}) AS {SEQ}, {EXISTED}, {list} FROM {base} GROUP BY {pk_list}) b \
+                 LEFT JOIN {table} t ON {}",
                 b_cols.join(", "),
                 t_cols.join(", "),
                 join.join(" AND ")
@@ -138,12 +153,19 @@ impl SyncTable {
         }
     }
 
+    /// Whether writing these values (at these columns) surely stores them
+    /// unchanged, so reading them back can be skipped.
+    pub fn keeps(&self, cols: impl IntoIterator<Item = (usize, Value)>) -> bool {
+        cols.into_iter()
+            .all(|(i, v)| self.affinities.get(i).is_some_and(|a| a.keeps(&v)))
+    }
+
     pub fn key_of(&self, row: &[Value]) -> Vec<Value> {
         self.pk_cols.iter().map(|i| row[*i].clone()).collect()
     }
 
-    /// `UPDATE t SET <changed> WHERE <key> RETURNING *` for a set of
-    /// changed columns; parameters: new values then the key.
+    /// `UPDATE t SET <changed> WHERE <key>` for a set of changed columns;
+    /// parameters: new values then the key.
     pub fn update_sql(&self, changed: &[usize]) -> String {
         let sets: Vec<String> = changed
             .iter()
@@ -156,45 +178,37 @@ impl SyncTable {
             .enumerate()
             .map(|(n, i)| format!("{} = ?{}", ident(&self.columns[*i]), changed.len() + n + 1))
             .collect();
-        let list: Vec<String> = self.columns.iter().map(|c| ident(c)).collect();
         format!(
-            "UPDATE {} SET {} WHERE {} RETURNING {}",
+            "UPDATE {} SET {} WHERE {}",
             ident(&self.name),
             sets.join(", "),
-            conds.join(" AND "),
-            list.join(", ")
+            conds.join(" AND ")
         )
     }
 
-    /// DDL of the shadow table holding base rows: same column names and
-    /// declared types (so the same affinity and the same stored values),
-    /// keyed like the table, plus whether the row existed at the base.
+    /// DDL of the log of base rows: every first touch of a row since the
+    /// verified head appends its values there; the earliest entry per key
+    /// is the row's base. Same column names and declared types as the
+    /// table (so the same affinity and the same stored values), and no
+    /// constraint at all, so capturing can never conflict.
     pub fn base_ddl(&self, t: &Table) -> String {
         let cols: Vec<String> = t
             .columns
             .iter()
             .map(|c| format!("{} {}", ident(&c.name), c.decl_type))
             .collect();
-        let pk: Vec<String> = self
-            .pk_cols
-            .iter()
-            .map(|i| ident(&self.columns[*i]))
-            .collect();
         format!(
-            "CREATE TABLE IF NOT EXISTS {} ({EXISTED} INTEGER NOT NULL, {}, PRIMARY KEY ({})) WITHOUT ROWID",
+            "CREATE TABLE IF NOT EXISTS {} ({SEQ} INTEGER PRIMARY KEY, {EXISTED} INTEGER NOT NULL, {})",
             self.base,
-            cols.join(", "),
-            pk.join(", ")
+            cols.join(", ")
         )
     }
 
     /// The capture triggers: plain SQL, so writes from any connection are
     /// captured, and a rolled-back transaction takes its captures with it.
-    /// Each records a row's base values the first time it is touched.
-    ///
-    /// The bodies avoid conflict clauses on purpose: an `OR REPLACE` or
-    /// `OR IGNORE` on the user's statement overrides those inside trigger
-    /// bodies. `INSERT ... WHERE NOT EXISTS` never conflicts.
+    /// Each appends to the base log; the bodies are plain INSERTs into a
+    /// table without constraints, so the conflict clause of the user's
+    /// statement (which overrides those in trigger bodies) cannot matter.
     pub fn trigger_ddl(&self) -> Vec<String> {
         let table = ident(&self.name);
         let list: Vec<String> = self.columns.iter().map(|c| ident(c)).collect();
@@ -209,59 +223,57 @@ impl SyncTable {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let absent = |prefix: &str| -> String {
-            let cond: Vec<String> = pk.iter().map(|c| format!("b.{c} = {prefix}.{c}")).collect();
-            format!(
-                "NOT EXISTS (SELECT 1 FROM {} b WHERE {})",
-                self.base,
-                cond.join(" AND ")
-            )
-        };
         let name = |what: &str| ident(&format!("pdb_capture_{}_{what}", self.name));
         let base = &self.base;
         let l = list.join(", ");
         let p = pk.join(", ");
         let key_cond: Vec<String> = pk.iter().map(|c| format!("t.{c} = NEW.{c}")).collect();
+        let rekeyed: Vec<String> = pk
+            .iter()
+            .map(|c| format!("NEW.{c} IS NOT OLD.{c}"))
+            .collect();
         vec![
             // INSERT OR REPLACE deletes the old row without firing DELETE
-            // triggers: keep the old row as the base before it goes.
+            // triggers: log the old row before it goes.
             format!(
-                "CREATE TRIGGER IF NOT EXISTS {} BEFORE INSERT ON {table} BEGIN \
-                 INSERT INTO {base} ({EXISTED}, {l}) SELECT 1, {} FROM {table} t WHERE {} AND {}; END",
+                "CREATE TRIGGER IF NOT EXISTS {} BEFORE INSERT ON {table} \
+                 WHEN EXISTS (SELECT 1 FROM {table} t WHERE {kc}) BEGIN \
+                 INSERT INTO {base} ({EXISTED}, {l}) SELECT 1, {} FROM {table} t WHERE {kc}; END",
                 name("replace"),
                 vals("t", &list),
-                key_cond.join(" AND "),
-                absent("NEW")
+                kc = key_cond.join(" AND "),
             ),
             format!(
                 "CREATE TRIGGER IF NOT EXISTS {} AFTER INSERT ON {table} BEGIN \
-                 INSERT INTO {base} ({EXISTED}, {p}) SELECT 0, {} WHERE {}; END",
+                 INSERT INTO {base} ({EXISTED}, {p}) VALUES (0, {}); END",
                 name("insert"),
                 vals("NEW", &pk),
-                absent("NEW")
             ),
             format!(
                 "CREATE TRIGGER IF NOT EXISTS {} AFTER UPDATE ON {table} BEGIN \
-                 INSERT INTO {base} ({EXISTED}, {l}) SELECT 1, {} WHERE {}; \
-                 INSERT INTO {base} ({EXISTED}, {p}) SELECT 0, {} WHERE {}; END",
+                 INSERT INTO {base} ({EXISTED}, {l}) VALUES (1, {}); END",
                 name("update"),
                 vals("OLD", &list),
-                absent("OLD"),
+            ),
+            // A key change also creates a row under the new key.
+            format!(
+                "CREATE TRIGGER IF NOT EXISTS {} AFTER UPDATE OF {p} ON {table} WHEN {} BEGIN \
+                 INSERT INTO {base} ({EXISTED}, {p}) VALUES (0, {}); END",
+                name("rekey"),
+                rekeyed.join(" OR "),
                 vals("NEW", &pk),
-                absent("NEW")
             ),
             format!(
                 "CREATE TRIGGER IF NOT EXISTS {} AFTER DELETE ON {table} BEGIN \
-                 INSERT INTO {base} ({EXISTED}, {l}) SELECT 1, {} WHERE {}; END",
+                 INSERT INTO {base} ({EXISTED}, {l}) VALUES (1, {}); END",
                 name("delete"),
                 vals("OLD", &list),
-                absent("OLD")
             ),
         ]
     }
 
     pub fn trigger_names(&self) -> Vec<String> {
-        ["replace", "insert", "update", "delete"]
+        ["replace", "insert", "update", "rekey", "delete"]
             .iter()
             .map(|w| ident(&format!("pdb_capture_{}_{w}", self.name)))
             .collect()

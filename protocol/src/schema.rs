@@ -76,10 +76,104 @@ impl Schema {
     }
 }
 
+/// A column's type affinity, by SQLite's rules on the declared type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Affinity {
+    Integer,
+    Text,
+    Blob,
+    Real,
+    Numeric,
+}
+
+impl Affinity {
+    pub fn of(decl_type: &str) -> Affinity {
+        let t = decl_type.to_ascii_uppercase();
+        if t.contains("INT") {
+            Affinity::Integer
+        } else if t.contains("CHAR") || t.contains("CLOB") || t.contains("TEXT") {
+            Affinity::Text
+        } else if t.contains("BLOB") || t.is_empty() {
+            Affinity::Blob
+        } else if t.contains("REAL") || t.contains("FLOA") || t.contains("DOUB") {
+            Affinity::Real
+        } else {
+            Affinity::Numeric
+        }
+    }
+
+    /// Whether storing `v` in a column of this affinity and reading it
+    /// back surely gives `v` again, bit for bit. Conservative: `false`
+    /// means "read it back", not "it changes". (Text may turn numeric in a
+    /// numeric column; a REAL column keeps integral reals as integers, so
+    /// -0.0 reads back as 0.0; NaN binds as NULL.)
+    pub fn keeps(self, v: &crate::Value) -> bool {
+        use crate::Value::*;
+        match (v, self) {
+            (Null, _) | (Blob(_), _) => true,
+            (Integer(_), Affinity::Integer | Affinity::Numeric | Affinity::Blob) => true,
+            (Real(f), Affinity::Real | Affinity::Blob) => {
+                !f.is_nan() && f.to_bits() != (-0.0f64).to_bits()
+            }
+            (Text(_), Affinity::Text | Affinity::Blob) => true,
+            _ => false,
+        }
+    }
+}
+
 impl Table {
+    /// Each column's affinity, in column order.
+    pub fn affinities(&self) -> Vec<Affinity> {
+        self.columns
+            .iter()
+            .map(|c| Affinity::of(&c.decl_type))
+            .collect()
+    }
+
     /// Key flags as SQLite's changesets carry them: each key column's
     /// position in the primary key, 0 for other columns.
     pub fn pk_flags(&self) -> Vec<u8> {
         self.columns.iter().map(|c| c.pk.min(255) as u8).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Affinity::{self, *};
+    use crate::Value;
+
+    #[test]
+    fn affinity_follows_sqlites_rules() {
+        for (t, a) in [
+            ("INTEGER", Integer),
+            ("BIGINT", Integer),
+            ("VARCHAR(10)", Text),
+            ("TEXT", Text),
+            ("", Blob),
+            ("BLOB", Blob),
+            ("REAL", Real),
+            ("DOUBLE PRECISION", Real),
+            ("FLOATING POINT", Integer),
+            ("NUMERIC", Numeric),
+            ("DECIMAL(10,5)", Numeric),
+            ("ANY", Numeric),
+        ] {
+            assert_eq!(Affinity::of(t), a, "{t}");
+        }
+    }
+
+    #[test]
+    fn keeps_only_what_surely_round_trips() {
+        assert!(Integer.keeps(&Value::Integer(1)));
+        assert!(!Real.keeps(&Value::Integer(1)));
+        assert!(!Text.keeps(&Value::Integer(1)));
+        assert!(Real.keeps(&Value::Real(1.5)));
+        assert!(!Real.keeps(&Value::Real(-0.0)));
+        assert!(!Real.keeps(&Value::Real(f64::NAN)));
+        assert!(!Integer.keeps(&Value::Real(2.0)));
+        assert!(!Numeric.keeps(&Value::text("12")));
+        assert!(Text.keeps(&Value::text("12")));
+        assert!(Blob.keeps(&Value::text("12")));
+        assert!(Numeric.keeps(&Value::Null));
     }
 }

@@ -7,12 +7,12 @@
 //! the two are cross-checked on every verification.
 //!
 //! Old values are compared bit-exactly. The state root moves by the row as
-//! it was before (read by key) and as SQLite stored it after (`RETURNING`,
-//! so affinity conversions are what gets hashed).
+//! it was before and as SQLite stored it after, both read by key (so
+//! affinity conversions are what gets hashed).
 
 use crate::error::ApiError;
 use crate::group::{GroupInfo, TableSql};
-use crate::sqlvalue::{from_ref, ident, Bind};
+use crate::sqlvalue::{ident, Bind};
 use pdb_protocol::{Change, Changeset, Op, StateRoot, Value};
 use rusqlite::{Connection, ErrorCode};
 
@@ -65,12 +65,18 @@ fn apply_one(
         }
         (Op::Insert, None) => {
             let values: Vec<&Value> = c.new.iter().flatten().collect();
-            write(conn, ts, &key, &ts.insert, values)?
+            let expected: Vec<Value> = values.iter().map(|v| (*v).clone()).collect();
+            write(conn, ts, &key, &ts.insert, values, expected)?
         }
         (Op::Update, Some(row)) => {
             check_old(ts, &key, &c.old, row)?;
             let (sql, values) = update_sql(ts, c);
-            write(conn, ts, &key, &sql, values)?
+            let expected: Vec<Value> = row
+                .iter()
+                .zip(&c.new)
+                .map(|(old, new)| new.clone().unwrap_or_else(|| old.clone()))
+                .collect();
+            write(conn, ts, &key, &sql, values, expected)?
         }
         (Op::Delete, Some(row)) => {
             check_old(ts, &key, &c.old, row)?;
@@ -133,44 +139,38 @@ fn update_sql<'a>(ts: &TableSql, c: &'a Change) -> (String, Vec<&'a Value>) {
         }
     }
     let sql = format!(
-        "UPDATE {} SET {} WHERE {} RETURNING {}",
+        "UPDATE {} SET {} WHERE {}",
         ident(&ts.name),
         sets.join(", "),
-        conds.join(" AND "),
-        ts.column_list
+        conds.join(" AND ")
     );
     (sql, values)
 }
 
-/// Runs an INSERT or UPDATE ... RETURNING and gives back the stored row.
+/// Runs an INSERT or UPDATE and gives back the row as stored: `expected`
+/// when every written value surely keeps its exact form under its
+/// column's affinity, else read back by key (affinity may have changed a
+/// value; and some SQLite versions give REAL columns' integral values as
+/// integers through RETURNING, so that is not used).
 fn write(
     conn: &Connection,
     ts: &TableSql,
     key: &[Value],
     sql: &str,
     values: Vec<&Value>,
+    expected: Vec<Value>,
 ) -> Result<Option<Vec<Value>>, ApiError> {
     let mut st = conn
         .prepare_cached(sql)
         .map_err(|e| ApiError::internal("preparing a replica write", e))?;
-    let n = st.column_count();
     let binds: Vec<Bind<'_>> = values.into_iter().map(Bind).collect();
-    let mut rows = st
-        .query(rusqlite::params_from_iter(binds.iter()))
+    st.execute(rusqlite::params_from_iter(binds.iter()))
         .map_err(|e| sql_conflict(ts, key, e))?;
-    let row = rows.next().map_err(|e| sql_conflict(ts, key, e))?;
-    let out = match row {
-        Some(r) => Some(
-            (0..n)
-                .map(|i| r.get_ref(i).map(from_ref))
-                .collect::<rusqlite::Result<Vec<_>>>()
-                .map_err(|e| ApiError::internal("reading a written row", e))?,
-        ),
-        None => None,
-    };
-    // Drain so the statement runs to completion before the next one.
-    while rows.next().map_err(|e| sql_conflict(ts, key, e))?.is_some() {}
-    Ok(out)
+    if expected.iter().zip(&ts.affinities).all(|(v, a)| a.keeps(v)) {
+        return Ok(Some(expected));
+    }
+    ts.fetch(conn, key)
+        .map_err(|e| ApiError::internal("reading a written row", e))
 }
 
 fn sql_conflict(ts: &TableSql, key: &[Value], e: rusqlite::Error) -> ApiError {

@@ -59,10 +59,9 @@ impl GroupInfo {
 /// SQL text for one table, built once from the schema with quoted names.
 pub struct TableSql {
     pub name: String,
+    pub affinities: Vec<pdb_protocol::schema::Affinity>,
     pub columns: Vec<String>,
     pub pk_cols: Vec<usize>,
-    /// Quoted column names, comma-separated, in column order.
-    pub column_list: String,
     pub select_by_pk: String,
     pub scan: String,
     pub insert: String,
@@ -86,15 +85,12 @@ impl TableSql {
         let cond = cond.join(" AND ");
         TableSql {
             name: t.name.clone(),
+            affinities: t.affinities(),
             columns: t.columns.iter().map(|c| c.name.clone()).collect(),
             select_by_pk: format!("SELECT {list} FROM {table} WHERE {cond}"),
             scan: format!("SELECT {list} FROM {table}"),
-            insert: format!(
-                "INSERT INTO {table} ({list}) VALUES ({}) RETURNING {list}",
-                marks.join(", ")
-            ),
+            insert: format!("INSERT INTO {table} ({list}) VALUES ({})", marks.join(", ")),
             delete: format!("DELETE FROM {table} WHERE {cond}"),
-            column_list: list,
             pk_cols,
         }
     }

@@ -7,7 +7,9 @@ use pdb_e2e::*;
 use std::path::Path;
 use std::process::Command;
 
-const DDL: &str = "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT, n INTEGER);";
+// `score REAL` with integral values: SQLite 3.40 (the CLI and Python here)
+// hands those out as integers through RETURNING; sync must not trip on it.
+const DDL: &str = "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT, n INTEGER, score REAL);";
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().expect("start host");
@@ -59,7 +61,7 @@ fn cli_python_and_node_sync_through_one_witness() {
     let out = cli(
         &dir.path().join("cli.db"),
         &format!(
-            ".load {}\n.bail on\nSELECT pdb_open('{}', 'g', json_object('token', '{TOKEN}'));\nINSERT INTO notes VALUES (1, 'from the CLI', 1);\nSELECT json_extract(pdb_sync(), '$.pushed');\n",
+            ".load {}\n.bail on\nSELECT pdb_open('{}', 'g', json_object('token', '{TOKEN}'));\nINSERT INTO notes VALUES (1, 'from the CLI', 1, 2.0);\nSELECT json_extract(pdb_sync(), '$.pushed');\n",
             ext.display(),
             w.url
         ),
@@ -76,10 +78,12 @@ db.load_extension({ext:?})
 db.enable_load_extension(False)
 opened = json.loads(db.execute("SELECT pdb_open(?, 'g', json_object('token', ?))", ({url:?}, {TOKEN:?})).fetchone()[0])
 assert opened["pulled"] == 1, opened
-db.execute("INSERT INTO notes VALUES (2, 'from Python', 2)")
+db.execute("INSERT INTO notes VALUES (2, 'from Python', 2, 3.0)")
+db.execute("UPDATE notes SET score = 4.0 WHERE id = 1")
 db.commit()
 r = json.loads(db.execute("SELECT pdb_sync()").fetchone()[0])
 assert r["pushed"] == 1, r
+assert json.loads(db.execute("SELECT pdb_verify()").fetchone()[0])["ok"]
 print("python ok", [tuple(x) for x in db.execute("SELECT id, body FROM notes ORDER BY id")])
 "#,
         db = dir.path().join("py.db").display().to_string(),
@@ -101,7 +105,7 @@ const db = new Database({db:?});
 db.loadExtension({ext:?});
 const opened = JSON.parse(db.prepare("SELECT pdb_open(?, 'g', json_object('token', ?))").pluck().get({url:?}, {TOKEN:?}));
 if (opened.pulled < 1) throw new Error(JSON.stringify(opened));
-db.prepare("INSERT INTO notes VALUES (3, 'from Node', 3)").run();
+db.prepare("INSERT INTO notes VALUES (3, 'from Node', 3, 5.0)").run();
 const r = JSON.parse(db.prepare("SELECT pdb_sync()").pluck().get());
 if (r.pushed !== 1) throw new Error(JSON.stringify(r));
 console.log("node ok", JSON.stringify(db.prepare("SELECT id FROM notes ORDER BY id").pluck().all()));

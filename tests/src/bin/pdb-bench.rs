@@ -1,16 +1,22 @@
-//! `pdb-bench`: figures for the witness, each beside a baseline measured
-//! in the same run on the same disk, so ratios hold on a noisy machine.
+//! `pdb-bench`: figures for the witness and the extension, each beside a
+//! baseline measured in the same run on the same disk, so ratios hold on a
+//! noisy machine.
 //!
-//!   cargo run --release -p pdb-e2e --bin pdb-bench [-- --seconds 3]
+//!   cargo run --release -p pdb-e2e --bin pdb-bench [-- --seconds 3 --rows 100000]
 //!
-//! Durable commits: 1-row changesets on one group with 1, 8 and 64
-//! concurrent clients (commits/s, p50, p99), against durable single-row
-//! SQLite transactions (WAL, synchronous=FULL, the witness's settings).
+//! 1. Durable commits: 1-row changesets on one group with 1, 8 and 64
+//!    concurrent clients (commits/s, p50, p99, commits per fsync), against
+//!    durable single-row SQLite transactions (WAL, synchronous=FULL).
+//! 2. Capture overhead: inserting and updating N rows in a synced table
+//!    against an identical table that is not synced.
+//! 3. Applying N pulled row changes (pdb_open of a fresh device) against
+//!    SQLite's own session apply of the same changeset.
 
 use pdb_e2e::*;
 use pdb_protocol::wire::Policy;
 use pdb_protocol::Value;
 use serde_json::Value as Json;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,26 +25,43 @@ const DDL: &str =
 
 fn main() {
     let mut seconds = 3.0f64;
+    let mut rows = 100_000i64;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
+        let mut val = || {
+            args.next()
+                .and_then(|s| s.parse::<f64>().ok())
+                .unwrap_or_else(|| usage())
+        };
         match a.as_str() {
-            "--seconds" => {
-                seconds = args
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or_else(|| usage())
-            }
+            "--seconds" => seconds = val(),
+            "--rows" => rows = val() as i64,
             _ => usage(),
         }
     }
     let run_for = Duration::from_secs_f64(seconds);
     let dir = TempDir::new("bench");
     println!(
-        "pdb-bench: {seconds}s per measurement, data in {}",
+        "pdb-bench: {seconds}s per throughput figure, {rows} rows for the extension figures, data in {}",
         dir.path().display()
     );
+    let w = Arc::new(Witness::start(dir.path()));
+    commits(&w, dir.path(), run_for);
+    extension(&w, dir.path(), rows);
+    let (ok, out) = w.verify_cli();
+    println!(
+        "\nverify after the run: {}",
+        if ok { "ok" } else { out.trim() }
+    );
+}
 
-    let baseline = sqlite_baseline(dir.path(), run_for);
+fn usage() -> ! {
+    eprintln!("usage: pdb-bench [--seconds S] [--rows N]");
+    std::process::exit(2)
+}
+
+fn commits(w: &Arc<Witness>, dir: &Path, run_for: Duration) {
+    let baseline = sqlite_baseline(dir, run_for);
     println!();
     println!("== durable commits, 1-row changesets, one group ==");
     println!(
@@ -48,7 +71,6 @@ fn main() {
         "{:>8} {:>12} {:>12} {:>10} {:>10} {:>16}",
         "clients", "commits/s", "x baseline", "p50 ms", "p99 ms", "commits/fsync"
     );
-    let w = Arc::new(Witness::start(dir.path()));
     let g = w.create_group("bench", DDL);
     let mut next_id = 0i64;
     for clients in [1usize, 8, 64] {
@@ -59,9 +81,9 @@ fn main() {
                 s["requests"].as_u64().unwrap_or(0),
             )
         };
-        let (b0, r0) = stats(&w);
-        let (rate, p50, p99) = witness_commits(&w, &g, clients, run_for, &mut next_id);
-        let (b1, r1) = stats(&w);
+        let (b0, r0) = stats(w);
+        let (rate, p50, p99) = witness_commits(w, &g, clients, run_for, &mut next_id);
+        let (b1, r1) = stats(w);
         println!(
             "{clients:>8} {rate:>12.0} {:>12.2} {:>10.2} {:>10.2} {:>16.1}",
             rate / baseline,
@@ -70,20 +92,10 @@ fn main() {
             (r1 - r0) as f64 / (b1 - b0).max(1) as f64
         );
     }
-    let (ok, out) = w.verify_cli();
-    println!(
-        "verify after the run: {}",
-        if ok { "ok" } else { out.trim() }
-    );
-}
-
-fn usage() -> ! {
-    eprintln!("usage: pdb-bench [--seconds S]");
-    std::process::exit(2)
 }
 
 /// Autocommitted single-row inserts: one fsync each.
-fn sqlite_baseline(dir: &std::path::Path, run_for: Duration) -> f64 {
+fn sqlite_baseline(dir: &Path, run_for: Duration) -> f64 {
     let db = rusqlite::Connection::open(dir.join("baseline.sqlite")).expect("open");
     db.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
         .expect("wal");
@@ -170,4 +182,116 @@ fn witness_commits(
             .unwrap_or(0.0)
     };
     (lat.len() as f64 / elapsed, pct(0.50), pct(0.99))
+}
+
+const TASKS: &str =
+    "(id INTEGER PRIMARY KEY, title TEXT NOT NULL, owner TEXT, done INTEGER NOT NULL, score REAL)";
+
+fn timed(f: impl FnOnce()) -> f64 {
+    let t = Instant::now();
+    f();
+    t.elapsed().as_secs_f64()
+}
+
+fn fill(d: &Device, table: &str, rows: i64) -> f64 {
+    timed(|| {
+        d.exec("BEGIN");
+        let mut st = d
+            .conn
+            .prepare_cached(&format!("INSERT INTO {table} VALUES (?1, ?2, ?3, ?4, ?5)"))
+            .expect("prepare");
+        for i in 0..rows {
+            st.execute(rusqlite::params![
+                i,
+                format!("task number {i}"),
+                format!("owner{}", i % 50),
+                i % 2,
+                i as f64 * 0.5
+            ])
+            .expect("insert");
+        }
+        drop(st);
+        d.exec("COMMIT");
+    })
+}
+
+fn extension(w: &Witness, dir: &Path, rows: i64) {
+    w.create_group("tasks", &format!("CREATE TABLE tasks{TASKS};"));
+    let a = Device::new(&dir.join("device-a.db"));
+    a.open(w, "tasks", "remote_wins").expect("open");
+    a.exec(&format!("CREATE TABLE plain{TASKS};"));
+
+    println!();
+    println!("== capture overhead, {rows} rows in one transaction (same schema; 'plain' is not synced) ==");
+    let plain_ins = fill(&a, "plain", rows);
+    let synced_ins = fill(&a, "tasks", rows);
+    println!(
+        "insert: plain {:.3}s, synced {:.3}s, ratio {:.2}x",
+        plain_ins,
+        synced_ins,
+        synced_ins / plain_ins
+    );
+    let push = timed(|| {
+        let r = a.sync().expect("sync");
+        assert_eq!(r["pushed"], 1, "{r}");
+    });
+    println!("(pdb_sync pushing those {rows} rows as one commit: {push:.3}s)");
+    let upd = |t: &str| {
+        timed(|| {
+            a.exec(&format!(
+                "UPDATE {t} SET done = 1 - done, score = score + 1"
+            ))
+        })
+    };
+    let plain_upd = upd("plain");
+    let synced_upd = upd("tasks");
+    println!(
+        "update: plain {:.3}s, synced {:.3}s, ratio {:.2}x",
+        plain_upd,
+        synced_upd,
+        synced_upd / plain_upd
+    );
+
+    println!();
+    println!("== applying {rows} pulled row changes (one commit of {rows} inserts) ==");
+    let b = Device::new(&dir.join("device-b.db"));
+    let pulled = timed(|| {
+        let r = b.open(w, "tasks", "remote_wins").expect("open b");
+        assert_eq!(r["pulled"], 1, "{r}");
+    });
+    let page = w.get("/v1/groups/tasks/commits?after=0&limit=1");
+    let cs = pdb_protocol::wire::unb64(page.body["commits"][0]["changeset"].as_str().expect("cs"))
+        .expect("b64");
+    let base = rusqlite::Connection::open(dir.join("session-apply.db")).expect("open");
+    base.execute_batch(&format!("CREATE TABLE tasks{TASKS};"))
+        .expect("ddl");
+    let session = timed(|| {
+        base.execute_batch("BEGIN").expect("begin");
+        apply_changeset(&base, &cs);
+        base.execute_batch("COMMIT").expect("commit");
+    });
+    assert_eq!(dump(&base, &["tasks"]), b.dump(&["tasks"]));
+    // What the state root alone costs: every row of the changeset hashed
+    // into the LtHash once (an apply does this for every changed row).
+    let decoded = pdb_protocol::Changeset::decode(&cs).expect("decode");
+    let hashing = timed(|| {
+        let mut root = pdb_protocol::StateRoot::empty();
+        for c in &decoded.tables[0].changes {
+            let row: Vec<Value> = c
+                .new
+                .iter()
+                .map(|v| v.clone().unwrap_or(Value::Null))
+                .collect();
+            root.add_row("tasks", &row);
+        }
+        std::hint::black_box(root.digest());
+    });
+    println!(
+        "pdb_open of a fresh device (fetch, verify, apply, root check): {pulled:.3}s; SQLite session apply of the same changeset: {session:.3}s; ratio {:.2}x",
+        pulled / session
+    );
+    println!(
+        "(of which state-root hashing of {rows} rows costs {hashing:.3}s on its own, {:.2}x the session apply)",
+        hashing / session
+    );
 }
