@@ -94,6 +94,37 @@ fn writes_from_a_connection_without_the_extension_are_captured() {
 }
 
 #[test]
+fn opening_again_is_harmless() {
+    let s = setup("reopen");
+    let a = s.device("a", "remote_wins");
+    a.exec("INSERT INTO tasks(id, title) VALUES (1, 'x')");
+    a.sync().unwrap();
+    a.exec("INSERT INTO tasks(id, title) VALUES (2, 'pending')");
+    let before = (a.dump(TABLES), a.call("pdb_head()").unwrap());
+    for _ in 0..2 {
+        let r = a.open(&s.w, "g", "remote_wins").unwrap();
+        assert_eq!(r["pulled"], 0, "{r}");
+    }
+    assert_eq!((a.dump(TABLES), a.call("pdb_head()").unwrap()), before);
+    let st = a.call("pdb_status()").unwrap();
+    assert_eq!(st["pending_rows"], 1, "{st}");
+    let triggers: i64 = a
+        .conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = 'tasks'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(triggers, 5);
+    assert_eq!(a.sync().unwrap()["pushed"], 1);
+    // Another group on the same database is refused.
+    s.w.create_group("other", DDL);
+    let err = a.open(&s.w, "other", "remote_wins").unwrap_err();
+    assert!(err.contains("already open for group"), "{err}");
+}
+
+#[test]
 fn a_commit_carries_the_net_change_per_row() {
     let s = setup("net");
     let a = s.device("a", "remote_wins");
@@ -196,7 +227,15 @@ impl Rng {
 fn random_edit(d: &Device, rng: &mut Rng) {
     let id = rng.below(12) as i64;
     let v = rng.below(1000) as i64;
-    let sql = match rng.below(7) {
+    let sql = match rng.below(9) {
+        7 => format!(
+            "UPDATE OR IGNORE tasks SET id = {} WHERE id = {id}",
+            (id + 5) % 12
+        ),
+        8 => format!(
+            "INSERT OR REPLACE INTO tasks(id, title, data) VALUES ({id}, 'r{v}', x'{:04x}')",
+            v
+        ),
         0 | 1 => format!(
             "INSERT OR IGNORE INTO tasks(id, title, owner, done) VALUES ({id}, 't{v}', 'o{}', {})",
             v % 3,
@@ -220,14 +259,15 @@ fn random_edit(d: &Device, rng: &mut Rng) {
 
 #[test]
 fn devices_converge_under_random_offline_workloads() {
-    for (seed, n_dev, policy) in [
-        (1u64, 2usize, "remote_wins"),
-        (2, 3, "remote_wins"),
-        (3, 3, "local_wins"),
-        (4, 3, "keep_both"),
-        (5, 2, "local_wins"),
-        (6, 3, "remote_wins"),
-    ] {
+    let policies = ["remote_wins", "local_wins", "keep_both"];
+    // PDB_SEEDS=N runs more seeds (the suite runs 15).
+    let seeds: u64 = std::env::var("PDB_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
+    for seed in 1..=seeds {
+        let n_dev = 2 + (seed % 2) as usize;
+        let policy = policies[(seed % 3) as usize];
         let s = setup("converge");
         let devices: Vec<Device> = (0..n_dev)
             .map(|i| s.device(&format!("d{i}"), policy))
