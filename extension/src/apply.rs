@@ -232,6 +232,17 @@ fn apply_change(
     Ok(conflicts.len())
 }
 
+/// Inserts a row that is not there yet; returns it as stored.
+pub fn insert_row(l: &Local, st: &SyncTable, row: &[Value]) -> Result<Row> {
+    let key = st.key_of(row);
+    write_row(l, st, &key, None, Some(&row.to_vec()))?.ok_or_else(|| {
+        Error(format!(
+            "table {:?}: an inserted row cannot be read back",
+            st.name
+        ))
+    })
+}
+
 /// Moves the row from `current` to `target` and returns it as stored: read
 /// back, because column affinity may have changed a value (and some SQLite
 /// versions give REAL columns' integral values as integers via RETURNING).

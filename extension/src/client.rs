@@ -102,6 +102,55 @@ impl Client {
         self.finish(path, r)
     }
 
+    /// Bytes `start..=end` of a binary resource (a 206 answer whose
+    /// Content-Range must start at `start`; it may hold fewer bytes).
+    pub fn get_range(&self, path: &str, start: u64, end: u64) -> Result<Vec<u8>, CallError> {
+        let r = agent()
+            .get(format!("{}{path}", self.url))
+            .header("Authorization", &format!("Bearer {}", self.token))
+            .header("Range", &format!("bytes={start}-{end}"))
+            .call();
+        let mut resp = r.map_err(|e| {
+            CallError::Network(format!("sending request to {}{path}: {e}", self.url))
+        })?;
+        let status = resp.status().as_u16();
+        if status != 206 {
+            let text = resp.body_mut().read_to_string().unwrap_or_default();
+            let body: Json = serde_json::from_str(&text).unwrap_or_default();
+            return Err(CallError::Rejected {
+                code: body["error"]["code"]
+                    .as_str()
+                    .unwrap_or("http_error")
+                    .to_string(),
+                message: body["error"]["message"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("HTTP {status}")),
+            });
+        }
+        let starts_right = resp
+            .headers()
+            .get("content-range")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("bytes "))
+            .and_then(|v| v.split('-').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            == Some(start);
+        if !starts_right {
+            return Err(CallError::Network(format!(
+                "{}{path}: the answer is not the range asked for",
+                self.url
+            )));
+        }
+        resp.body_mut()
+            .with_config()
+            .limit(end - start + 1)
+            .read_to_vec()
+            .map_err(|e| {
+                CallError::Network(format!("reading response from {}{path}: {e}", self.url))
+            })
+    }
+
     pub fn post(&self, path: &str, body: &Json) -> Result<Json, CallError> {
         let r = agent()
             .post(format!("{}{path}", self.url))

@@ -2,6 +2,7 @@
 //! with plain SQL (`pdb_open`, `pdb_sync`, `pdb_head`, ...).
 
 mod apply;
+mod bootstrap;
 mod client;
 mod db;
 mod functions;

@@ -73,6 +73,15 @@ pub fn pending_rows(l: &Local, t: &SyncTable) -> Result<Vec<Pending>> {
         .collect())
 }
 
+/// How many rows are pending in all tables.
+pub fn pending_rows_total(l: &Local) -> Result<usize> {
+    let mut n = 0;
+    for t in &l.tables {
+        n += pending_rows(l, t)?.len();
+    }
+    Ok(n)
+}
+
 /// The changeset of all pending rows; rows whose net change is nothing
 /// (inserted then deleted, changed then changed back) stop being pending.
 /// Call inside a transaction: it compacts the base log.

@@ -217,9 +217,22 @@ pub fn open(db: Db, url: &str, group: &str, opts: OpenOptions) -> Result<Json> {
         Ok(())
     })?;
     let l = local::load(db)?;
+    // An empty database starts from the newest snapshot, if there is one.
+    let mut bootstrapped = None;
+    if l.head()?.seq == 0 && seal::outbox(&l)?.is_none() && seal::pending_rows_total(&l)? == 0 {
+        if let Some(m) = crate::bootstrap::newer_snapshot(&l, &client, 0)? {
+            bootstrapped = Some(
+                crate::bootstrap::bootstrap(&l, &client, &m)
+                    .inspect_err(|e| record_error(&db, &e.0))?,
+            );
+        }
+    }
     let (pulled, conflicts) = pull(&l, &client)?;
     clear_error(&db)?;
-    Ok(json!({ "group": group, "pulled": pulled, "conflicts": conflicts, "head": head_json(&l)? }))
+    Ok(json!({
+        "group": group, "pulled": pulled, "conflicts": conflicts,
+        "bootstrapped_from": bootstrapped, "head": head_json(&l)?,
+    }))
 }
 
 fn client_of(l: &Local) -> Client {
@@ -233,12 +246,21 @@ fn pull(l: &Local, client: &Client) -> Result<(usize, usize)> {
     let mut conflicts = 0;
     loop {
         let after = l.head()?.seq;
-        let page = client
-            .get(&format!(
-                "/v1/groups/{}/commits?after={after}&limit={PAGE}",
-                l.group
-            ))
-            .map_err(|e| classify(&l.db, e))?;
+        let path = format!("/v1/groups/{}/commits?after={after}&limit={PAGE}", l.group);
+        let page = match client.get(&path) {
+            Ok(p) => p,
+            Err(CallError::Rejected { code, .. }) if code == "snapshot_required" => {
+                // The log before our head is gone: restart from a snapshot
+                // (refused, keeping everything, if local changes are pending).
+                let m = crate::bootstrap::newer_snapshot(l, client, after)?.ok_or_else(|| {
+                    Error("snapshot_required, but the witness offers no newer snapshot".into())
+                })?;
+                crate::bootstrap::bootstrap(l, client, &m)
+                    .inspect_err(|e| record_error(&l.db, &e.0))?;
+                continue;
+            }
+            Err(e) => return Err(classify(&l.db, e)),
+        };
         let head: HeadJson = serde_json::from_value(page["head"].clone())
             .map_err(|_| Error("the witness sent a malformed page".into()))?;
         let signed_head = verify_head(&l.key, &l.group, &head)?;
@@ -452,6 +474,10 @@ pub fn status(db: Db) -> Result<Json> {
         "last_error": local::get(&db, "last_error")?.as_ref().and_then(as_text),
         "last_sync_ms": local::get(&db, "last_sync_ms")?.as_ref().and_then(as_i64),
         "lag": (remote - h.seq as i64).max(0),
+        "bootstrap": crate::bootstrap::progress_path(&l)
+            .ok()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|t| serde_json::from_str::<Json>(&t).ok()),
         "conflicts": conflicts,
     }))
 }

@@ -12,7 +12,7 @@ pub mod wire;
 
 pub use changeset::{Change, Changeset, Invalid, Op, TableChanges};
 pub use hash::sha256;
-pub use records::{genesis_hash, CommitRecord, HeadRecord, Signed};
+pub use records::{genesis_hash, CommitRecord, HeadRecord, Signed, SnapshotRecord};
 pub use schema::{Column, Schema, Table};
 pub use state_root::StateRoot;
 pub use value::Value;

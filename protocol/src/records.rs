@@ -20,6 +20,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 pub const COMMIT_TAG: &str = "personaldb/commit-certificate";
 pub const HEAD_TAG: &str = "personaldb/head";
 pub const GENESIS_TAG: &str = "personaldb/genesis";
+pub const SNAPSHOT_TAG: &str = "personaldb/snapshot-manifest";
 pub const FORMAT: u8 = 1;
 
 /// What the witness certifies about one accepted commit.
@@ -50,6 +51,67 @@ pub struct HeadRecord {
     pub schema_version: u32,
     pub schema_hash: [u8; 32],
     pub time_ms: u64,
+}
+
+/// What the witness signs about a snapshot: the group's content at one
+/// head, as a file of `size` bytes with SHA-256 `digest`, made of chunks
+/// starting at the offsets whose digest is `chunks_digest`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotRecord {
+    pub group: String,
+    pub seq: u64,
+    pub head_hash: [u8; 32],
+    pub state_root: [u8; 32],
+    pub schema_version: u32,
+    pub schema_hash: [u8; 32],
+    pub size: u64,
+    pub digest: [u8; 32],
+    pub rows: u64,
+    pub chunks_digest: [u8; 32],
+    pub time_ms: u64,
+}
+
+/// Digest of a snapshot's chunk offsets (each as u64 big-endian).
+pub fn chunks_digest(offsets: &[u64]) -> [u8; 32] {
+    let bytes: Vec<u8> = offsets.iter().flat_map(|o| o.to_be_bytes()).collect();
+    sha256(&bytes)
+}
+
+impl SnapshotRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new(SNAPSHOT_TAG);
+        w.str(&self.group);
+        w.u64(self.seq);
+        w.hash(&self.head_hash);
+        w.hash(&self.state_root);
+        w.u32(self.schema_version);
+        w.hash(&self.schema_hash);
+        w.u64(self.size);
+        w.hash(&self.digest);
+        w.u64(self.rows);
+        w.hash(&self.chunks_digest);
+        w.u64(self.time_ms);
+        w.0
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<SnapshotRecord, DecodeError> {
+        let mut r = RecordReader::new(bytes, SNAPSHOT_TAG)?;
+        let rec = SnapshotRecord {
+            group: r.str()?,
+            seq: r.u64()?,
+            head_hash: r.hash()?,
+            state_root: r.hash()?,
+            schema_version: r.u32()?,
+            schema_hash: r.hash()?,
+            size: r.u64()?,
+            digest: r.hash()?,
+            rows: r.u64()?,
+            chunks_digest: r.hash()?,
+            time_ms: r.u64()?,
+        };
+        r.finish()?;
+        Ok(rec)
+    }
 }
 
 /// A record's bytes and the witness's signature over exactly those bytes.
@@ -96,6 +158,11 @@ impl Signed {
     pub fn head(&self, key: &VerifyingKey) -> Result<HeadRecord, VerifyError> {
         self.verify(key)?;
         HeadRecord::decode(&self.bytes).map_err(VerifyError::Malformed)
+    }
+
+    pub fn snapshot(&self, key: &VerifyingKey) -> Result<SnapshotRecord, VerifyError> {
+        self.verify(key)?;
+        SnapshotRecord::decode(&self.bytes).map_err(VerifyError::Malformed)
     }
 }
 

@@ -185,6 +185,9 @@ pub struct ErrorJson {
     /// Primary key values of the row concerned.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub key: Option<Vec<serde_json::Value>>,
+    /// The snapshot to start from, on `snapshot_required`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub snapshot: Option<SnapshotJson>,
 }
 
 /// A value as JSON: numbers, strings (lossy for non-UTF-8 text), null,
@@ -199,4 +202,20 @@ pub fn value_json(v: &Value) -> serde_json::Value {
         Value::Text(t) => String::from_utf8_lossy(t).into_owned().into(),
         Value::Blob(b) => serde_json::json!({ "blob": crate::hex(b) }),
     }
+}
+
+/// A snapshot's signed manifest and where its chunks start.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotJson {
+    pub group: String,
+    pub seq: u64,
+    pub head_hash: String,
+    pub state_root: String,
+    pub size: u64,
+    pub digest: String,
+    pub rows: u64,
+    /// Byte offset of each chunk (each a changeset of INSERTs on its own).
+    pub chunks: Vec<u64>,
+    pub time_ms: u64,
+    pub signed: SignedJson,
 }

@@ -3,7 +3,7 @@
 //! recover. Internal causes are logged, never sent.
 
 use hyper::StatusCode;
-use pdb_protocol::wire::{value_json, ErrorBody, ErrorJson, HeadJson, SchemaJson};
+use pdb_protocol::wire::{value_json, ErrorBody, ErrorJson, HeadJson, SchemaJson, SnapshotJson};
 use pdb_protocol::Value;
 
 #[derive(Debug)]
@@ -32,6 +32,12 @@ pub enum ApiError {
         key: Option<Vec<Value>>,
         message: String,
     },
+    /// Catch-up from before the retained log: start from this snapshot.
+    SnapshotRequired {
+        pruned_through: u64,
+        snapshot: Option<Box<SnapshotJson>>,
+    },
+    RangeNotSatisfiable(u64),
     Unavailable(String),
     /// The cause is logged where it happens; the caller sees a generic text.
     Internal(String),
@@ -56,6 +62,8 @@ impl ApiError {
             | ApiError::StaleHead { .. }
             | ApiError::ChangesetConflict { .. } => StatusCode::CONFLICT,
             ApiError::InvalidChangeset { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::SnapshotRequired { .. } => StatusCode::GONE,
+            ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -74,6 +82,8 @@ impl ApiError {
             ApiError::StaleHead { .. } => "stale_head",
             ApiError::ChangesetConflict { .. } => "changeset_conflict",
             ApiError::InvalidChangeset { .. } => "invalid_changeset",
+            ApiError::SnapshotRequired { .. } => "snapshot_required",
+            ApiError::RangeNotSatisfiable(_) => "range_not_satisfiable",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -124,6 +134,18 @@ impl ApiError {
                 e.table = table.clone();
                 e.key = key.as_ref().map(|k| k.iter().map(value_json).collect());
                 message.clone()
+            }
+            ApiError::SnapshotRequired {
+                pruned_through,
+                snapshot,
+            } => {
+                e.snapshot = snapshot.as_deref().cloned();
+                format!(
+                    "the log up to commit {pruned_through} is no longer kept; start from the snapshot"
+                )
+            }
+            ApiError::RangeNotSatisfiable(size) => {
+                format!("the range is outside the snapshot's {size} bytes")
             }
             ApiError::Internal(context) => format!("internal error while {context}; retry later"),
         };

@@ -166,7 +166,7 @@ pub fn open_conn(path: &Path, writer: bool) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn meta<T: rusqlite::types::FromSql>(conn: &Connection, k: &str) -> rusqlite::Result<T> {
+pub fn meta<T: rusqlite::types::FromSql>(conn: &Connection, k: &str) -> rusqlite::Result<T> {
     conn.query_row("SELECT v FROM pdb_meta WHERE k = ?1", [k], |r| r.get(0))
 }
 
@@ -177,6 +177,8 @@ pub struct Group {
     pub stats: Arc<writer::Stats>,
     writer: Mutex<Option<(mpsc::Sender<Job>, std::thread::JoinHandle<()>)>>,
     readers: Mutex<Vec<Connection>>,
+    /// One snapshot at a time per group.
+    pub snapshot_lock: Mutex<()>,
 }
 
 impl Group {
@@ -264,6 +266,7 @@ impl Group {
             path: path.to_path_buf(),
             writer: Mutex::new(Some((tx, handle))),
             readers: Mutex::new(Vec::new()),
+            snapshot_lock: Mutex::new(()),
         })
     }
 
@@ -298,6 +301,30 @@ impl Group {
 
     pub fn head(&self) -> rusqlite::Result<HeadState> {
         self.read(read::head)?
+    }
+
+    /// Drops the changesets of commits up to `through` (a snapshot's head);
+    /// certificates stay, so the chain still verifies and retries still
+    /// replay. A maintenance write on its own connection: it touches
+    /// neither the head nor the replica, and SQLite serialises it with the
+    /// writer.
+    pub fn prune_log(&self, through: u64) -> Result<(), crate::error::ApiError> {
+        let run = || -> rusqlite::Result<()> {
+            let conn = open_conn(&self.path, true)?;
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            conn.execute(
+                "UPDATE pdb_log SET changeset = x'' WHERE seq <= ?1 AND length(changeset) > 0",
+                [through as i64],
+            )?;
+            conn.execute(
+                "INSERT OR REPLACE INTO pdb_meta(k, v) VALUES ('pruned_through', max(?1, coalesce((SELECT v FROM pdb_meta WHERE k = 'pruned_through'), 0)))",
+                [through as i64],
+            )?;
+            conn.execute_batch("COMMIT")
+        };
+        run().map_err(|e| crate::error::ApiError::internal("pruning the log", e))?;
+        tracing::info!(group = %self.info.id, through, "log pruned");
+        Ok(())
     }
 
     /// Stops the writer after it has finished the commits already queued.

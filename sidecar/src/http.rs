@@ -27,6 +27,14 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Reply = Result<(StatusCode, serde_json::Value), ApiError>;
 
+/// A byte range of a snapshot file.
+struct Range {
+    body: Vec<u8>,
+    start: u64,
+    end: u64,
+    size: u64,
+}
+
 fn json<T: Serialize>(status: StatusCode, v: &T) -> Reply {
     serde_json::to_value(v)
         .map(|v| (status, v))
@@ -42,6 +50,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let policy = tokio::spawn(snapshot_policy(witness.clone()));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -71,6 +80,7 @@ pub async fn run(
             _ = &mut shutdown => break,
         }
     }
+    policy.abort();
     drop(listener);
     tracing::info!("shutting down: draining open requests");
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
@@ -85,6 +95,27 @@ pub async fn run(
     Ok(())
 }
 
+/// Makes snapshots when the policy asks for them (checked every second).
+async fn snapshot_policy(w: Arc<Witness>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        for g in w.groups() {
+            let w2 = w.clone();
+            let done = tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
+                if w2.snapshot_due(&g)? {
+                    w2.snapshot_now(&g)?;
+                }
+                Ok(())
+            })
+            .await;
+            if let Ok(Err(e)) = done {
+                tracing::warn!(code = e.code(), "automatic snapshot failed");
+            }
+        }
+    }
+}
+
 async fn handle(
     w: Arc<Witness>,
     req: Request<Incoming>,
@@ -92,7 +123,29 @@ async fn handle(
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let (status, body) = match route(&w, req).await {
+    let result = match snapshot_data_seq(&path) {
+        Some(seq) => match snapshot_data(&w, &req, seq).await {
+            Ok(r) => {
+                tracing::info!(%method, path = %path, status = 206, bytes = r.body.len(), "request");
+                let mut resp = Response::new(Full::new(Bytes::from(r.body)));
+                *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+                let h = resp.headers_mut();
+                h.insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                if let Ok(v) =
+                    HeaderValue::from_str(&format!("bytes {}-{}/{}", r.start, r.end, r.size))
+                {
+                    h.insert(hyper::header::CONTENT_RANGE, v);
+                }
+                return Ok(resp);
+            }
+            Err(e) => Err(e),
+        },
+        None => route(&w, req).await,
+    };
+    let (status, body) = match result {
         Ok(ok) => ok,
         Err(e) => {
             let status = e.status();
@@ -135,7 +188,15 @@ async fn route(w: &Arc<Witness>, req: Request<Incoming>) -> Reply {
     }
     let known = matches!(
         segs.as_slice(),
-        ["v1", "groups"] | ["v1", "groups", _] | ["v1", "groups", _, "head" | "commits" | "stats"]
+        ["v1", "groups"]
+            | ["v1", "groups", _]
+            | [
+                "v1",
+                "groups",
+                _,
+                "head" | "commits" | "stats" | "snapshots"
+            ]
+            | ["v1", "groups", _, "snapshots", "latest"]
     );
     if !known {
         return Err(ApiError::NotFound(format!("no such endpoint: {path}")));
@@ -174,6 +235,21 @@ async fn route(w: &Arc<Witness>, req: Request<Incoming>) -> Reply {
                 &read::sign_head(&w.key, &i.id, i.schema.version, &i.schema_hash, &head),
             )
         }
+        (Method::POST, ["v1", "groups", g, "snapshots"]) => {
+            let g = w.group(g)?;
+            let w2 = w.clone();
+            let m = blocking(move || w2.snapshot_now(&g)).await?;
+            json(StatusCode::CREATED, &m)
+        }
+        (Method::GET, ["v1", "groups", g, "snapshots", "latest"]) => {
+            let g = w.group(g)?;
+            let dir = crate::snapshot::dir(&w.settings.data_dir, &g.info.id);
+            let m = blocking(move || crate::snapshot::latest(&dir)).await?;
+            match m {
+                Some(m) => json(StatusCode::OK, &m),
+                None => Err(ApiError::NotFound("the group has no snapshot yet".into())),
+            }
+        }
         (Method::GET, ["v1", "groups", g, "stats"]) => {
             Ok((StatusCode::OK, w.group(g)?.stats.json()))
         }
@@ -181,8 +257,16 @@ async fn route(w: &Arc<Witness>, req: Request<Incoming>) -> Reply {
             let g = w.group(g)?;
             let (after, limit) = page_query(req.uri().query().unwrap_or(""))?;
             let g2 = g.clone();
+            let dir = crate::snapshot::dir(&w.settings.data_dir, &g.info.id);
             let (head, commits) = blocking(move || {
                 g2.read(|c| -> Result<_, ApiError> {
+                    let pruned = read::pruned_through(c)?;
+                    if after < pruned {
+                        return Err(ApiError::SnapshotRequired {
+                            pruned_through: pruned,
+                            snapshot: crate::snapshot::latest(&dir)?.map(Box::new),
+                        });
+                    }
                     let head =
                         read::head(c).map_err(|e| ApiError::internal("reading the head", e))?;
                     let commits = read::log_page(c, after, limit, head.seq)?;
@@ -220,6 +304,60 @@ async fn route(w: &Arc<Witness>, req: Request<Incoming>) -> Reply {
         }
         _ => Err(ApiError::MethodNotAllowed),
     }
+}
+
+/// `/v1/groups/<g>/snapshots/<seq>/data` → seq.
+fn snapshot_data_seq(path: &str) -> Option<u64> {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["v1", "groups", _, "snapshots", seq, "data"] => seq.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Serves one byte range (`Range: bytes=a-` or `bytes=a-b`; at most
+/// 8 MiB per answer, so a download resumes where it stopped).
+async fn snapshot_data(
+    w: &Arc<Witness>,
+    req: &Request<Incoming>,
+    seq: u64,
+) -> Result<Range, ApiError> {
+    if req.method() != Method::GET {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    authenticate(w, req)?;
+    let path = req.uri().path().to_string();
+    let group = path.split('/').nth(3).unwrap_or("");
+    let g = w.group(group)?;
+    let (start, end) = match req.headers().get(hyper::header::RANGE) {
+        None => (0, None),
+        Some(v) => {
+            let bad =
+                || ApiError::BadRequest("Range must be 'bytes=START-' or 'bytes=START-END'".into());
+            let spec = v
+                .to_str()
+                .ok()
+                .and_then(|s| s.strip_prefix("bytes="))
+                .ok_or_else(bad)?;
+            let (a, b) = spec.split_once('-').ok_or_else(bad)?;
+            let start: u64 = a.parse().map_err(|_| bad())?;
+            let end: Option<u64> = if b.is_empty() {
+                None
+            } else {
+                Some(b.parse().map_err(|_| bad())?)
+            };
+            (start, end)
+        }
+    };
+    let dir = crate::snapshot::dir(&w.settings.data_dir, &g.info.id);
+    let (body, start, end, size) =
+        blocking(move || crate::snapshot::read_range(&dir, seq, start, end)).await?;
+    Ok(Range {
+        body,
+        start,
+        end,
+        size,
+    })
 }
 
 fn group_json(w: &Witness, g: &crate::group::Group, head: &read::HeadState) -> GroupJson {

@@ -9,6 +9,7 @@ pub mod http;
 pub mod keys;
 pub mod read;
 pub mod schema_ddl;
+pub mod snapshot;
 pub mod sqlvalue;
 pub mod verify;
 pub mod witness;

@@ -59,6 +59,16 @@ struct ServeArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "PDB_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Make a snapshot every N commits (0: never on this trigger).
+    #[arg(long, env = "PDB_SNAPSHOT_EVERY_COMMITS", default_value_t = 10_000)]
+    snapshot_every_commits: u64,
+    /// Make a snapshot every M bytes of log since the last one (0: never).
+    #[arg(long, env = "PDB_SNAPSHOT_EVERY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    snapshot_every_bytes: u64,
+    /// Drop changesets of commits up to the newest snapshot (default: keep
+    /// the whole log). Older catch-up gets `snapshot_required`.
+    #[arg(long, env = "PDB_PRUNE_LOG")]
+    prune_log: bool,
     /// Log format: text or json.
     #[arg(long, env = "PDB_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -131,6 +141,11 @@ fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<(), String> {
         data_dir: data_dir.to_path_buf(),
         admin_token_hash: token_hash,
         max_body_bytes: args.max_body_bytes.max(1024),
+        snapshots: witness::SnapshotPolicy {
+            every_commits: args.snapshot_every_commits,
+            every_log_bytes: args.snapshot_every_bytes,
+            prune_log: args.prune_log,
+        },
     };
     let witness = Arc::new(Witness::open(settings, key)?);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -193,6 +208,7 @@ fn create_group(
         data_dir: data_dir.to_path_buf(),
         admin_token_hash: [0; 32],
         max_body_bytes: 0,
+        snapshots: witness::SnapshotPolicy::default(),
     };
     let w = Witness::open(settings, key)?;
     let g = w
@@ -229,7 +245,8 @@ fn verify_groups(data_dir: &std::path::Path, only: Option<&str>) -> Result<(), S
         if !group::valid_id(&id) {
             return Err(format!("invalid group id {id:?}"));
         }
-        match verify::verify_file(&dir.join(group::file_name(&id)), &vk) {
+        let snaps = pdb_witness::snapshot::dir(data_dir, &id);
+        match verify::verify_file(&dir.join(group::file_name(&id)), &snaps, &vk) {
             Ok(r) => println!(
                 "ok {}: {} commits, {} rows, head {}, state root {}",
                 r.group, r.commits, r.rows, r.head_hash, r.state_root

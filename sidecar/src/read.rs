@@ -127,6 +127,18 @@ pub fn head_hash_at(conn: &Connection, seq: u64) -> Result<Option<[u8; 32]>, Api
     Ok(h.and_then(|h| h.try_into().ok()))
 }
 
+/// The last commit whose changeset was pruned (0 when none was).
+pub fn pruned_through(conn: &Connection) -> Result<u64, ApiError> {
+    conn.query_row(
+        "SELECT v FROM pdb_meta WHERE k = 'pruned_through'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()
+    .map(|v| v.unwrap_or(0).max(0) as u64)
+    .map_err(|e| ApiError::internal("reading the retention point", e))
+}
+
 /// Commits with `seq > after`, at most `limit`, never past `upto`.
 pub fn log_page(
     conn: &Connection,

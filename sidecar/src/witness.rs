@@ -11,6 +11,26 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub admin_token_hash: [u8; 32],
     pub max_body_bytes: usize,
+    pub snapshots: SnapshotPolicy,
+}
+
+/// When snapshots are made on their own, and whether the log before the
+/// newest one is dropped. 0 disables a trigger.
+#[derive(Clone, Copy, Debug)]
+pub struct SnapshotPolicy {
+    pub every_commits: u64,
+    pub every_log_bytes: u64,
+    pub prune_log: bool,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        SnapshotPolicy {
+            every_commits: 10_000,
+            every_log_bytes: 64 * 1024 * 1024,
+            prune_log: false,
+        }
+    }
 }
 
 pub struct Witness {
@@ -104,6 +124,55 @@ impl Witness {
             .insert(id.to_string(), g.clone());
         tracing::info!(group = id, schema_version = version, "group created");
         Ok(g)
+    }
+
+    /// Makes a snapshot of the group's head now (blocking), then prunes the
+    /// log before it when the policy says so.
+    pub fn snapshot_now(&self, g: &Group) -> Result<pdb_protocol::wire::SnapshotJson, ApiError> {
+        let _one_at_a_time = g.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let m = crate::snapshot::create(&self.settings.data_dir, g, &self.key)?;
+        if self.settings.snapshots.prune_log {
+            g.prune_log(m.seq)?;
+        }
+        Ok(m)
+    }
+
+    /// Whether the policy asks for a new snapshot of `g` (blocking).
+    pub fn snapshot_due(&self, g: &Group) -> Result<bool, ApiError> {
+        let p = self.settings.snapshots;
+        if p.every_commits == 0 && p.every_log_bytes == 0 {
+            return Ok(false);
+        }
+        let last =
+            crate::snapshot::latest(&crate::snapshot::dir(&self.settings.data_dir, &g.info.id))?
+                .map(|m| m.seq)
+                .unwrap_or(0);
+        g.read(|c| -> rusqlite::Result<bool> {
+            let head = crate::read::head(c)?;
+            if head.seq <= last {
+                return Ok(false);
+            }
+            if p.every_commits > 0 && head.seq - last >= p.every_commits {
+                return Ok(true);
+            }
+            let bytes: i64 = c.query_row(
+                "SELECT coalesce(sum(length(changeset)), 0) FROM pdb_log WHERE seq > ?1",
+                [last as i64],
+                |r| r.get(0),
+            )?;
+            Ok(p.every_log_bytes > 0 && bytes as u64 >= p.every_log_bytes)
+        })
+        .and_then(|r| r)
+        .map_err(|e| ApiError::internal("checking the snapshot policy", e))
+    }
+
+    pub fn groups(&self) -> Vec<Arc<Group>> {
+        self.groups
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Stops every writer once its queued commits are durable.

@@ -107,6 +107,11 @@ impl Witness {
 
     /// Starts on a given port (0 = any free one).
     pub fn start_on(dir: &Path, port: u16) -> Witness {
+        Self::start_with(dir, port, &[])
+    }
+
+    /// Starts with extra `serve` flags.
+    pub fn start_with(dir: &Path, port: u16, extra: &[&str]) -> Witness {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -118,6 +123,7 @@ impl Witness {
             .arg("serve")
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
+            .args(extra)
             .env("PDB_ADMIN_TOKEN", TOKEN)
             .env("PDB_LOG", "warn")
             .stdout(Stdio::piped())
@@ -509,6 +515,10 @@ pub enum ProxyMode {
     TamperGet(fn(&str, &mut Json)),
     /// Refuse connections' requests by closing them (witness "down").
     Down,
+    /// Relay this many snapshot data requests, then drop the rest.
+    DataThenDrop(usize),
+    /// Flip one byte in every snapshot data answer.
+    TamperData,
 }
 
 /// A fake witness: relays HTTP to a real one and can lose or tamper with
@@ -517,6 +527,8 @@ pub struct Proxy {
     pub url: String,
     pub mode: std::sync::Arc<std::sync::Mutex<ProxyMode>>,
     pub relayed_commits: std::sync::Arc<AtomicU64>,
+    /// The Range header of every snapshot data request seen.
+    pub ranges: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Proxy {
@@ -525,12 +537,18 @@ impl Proxy {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let mode = std::sync::Arc::new(std::sync::Mutex::new(ProxyMode::Pass));
         let relayed = std::sync::Arc::new(AtomicU64::new(0));
-        let (m, r, target) = (mode.clone(), relayed.clone(), target.to_string());
+        let ranges = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (m, r, g, target) = (
+            mode.clone(),
+            relayed.clone(),
+            ranges.clone(),
+            target.to_string(),
+        );
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (m, r, target) = (m.clone(), r.clone(), target.clone());
+                let (m, r, g, target) = (m.clone(), r.clone(), g.clone(), target.clone());
                 std::thread::spawn(move || {
-                    let _ = relay(stream, &target, &m, &r);
+                    let _ = relay(stream, &target, &m, &r, &g);
                 });
             }
         });
@@ -538,6 +556,7 @@ impl Proxy {
             url,
             mode,
             relayed_commits: relayed,
+            ranges,
         }
     }
 
@@ -551,6 +570,7 @@ fn relay(
     target: &str,
     mode: &std::sync::Mutex<ProxyMode>,
     relayed: &AtomicU64,
+    ranges: &std::sync::Mutex<Vec<String>>,
 ) -> std::io::Result<()> {
     use std::io::{Read, Write};
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -562,7 +582,7 @@ fn relay(
         parts.next().unwrap_or("").to_string(),
         parts.next().unwrap_or("").to_string(),
     );
-    let (mut auth, mut len) = (String::new(), 0usize);
+    let (mut auth, mut len, mut range) = (String::new(), 0usize, String::new());
     loop {
         let mut h = String::new();
         reader.read_line(&mut h)?;
@@ -574,6 +594,7 @@ fn relay(
             match k.trim().to_ascii_lowercase().as_str() {
                 "authorization" => auth = v.trim().to_string(),
                 "content-length" => len = v.trim().parse().unwrap_or(0),
+                "range" => range = v.trim().to_string(),
                 _ => {}
             }
         }
@@ -586,12 +607,28 @@ fn relay(
     }
     let agent = agent();
     let url = format!("{target}{path}");
+    let is_data = path.ends_with("/data");
+    if is_data {
+        ranges.lock().expect("ranges").push(range.clone());
+        if let ProxyMode::DataThenDrop(n) = current {
+            if n == 0 {
+                return Ok(());
+            }
+            *mode.lock().expect("mode") = ProxyMode::DataThenDrop(n - 1);
+        }
+    }
     let resp = if method == "POST" {
         agent
             .post(&url)
             .header("Authorization", &auth)
             .header("Content-Type", "application/json")
             .send(&body[..])
+    } else if !range.is_empty() {
+        agent
+            .get(&url)
+            .header("Authorization", &auth)
+            .header("Range", &range)
+            .call()
     } else {
         agent.get(&url).header("Authorization", &auth).call()
     };
@@ -600,11 +637,17 @@ fn relay(
         Err(_) => return Ok(()),
     };
     let status = resp.status().as_u16();
-    let mut text = resp
+    let content_range = resp
+        .headers()
+        .get("content-range")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| format!("Content-Range: {v}\r\n"))
+        .unwrap_or_default();
+    let mut bytes = resp
         .body_mut()
         .with_config()
         .limit(512 * 1024 * 1024)
-        .read_to_string()
+        .read_to_vec()
         .unwrap_or_default();
     let is_commit = method == "POST" && path.ends_with("/commits");
     if is_commit {
@@ -615,18 +658,23 @@ fn relay(
             *mode.lock().expect("mode") = ProxyMode::DropCommitResponses(n - 1);
             return Ok(());
         }
-        ProxyMode::TamperGet(f) if method == "GET" => {
-            if let Ok(mut j) = serde_json::from_str::<Json>(&text) {
+        ProxyMode::TamperGet(f) if method == "GET" && !is_data => {
+            if let Ok(mut j) = serde_json::from_slice::<Json>(&bytes) {
                 f(&path, &mut j);
-                text = j.to_string();
+                bytes = j.to_string().into_bytes();
             }
+        }
+        ProxyMode::TamperData if is_data && !bytes.is_empty() => {
+            let i = bytes.len() / 2;
+            bytes[i] ^= 0x40;
         }
         _ => {}
     }
     write!(
         stream,
-        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
-        text.len()
+        "HTTP/1.1 {status} X\r\nContent-Type: application/octet-stream\r\n{content_range}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        bytes.len()
     )?;
+    stream.write_all(&bytes)?;
     stream.flush()
 }
