@@ -11,6 +11,10 @@
 //!    against an identical table that is not synced.
 //! 3. Applying N pulled row changes (pdb_open of a fresh device) against
 //!    SQLite's own session apply of the same changeset.
+//! 4. Bootstrapping a fresh device from a snapshot of a B-row group
+//!    (`--bootstrap-rows`, default 1,000,000, about 100 MB) against `cp` of
+//!    the same database and against replaying the whole log; peak memory of
+//!    client and witness, at B/10 rows and at B rows.
 
 use pdb_e2e::*;
 use pdb_protocol::wire::Policy;
@@ -26,6 +30,7 @@ const DDL: &str =
 fn main() {
     let mut seconds = 3.0f64;
     let mut rows = 100_000i64;
+    let mut boot_rows = 1_000_000i64;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || {
@@ -36,6 +41,7 @@ fn main() {
         match a.as_str() {
             "--seconds" => seconds = val(),
             "--rows" => rows = val() as i64,
+            "--bootstrap-rows" => boot_rows = val() as i64,
             _ => usage(),
         }
     }
@@ -45,9 +51,25 @@ fn main() {
         "pdb-bench: {seconds}s per throughput figure, {rows} rows for the extension figures, data in {}",
         dir.path().display()
     );
-    let w = Arc::new(Witness::start(dir.path()));
+    // Automatic snapshots off, so none runs behind a measurement.
+    let manual = [
+        "--snapshot-every-commits",
+        "0",
+        "--snapshot-every-bytes",
+        "0",
+    ];
+    let w = Arc::new(Witness::start_with(dir.path(), 0, &manual));
     commits(&w, dir.path(), run_for);
     extension(&w, dir.path(), rows);
+    drop(w);
+    if boot_rows > 0 {
+        println!();
+        println!("== bootstrap of a fresh device (python3 host), baselines in the same run ==");
+        for n in [boot_rows / 10, boot_rows] {
+            bootstrap(&dir.path().join(format!("boot-{n}")), n, &manual);
+        }
+    }
+    let w = Witness::start_with(dir.path(), 0, &manual);
     let (ok, out) = w.verify_cli();
     println!(
         "\nverify after the run: {}",
@@ -56,7 +78,7 @@ fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: pdb-bench [--seconds S] [--rows N]");
+    eprintln!("usage: pdb-bench [--seconds S] [--rows N] [--bootstrap-rows B]");
     std::process::exit(2)
 }
 
@@ -293,5 +315,124 @@ fn extension(w: &Witness, dir: &Path, rows: i64) {
     println!(
         "(of which state-root hashing of {rows} rows costs {hashing:.3}s on its own, {:.2}x the session apply)",
         hashing / session
+    );
+}
+
+/// Peak resident memory (VmHWM) of a process, in MiB.
+fn peak_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// Opens a fresh device in a python3 host; returns (seconds, peak MiB, result).
+fn python_open(url: &str, group: &str, db: &Path) -> (f64, f64, Json) {
+    let script = format!(
+        r#"
+import sqlite3, time, resource, json
+db = sqlite3.connect({db:?})
+db.enable_load_extension(True)
+db.load_extension({ext:?})
+t = time.time()
+r = db.execute("SELECT pdb_open(?, ?, json_object('token', ?))", ({url:?}, {group:?}, {TOKEN:?})).fetchone()[0]
+print(json.dumps({{"seconds": time.time() - t, "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "result": json.loads(r)}}))
+"#,
+        db = db.display().to_string(),
+        ext = extension_path().display().to_string(),
+    );
+    let out = std::process::Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .expect("python3");
+    let v: Json = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "python host failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (
+        v["seconds"].as_f64().unwrap_or(0.0),
+        v["peak_kib"].as_f64().unwrap_or(0.0) / 1024.0,
+        v["result"].clone(),
+    )
+}
+
+fn bootstrap(dir: &Path, n: i64, manual: &[&str]) {
+    std::fs::create_dir_all(dir).expect("dir");
+    let w = Witness::start_with(dir, 0, manual);
+    let g = w.create_group(
+        "big",
+        "CREATE TABLE items(id INTEGER PRIMARY KEY, label TEXT NOT NULL, score REAL, data BLOB);",
+    );
+    let per_commit = 20_000i64;
+    let load = timed(|| {
+        let mut from = 0;
+        while from < n {
+            let changes = (from..(from + per_commit).min(n))
+                .map(|i| {
+                    insert(vec![
+                        Value::Integer(i),
+                        Value::text(&format!(
+                            "item {i:>9} with a label long enough to look like real data"
+                        )),
+                        Value::Real(i as f64 / 8.0),
+                        Value::Blob((i as u64).to_le_bytes().repeat(2)),
+                    ])
+                })
+                .collect();
+            let cs = changeset("items", &[1, 0, 0, 0], changes);
+            let h = w.head("big");
+            let r = w.post(
+                "/v1/groups/big/commits",
+                &g.commit_body(
+                    h.seq,
+                    &h.head_hash,
+                    &format!("load-{from}"),
+                    &cs,
+                    Policy::Strict,
+                ),
+            );
+            assert_eq!(r.status, 201, "{r:?}");
+            from += per_commit;
+        }
+    });
+    // Replaying the whole log: a fresh device while there is no snapshot.
+    let (replay, _, r) = python_open(&w.url, "big", &dir.join("replay.db"));
+    assert!(r["bootstrapped_from"].is_null(), "{r}");
+    let m = timed(|| {
+        assert_eq!(w.post("/v1/groups/big/snapshots", &Json::Null).status, 201);
+    });
+    // Measure the witness's peak while serving a bootstrap, from a fresh start.
+    drop(w);
+    let w = Witness::start_with(dir, 0, manual);
+    let before = peak_mib(w.pid());
+    let (boot, client_peak, r) = python_open(&w.url, "big", &dir.join("boot.db"));
+    assert!(r["bootstrapped_from"].as_u64().is_some(), "{r}");
+    let witness_peak = peak_mib(w.pid());
+    let size = std::fs::metadata(dir.join("boot.db"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let cp = timed(|| {
+        let ok = std::process::Command::new("cp")
+            .arg(dir.join("boot.db"))
+            .arg(dir.join("copy.db"))
+            .status()
+            .expect("cp")
+            .success();
+        assert!(ok);
+    });
+    println!(
+        "{n} rows ({:.0} MB database; loaded in {load:.1}s, snapshot made in {m:.2}s): bootstrap {boot:.2}s | cp {cp:.2}s ({:.1}x) | log replay {replay:.2}s ({:.2}x) | peak memory: client {client_peak:.0} MiB, witness {witness_peak:.0} MiB (at start {before:.0} MiB)",
+        size as f64 / 1e6,
+        boot / cp.max(1e-9),
+        boot / replay
     );
 }
