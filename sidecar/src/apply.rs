@@ -24,21 +24,89 @@ fn conflict(table: &str, key: &[Value], message: impl Into<String>) -> ApiError 
     }
 }
 
+/// Who is writing, and the write rules in force (by lower-cased table).
+pub struct Writer<'a> {
+    pub caller: &'a str,
+    pub rules: &'a std::collections::HashMap<String, String>,
+}
+
 pub fn apply(
     conn: &Connection,
     info: &GroupInfo,
     cs: &Changeset,
     root: &mut StateRoot,
+    who: &Writer<'_>,
 ) -> Result<(), ApiError> {
     for t in &cs.tables {
         let ts = info
             .table_sql(&t.name)
             .ok_or_else(|| ApiError::internal("finding a validated table", &t.name))?;
+        let rule = who.rules.get(&ts.name.to_ascii_lowercase());
         for c in &t.changes {
-            apply_one(conn, ts, &t.pk_flags, c, root)?;
+            apply_one(
+                conn,
+                ts,
+                &t.pk_flags,
+                c,
+                root,
+                rule.map(|r| (r.as_str(), who.caller)),
+            )?;
         }
     }
     Ok(())
+}
+
+/// Checks the table's write rule for one row change.
+fn check_rule(
+    conn: &Connection,
+    ts: &TableSql,
+    key: &[Value],
+    c: &Change,
+    current: Option<&Vec<Value>>,
+    rule: (&str, &str),
+) -> Result<(), ApiError> {
+    let new: Option<Vec<Value>> = match c.op {
+        Op::Insert => Some(
+            c.new
+                .iter()
+                .map(|v| v.clone().unwrap_or(Value::Null))
+                .collect(),
+        ),
+        Op::Update => current.map(|row| {
+            row.iter()
+                .zip(&c.new)
+                .map(|(old, new)| new.clone().unwrap_or_else(|| old.clone()))
+                .collect()
+        }),
+        Op::Delete => None,
+    };
+    let op = match c.op {
+        Op::Insert => "insert",
+        Op::Update => "update",
+        Op::Delete => "delete",
+    };
+    let ok = crate::access::allows(
+        conn,
+        rule.0,
+        rule.1,
+        op,
+        current.map(|r| r.as_slice()),
+        new.as_deref(),
+        ts.columns.len(),
+    )
+    .map_err(|e| ApiError::internal("running a write rule", e))?;
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden {
+            table: Some(ts.name.clone()),
+            key: Some(key.to_vec()),
+            message: format!(
+                "the write rule of table {:?} refuses this {op} by {:?}",
+                ts.name, rule.1
+            ),
+        })
+    }
 }
 
 fn apply_one(
@@ -47,11 +115,15 @@ fn apply_one(
     pk_flags: &[u8],
     c: &Change,
     root: &mut StateRoot,
+    rule: Option<(&str, &str)>,
 ) -> Result<(), ApiError> {
     let key = c.pk(pk_flags);
     let current = ts
         .fetch(conn, &key)
         .map_err(|e| ApiError::internal("reading a replica row", e))?;
+    if let Some(rule) = rule {
+        check_rule(conn, ts, &key, c, current.as_ref(), rule)?;
+    }
     let stored = match (c.op, &current) {
         (Op::Insert, Some(_)) => {
             return Err(conflict(

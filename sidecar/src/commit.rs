@@ -141,7 +141,12 @@ pub fn process(
     }
 
     let mut root = head.root.clone();
-    apply::apply(conn, info, &cs, &mut root)?;
+    let rules = crate::access::load_rules(conn, info).map_err(db("reading write rules"))?;
+    let who = apply::Writer {
+        caller: &input.author,
+        rules: &rules,
+    };
+    apply::apply(conn, info, &cs, &mut root, &who)?;
 
     let seq = head.seq + 1;
     let record = CommitRecord {

@@ -8,7 +8,15 @@ use pdb_protocol::Value;
 
 #[derive(Debug)]
 pub enum ApiError {
+    /// No valid identity (401).
     Unauthorized(String),
+    /// A known identity without the right (403): no role, too small a
+    /// role, or a row its write rules refuse (then with table and key).
+    Forbidden {
+        table: Option<String>,
+        key: Option<Vec<Value>>,
+        message: String,
+    },
     NotFound(String),
     BadRequest(String),
     BodyTooLarge(usize),
@@ -52,6 +60,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -71,7 +80,7 @@ impl ApiError {
 
     pub fn code(&self) -> &'static str {
         match self {
-            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Unauthorized(_) | ApiError::Forbidden { .. } => "unauthorized",
             ApiError::NotFound(_) => "not_found",
             ApiError::BadRequest(_) => "bad_request",
             ApiError::BodyTooLarge(_) => "body_too_large",
@@ -127,6 +136,11 @@ impl ApiError {
                 message.clone()
             }
             ApiError::InvalidChangeset {
+                table,
+                key,
+                message,
+            }
+            | ApiError::Forbidden {
                 table,
                 key,
                 message,

@@ -9,13 +9,16 @@ use crate::writer::{self, Job};
 use ed25519_dalek::SigningKey;
 use pdb_protocol::wire::SchemaJson;
 use pdb_protocol::{genesis_hash, hex, Schema, StateRoot, Value};
-use rusqlite::{params, Connection, OpenFlags};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 
 /// Bookkeeping migrations, applied in order; `user_version` records the
 /// last one applied.
-const MIGRATIONS: &[&str] = &[include_str!("../../sql/witness/001_group.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../sql/witness/001_group.sql"),
+    include_str!("../../sql/witness/002_access.sql"),
+];
 pub const MAX_GROUP_ID: usize = 64;
 
 /// Group ids: 1–64 of `a-z 0-9 _ -`, starting with a letter or digit.
@@ -325,6 +328,56 @@ impl Group {
         run().map_err(|e| crate::error::ApiError::internal("pruning the log", e))?;
         tracing::info!(group = %self.info.id, through, "log pruned");
         Ok(())
+    }
+
+    /// The caller's role in this group, if any.
+    pub fn role_of(
+        &self,
+        identity: &str,
+    ) -> Result<Option<crate::auth::Role>, crate::error::ApiError> {
+        self.read(|c| {
+            c.query_row(
+                "SELECT role FROM pdb_members WHERE identity = ?1",
+                [identity],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+        })
+        .and_then(|r| r)
+        .map(|r| r.as_deref().and_then(crate::auth::Role::parse))
+        .map_err(|e| crate::error::ApiError::internal("reading members", e))
+    }
+
+    /// Runs one access change in its own transaction and logs it with the
+    /// next version number. A maintenance write like pruning: it touches
+    /// neither the head nor the replica.
+    pub fn change_access(
+        &self,
+        kind: &str,
+        subject: &str,
+        value: Option<&str>,
+        by: &str,
+        apply: impl FnOnce(&Connection, i64) -> rusqlite::Result<()>,
+    ) -> Result<i64, crate::error::ApiError> {
+        let run = || -> rusqlite::Result<i64> {
+            let conn = open_conn(&self.path, true)?;
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let version: i64 = conn.query_row(
+                "SELECT coalesce(max(version), 0) + 1 FROM pdb_access_log",
+                [],
+                |r| r.get(0),
+            )?;
+            apply(&conn, version)?;
+            conn.execute(
+                "INSERT INTO pdb_access_log(version, kind, subject, value, changed_by, time_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![version, kind, subject, value, by, read::now_ms() as i64],
+            )?;
+            conn.execute_batch("COMMIT")?;
+            Ok(version)
+        };
+        let v = run().map_err(|e| crate::error::ApiError::internal("changing access", e))?;
+        tracing::info!(group = %self.info.id, kind, subject, value, by, version = v, "access changed");
+        Ok(v)
     }
 
     /// Stops the writer after it has finished the commits already queued.

@@ -1,9 +1,9 @@
 //! HTTP transport: routing, authentication, bounded bodies, JSON in and
 //! out, and the accept loop with graceful shutdown.
 
+use crate::auth::{Caller, Role};
 use crate::commit::CommitInput;
 use crate::error::ApiError;
-use crate::keys;
 use crate::read::{self, DEFAULT_PAGE, MAX_PAGE};
 use crate::witness::Witness;
 use crate::writer::Job;
@@ -194,16 +194,24 @@ async fn route(w: &Arc<Witness>, req: Request<Incoming>) -> Reply {
                 "v1",
                 "groups",
                 _,
-                "head" | "commits" | "stats" | "snapshots"
+                "head" | "commits" | "stats" | "snapshots" | "members" | "rules"
             ]
             | ["v1", "groups", _, "snapshots", "latest"]
+            | ["v1", "groups", _, "members" | "rules", _]
     );
     if !known {
         return Err(ApiError::NotFound(format!("no such endpoint: {path}")));
     }
-    let author = authenticate(w, &req)?;
+    let caller = authenticate(w, &req)?;
     match (m, segs.as_slice()) {
         (Method::POST, ["v1", "groups"]) => {
+            if !caller.operator {
+                return Err(ApiError::Forbidden {
+                    table: None,
+                    key: None,
+                    message: "only the operator (admin token) creates groups".into(),
+                });
+            }
             let body: CreateGroupRequest = read_json(w, req).await?;
             let w2 = w.clone();
             let g = blocking(move || {
@@ -217,17 +225,28 @@ async fn route(w: &Arc<Witness>, req: Request<Incoming>) -> Reply {
             let head = blocking_read(&g, read::head).await?;
             json(StatusCode::CREATED, &group_json(w, &g, &head))
         }
-        (Method::GET, ["v1", "groups"]) => Ok((
-            StatusCode::OK,
-            serde_json::json!({ "groups": w.group_ids() }),
-        )),
+        (Method::GET, ["v1", "groups"]) => {
+            let w2 = w.clone();
+            let ids = blocking(move || -> Result<Vec<String>, ApiError> {
+                let mut ids = Vec::new();
+                for id in w2.group_ids() {
+                    let g = w2.group(&id)?;
+                    if caller.operator || g.role_of(&caller.identity)?.is_some() {
+                        ids.push(id);
+                    }
+                }
+                Ok(ids)
+            })
+            .await?;
+            Ok((StatusCode::OK, serde_json::json!({ "groups": ids })))
+        }
         (Method::GET, ["v1", "groups", g]) => {
-            let g = w.group(g)?;
+            let g = access(w, &caller, g, Role::Reader).await?;
             let head = blocking_read(&g, read::head).await?;
             json(StatusCode::OK, &group_json(w, &g, &head))
         }
         (Method::GET, ["v1", "groups", g, "head"]) => {
-            let g = w.group(g)?;
+            let g = access(w, &caller, g, Role::Reader).await?;
             let head = blocking_read(&g, read::head).await?;
             let i = &g.info;
             json(
@@ -236,13 +255,13 @@ async fn route(w: &Arc<Witness>, req: Request<Incoming>) -> Reply {
             )
         }
         (Method::POST, ["v1", "groups", g, "snapshots"]) => {
-            let g = w.group(g)?;
+            let g = access(w, &caller, g, Role::Admin).await?;
             let w2 = w.clone();
             let m = blocking(move || w2.snapshot_now(&g)).await?;
             json(StatusCode::CREATED, &m)
         }
         (Method::GET, ["v1", "groups", g, "snapshots", "latest"]) => {
-            let g = w.group(g)?;
+            let g = access(w, &caller, g, Role::Reader).await?;
             let dir = crate::snapshot::dir(&w.settings.data_dir, &g.info.id);
             let m = blocking(move || crate::snapshot::latest(&dir)).await?;
             match m {
@@ -251,10 +270,47 @@ async fn route(w: &Arc<Witness>, req: Request<Incoming>) -> Reply {
             }
         }
         (Method::GET, ["v1", "groups", g, "stats"]) => {
-            Ok((StatusCode::OK, w.group(g)?.stats.json()))
+            let g = access(w, &caller, g, Role::Admin).await?;
+            Ok((StatusCode::OK, g.stats.json()))
+        }
+        (Method::GET, ["v1", "groups", g, "members"]) => {
+            let g = access(w, &caller, g, Role::Admin).await?;
+            let v = blocking_read(&g, crate::access::members_json).await?;
+            Ok((StatusCode::OK, v))
+        }
+        (Method::PUT, ["v1", "groups", g, "members", who]) => {
+            let g = access(w, &caller, g, Role::Admin).await?;
+            let who = who.to_string();
+            let body: serde_json::Value = read_json(w, req).await?;
+            let v = blocking(move || crate::access::grant(&g, &caller, &who, &body)).await?;
+            Ok((StatusCode::OK, v))
+        }
+        (Method::DELETE, ["v1", "groups", g, "members", who]) => {
+            let g = access(w, &caller, g, Role::Admin).await?;
+            let who = who.to_string();
+            let v = blocking(move || crate::access::revoke(&g, &caller, &who)).await?;
+            Ok((StatusCode::OK, v))
+        }
+        (Method::GET, ["v1", "groups", g, "rules"]) => {
+            let g = access(w, &caller, g, Role::Admin).await?;
+            let v = blocking_read(&g, crate::access::rules_json).await?;
+            Ok((StatusCode::OK, v))
+        }
+        (Method::PUT, ["v1", "groups", g, "rules", table]) => {
+            let g = access(w, &caller, g, Role::Admin).await?;
+            let table = table.to_string();
+            let body: serde_json::Value = read_json(w, req).await?;
+            let v = blocking(move || crate::access::set_rule(&g, &caller, &table, &body)).await?;
+            Ok((StatusCode::OK, v))
+        }
+        (Method::DELETE, ["v1", "groups", g, "rules", table]) => {
+            let g = access(w, &caller, g, Role::Admin).await?;
+            let table = table.to_string();
+            let v = blocking(move || crate::access::remove_rule(&g, &caller, &table)).await?;
+            Ok((StatusCode::OK, v))
         }
         (Method::GET, ["v1", "groups", g, "commits"]) => {
-            let g = w.group(g)?;
+            let g = access(w, &caller, g, Role::Reader).await?;
             let (after, limit) = page_query(req.uri().query().unwrap_or(""))?;
             let g2 = g.clone();
             let dir = crate::snapshot::dir(&w.settings.data_dir, &g.info.id);
@@ -287,9 +343,9 @@ async fn route(w: &Arc<Witness>, req: Request<Incoming>) -> Reply {
             )
         }
         (Method::POST, ["v1", "groups", g, "commits"]) => {
-            let g = w.group(g)?;
+            let g = access(w, &caller, g, Role::Writer).await?;
             let body: CommitRequest = read_json(w, req).await?;
-            let input = commit_input(body, author)?;
+            let input = commit_input(body, caller.identity)?;
             let (tx, rx) = tokio::sync::oneshot::channel();
             g.submit(Job { input, reply: tx })?;
             let resp = rx
@@ -325,10 +381,10 @@ async fn snapshot_data(
     if req.method() != Method::GET {
         return Err(ApiError::MethodNotAllowed);
     }
-    authenticate(w, req)?;
+    let caller = authenticate(w, req)?;
     let path = req.uri().path().to_string();
     let group = path.split('/').nth(3).unwrap_or("");
-    let g = w.group(group)?;
+    let g = access(w, &caller, group, Role::Reader).await?;
     let (start, end) = match req.headers().get(hyper::header::RANGE) {
         None => (0, None),
         Some(v) => {
@@ -369,21 +425,47 @@ fn group_json(w: &Witness, g: &crate::group::Group, head: &read::HeadState) -> G
     }
 }
 
-/// The caller's identity. One admin token for now; roles come later.
-fn authenticate(w: &Witness, req: &Request<Incoming>) -> Result<String, ApiError> {
+/// The caller behind the bearer token (deny by default).
+fn authenticate(w: &Witness, req: &Request<Incoming>) -> Result<Caller, ApiError> {
     let header = req
         .headers()
         .get(AUTHORIZATION)
-        .ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
-    let token = header
-        .to_str()
-        .ok()
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .ok_or_else(|| ApiError::Unauthorized("Authorization must be 'Bearer <token>'".into()))?;
-    if keys::digest_eq(&keys::token_hash(token), &w.settings.admin_token_hash) {
-        Ok("admin".to_string())
-    } else {
-        Err(ApiError::Unauthorized("invalid token".into()))
+        .and_then(|h| h.to_str().ok());
+    w.settings.auth.caller(header)
+}
+
+/// The group, if the caller holds at least `need` in it. A caller with no
+/// role gets the same answer whether or not the group exists.
+async fn access(
+    w: &Arc<Witness>,
+    caller: &Caller,
+    id: &str,
+    need: Role,
+) -> Result<Arc<crate::group::Group>, ApiError> {
+    if caller.operator {
+        return w.group(id);
+    }
+    let no_access = || ApiError::Forbidden {
+        table: None,
+        key: None,
+        message: format!("no access to group {id:?}"),
+    };
+    let Ok(g) = w.group(id) else {
+        return Err(no_access());
+    };
+    let (g2, who) = (g.clone(), caller.identity.clone());
+    match blocking(move || g2.role_of(&who)).await? {
+        None => Err(no_access()),
+        Some(role) if role < need => Err(ApiError::Forbidden {
+            table: None,
+            key: None,
+            message: format!(
+                "role {} may not do this here (needs {})",
+                role.name(),
+                need.name()
+            ),
+        }),
+        Some(_) => Ok(g),
     }
 }
 

@@ -1,7 +1,9 @@
 //! The PersonalDB witness: authorises calls, orders each group's commits
 //! into one signed, linear, durable history, and serves it.
 
+pub mod access;
 pub mod apply;
+pub mod auth;
 pub mod commit;
 pub mod error;
 pub mod group;

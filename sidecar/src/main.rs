@@ -45,6 +45,33 @@ enum Command {
     },
     /// Print the witness's public key (hex).
     PublicKey,
+    /// Make a static bearer token for an identity: printed once, only its
+    /// hash is stored (in the tokens file; restart the witness to use it).
+    AddToken {
+        #[arg(long)]
+        identity: String,
+        /// Tokens file (default: DATA/tokens.json).
+        #[arg(long, env = "PDB_TOKENS_FILE")]
+        tokens_file: Option<PathBuf>,
+    },
+    /// Give an identity a role in a group (witness stopped; or use
+    /// PUT /v1/groups/<g>/members/<identity>).
+    Grant {
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        identity: String,
+        /// reader, writer or admin.
+        #[arg(long)]
+        role: String,
+    },
+    /// Take an identity's role in a group away (witness stopped).
+    Revoke {
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        identity: String,
+    },
 }
 
 #[derive(clap::Args, Default)]
@@ -69,6 +96,19 @@ struct ServeArgs {
     /// the whole log). Older catch-up gets `snapshot_required`.
     #[arg(long, env = "PDB_PRUNE_LOG")]
     prune_log: bool,
+    /// Static tokens: JSON list of {"identity", "sha256"} (default:
+    /// DATA/tokens.json; see `add-token`).
+    #[arg(long, env = "PDB_TOKENS_FILE")]
+    tokens_file: Option<PathBuf>,
+    /// Secret for HS256 JWTs from the app's auth server.
+    #[arg(long, env = "PDB_JWT_HS256_SECRET", hide_env_values = true)]
+    jwt_hs256_secret: Option<String>,
+    /// Ed25519 public key (hex) for EdDSA JWTs from the app's auth server.
+    #[arg(long, env = "PDB_JWT_EDDSA_KEY")]
+    jwt_eddsa_key: Option<String>,
+    /// Required `aud` of JWTs (unchecked when unset).
+    #[arg(long, env = "PDB_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
     /// Log format: text or json.
     #[arg(long, env = "PDB_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -84,6 +124,16 @@ fn main() -> std::process::ExitCode {
             schema_version,
         } => create_group(&cli.data_dir, &group, &schema, schema_version),
         Command::Verify { group } => verify_groups(&cli.data_dir, group.as_deref()),
+        Command::AddToken {
+            identity,
+            tokens_file,
+        } => add_token(&cli.data_dir, &identity, tokens_file),
+        Command::Grant {
+            group,
+            identity,
+            role,
+        } => change_role(&cli.data_dir, &group, &identity, Some(&role)),
+        Command::Revoke { group, identity } => change_role(&cli.data_dir, &group, &identity, None),
         Command::PublicKey => keys::load_or_create_key(&cli.data_dir)
             .map(|(k, _)| println!("{}", hex(k.verifying_key().as_bytes())))
             .map_err(|e| e.to_string()),
@@ -139,7 +189,27 @@ fn serve(data_dir: &std::path::Path, args: ServeArgs) -> Result<(), String> {
     let public_key = hex(key.verifying_key().as_bytes());
     let settings = Settings {
         data_dir: data_dir.to_path_buf(),
-        admin_token_hash: token_hash,
+        auth: pdb_witness::auth::Authenticator {
+            admin_hash: token_hash,
+            tokens: pdb_witness::auth::load_tokens(
+                &args
+                    .tokens_file
+                    .clone()
+                    .unwrap_or_else(|| data_dir.join("tokens.json")),
+            )?,
+            jwt: pdb_witness::auth::JwtConfig {
+                hs256_secret: args.jwt_hs256_secret.clone().map(String::into_bytes),
+                eddsa_key: match &args.jwt_eddsa_key {
+                    None => None,
+                    Some(h) => Some(
+                        pdb_protocol::unhex32(h)
+                            .and_then(|k| ed25519_dalek::VerifyingKey::from_bytes(&k).ok())
+                            .ok_or("--jwt-eddsa-key must be a 32-byte Ed25519 public key in hex")?,
+                    ),
+                },
+                audience: args.jwt_audience.clone(),
+            },
+        },
         max_body_bytes: args.max_body_bytes.max(1024),
         snapshots: witness::SnapshotPolicy {
             every_commits: args.snapshot_every_commits,
@@ -206,7 +276,7 @@ fn create_group(
     let (key, _) = keys::load_or_create_key(data_dir).map_err(|e| e.to_string())?;
     let settings = Settings {
         data_dir: data_dir.to_path_buf(),
-        admin_token_hash: [0; 32],
+        auth: Default::default(),
         max_body_bytes: 0,
         snapshots: witness::SnapshotPolicy::default(),
     };
@@ -260,5 +330,70 @@ fn verify_groups(data_dir: &std::path::Path, only: Option<&str>) -> Result<(), S
     if failed > 0 {
         return Err(format!("{failed} group(s) failed verification"));
     }
+    Ok(())
+}
+
+fn add_token(
+    data_dir: &std::path::Path,
+    identity: &str,
+    file: Option<PathBuf>,
+) -> Result<(), String> {
+    if !pdb_witness::auth::valid_identity(identity) {
+        return Err("identity must be 1-256 printable characters without spaces".into());
+    }
+    std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
+    let path = file.unwrap_or_else(|| data_dir.join("tokens.json"));
+    let mut list: Vec<serde_json::Value> = match std::fs::read_to_string(&path) {
+        Ok(t) => serde_json::from_str(&t).map_err(|e| format!("{}: {e}", path.display()))?,
+        Err(_) => Vec::new(),
+    };
+    let mut raw = [0u8; 32];
+    getrandom::getrandom(&mut raw).map_err(|e| e.to_string())?;
+    let token = format!("pdb_{}", hex(&raw));
+    list.push(serde_json::json!({"identity": identity, "sha256": hex(&keys::token_hash(&token))}));
+    let tmp = path.with_extension("tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(&list).map_err(|e| e.to_string())?,
+    )
+    .and_then(|_| std::fs::rename(&tmp, &path))
+    .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    println!("{token}");
+    eprintln!(
+        "token for {identity:?} stored (hashed) in {}; shown once",
+        path.display()
+    );
+    Ok(())
+}
+
+fn change_role(
+    data_dir: &std::path::Path,
+    group: &str,
+    identity: &str,
+    role: Option<&str>,
+) -> Result<(), String> {
+    let _lock = lock_data_dir(data_dir)?;
+    let (key, _) = keys::load_or_create_key(data_dir).map_err(|e| e.to_string())?;
+    let settings = Settings {
+        data_dir: data_dir.to_path_buf(),
+        auth: Default::default(),
+        max_body_bytes: 0,
+        snapshots: witness::SnapshotPolicy::default(),
+    };
+    let w = Witness::open(settings, key)?;
+    let g = w.group(group).map_err(|e| e.body().error.message)?;
+    let operator = pdb_witness::auth::Caller {
+        identity: "operator-cli".into(),
+        operator: true,
+    };
+    let out = match role {
+        Some(r) => {
+            pdb_witness::access::grant(&g, &operator, identity, &serde_json::json!({ "role": r }))
+        }
+        None => pdb_witness::access::revoke(&g, &operator, identity),
+    }
+    .map_err(|e| e.body().error.message)?;
+    println!("{out}");
+    w.shutdown();
     Ok(())
 }

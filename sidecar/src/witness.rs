@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 pub struct Settings {
     pub data_dir: PathBuf,
-    pub admin_token_hash: [u8; 32],
+    pub auth: crate::auth::Authenticator,
     pub max_body_bytes: usize,
     pub snapshots: SnapshotPolicy,
 }

@@ -201,20 +201,29 @@ impl Witness {
         body: Option<&Json>,
     ) -> Reply {
         let url = format!("{}{path}", self.url);
-        let mut resp = match (method, body) {
-            ("GET", _) => {
-                let mut r = self.agent.get(&url);
-                if let Some(t) = token {
-                    r = r.header("Authorization", &format!("Bearer {t}"));
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut resp = match method {
+            "GET" | "DELETE" => {
+                let mut r = if method == "GET" {
+                    self.agent.get(&url)
+                } else {
+                    self.agent.delete(&url)
+                };
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
                 }
                 r.call()
             }
-            (_, b) => {
-                let mut r = self.agent.post(&url);
-                if let Some(t) = token {
-                    r = r.header("Authorization", &format!("Bearer {t}"));
+            _ => {
+                let mut r = if method == "PUT" {
+                    self.agent.put(&url)
+                } else {
+                    self.agent.post(&url)
+                };
+                if let Some(a) = &auth {
+                    r = r.header("Authorization", a);
                 }
-                r.send_json(b.cloned().unwrap_or(Json::Null))
+                r.send_json(body.cloned().unwrap_or(Json::Null))
             }
         }
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
