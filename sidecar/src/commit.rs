@@ -59,6 +59,7 @@ pub fn process(
     key: &SigningKey,
     head: &mut HeadState,
     input: &CommitInput,
+    projections: &[crate::projection::Projection],
 ) -> Result<CommitResponse, ApiError> {
     if input.schema_version != info.schema.version || input.schema_hash != info.schema_hash {
         return Err(ApiError::SchemaMismatch {
@@ -147,6 +148,7 @@ pub fn process(
         rules: &rules,
     };
     apply::apply(conn, info, &cs, &mut root, &who)?;
+    crate::projection::maintain(conn, projections, &touched)?;
 
     let seq = head.seq + 1;
     let record = CommitRecord {

@@ -18,6 +18,7 @@ use std::sync::{mpsc, Arc, Mutex};
 const MIGRATIONS: &[&str] = &[
     include_str!("../../sql/witness/001_group.sql"),
     include_str!("../../sql/witness/002_access.sql"),
+    include_str!("../../sql/witness/003_projections.sql"),
 ];
 pub const MAX_GROUP_ID: usize = 64;
 
@@ -378,6 +379,61 @@ impl Group {
         let v = run().map_err(|e| crate::error::ApiError::internal("changing access", e))?;
         tracing::info!(group = %self.info.id, kind, subject, value, by, version = v, "access changed");
         Ok(v)
+    }
+
+    /// Defines (or replaces) a projection and fills it, in one write
+    /// transaction serialised with the writer, so it starts exactly at the
+    /// head it was filled from and every later commit maintains it.
+    pub fn define_projection(
+        &self,
+        name: &str,
+        def: &serde_json::Value,
+        by: &str,
+    ) -> Result<crate::projection::Projection, crate::error::ApiError> {
+        use crate::error::ApiError;
+        let mut conn =
+            open_conn(&self.path, true).map_err(|e| ApiError::internal("opening the group", e))?;
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| ApiError::internal("defining a projection", e))?;
+        let result = (|| -> Result<_, ApiError> {
+            let p = crate::projection::install(&mut conn, &self.info, name, def)?;
+            let version: i64 = conn
+                .query_row(
+                    "SELECT coalesce(max(version), 0) + 1 FROM pdb_access_log",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(|e| ApiError::internal("defining a projection", e))?;
+            crate::projection::store(&conn, &p, def, version)
+                .and_then(|_| {
+                    conn.execute(
+                        "INSERT INTO pdb_access_log(version, kind, subject, value, changed_by, time_ms) VALUES (?1, 'projection', ?2, ?3, ?4, ?5)",
+                        params![version, name, def.to_string(), by, read::now_ms() as i64],
+                    )
+                })
+                .map_err(|e| ApiError::internal("defining a projection", e))?;
+            Ok(p)
+        })();
+        match result {
+            Ok(p) => {
+                conn.execute_batch("COMMIT")
+                    .map_err(|e| ApiError::internal("defining a projection", e))?;
+                tracing::info!(group = %self.info.id, projection = name, by, "projection defined");
+                Ok(p)
+            }
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    pub fn drop_projection(&self, name: &str, by: &str) -> Result<i64, crate::error::ApiError> {
+        let store = crate::sqlvalue::ident(&format!("pdb_proj_{name}"));
+        self.change_access("projection", name, None, by, |c, _| {
+            c.execute("DELETE FROM pdb_projections WHERE name = ?1", [name])?;
+            c.execute_batch(&format!("DROP TABLE IF EXISTS {store}"))
+        })
     }
 
     /// Stops the writer after it has finished the commits already queued.

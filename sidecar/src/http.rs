@@ -194,10 +194,10 @@ async fn route(w: &Arc<Witness>, req: Request<Incoming>) -> Reply {
                 "v1",
                 "groups",
                 _,
-                "head" | "commits" | "stats" | "snapshots" | "members" | "rules"
+                "head" | "commits" | "stats" | "snapshots" | "members" | "rules" | "projections"
             ]
             | ["v1", "groups", _, "snapshots", "latest"]
-            | ["v1", "groups", _, "members" | "rules", _]
+            | ["v1", "groups", _, "members" | "rules" | "projections", _]
     );
     if !known {
         return Err(ApiError::NotFound(format!("no such endpoint: {path}")));
@@ -290,6 +290,81 @@ async fn route(w: &Arc<Witness>, req: Request<Incoming>) -> Reply {
             let who = who.to_string();
             let v = blocking(move || crate::access::revoke(&g, &caller, &who)).await?;
             Ok((StatusCode::OK, v))
+        }
+        (Method::GET, ["v1", "groups", g, "projections"]) => {
+            let g = access(w, &caller, g, Role::Reader).await?;
+            let g2 = g.clone();
+            let v = blocking(move || {
+                g2.read(|c| crate::projection::list_json(c, &g2.info))
+                    .map_err(|e| ApiError::internal("reading projections", e))?
+            })
+            .await?;
+            Ok((StatusCode::OK, v))
+        }
+        (Method::PUT, ["v1", "groups", g, "projections", name]) => {
+            let g = access(w, &caller, g, Role::Admin).await?;
+            if !crate::projection::valid_name(name) {
+                return Err(ApiError::BadRequest(
+                    "projection names are 1-64 of a-z 0-9 _".into(),
+                ));
+            }
+            let name = name.to_string();
+            let def: serde_json::Value = read_json(w, req).await?;
+            let p = blocking(move || g.define_projection(&name, &def, &caller.identity)).await?;
+            Ok((
+                StatusCode::OK,
+                serde_json::json!({"name": p.name, "columns": p.columns, "incremental": matches!(p.kind, crate::projection::Kind::Incremental { .. })}),
+            ))
+        }
+        (Method::DELETE, ["v1", "groups", g, "projections", name]) => {
+            let g = access(w, &caller, g, Role::Admin).await?;
+            let name = name.to_string();
+            let v = blocking(move || g.drop_projection(&name, &caller.identity)).await?;
+            Ok((StatusCode::OK, serde_json::json!({"version": v})))
+        }
+        (Method::GET, ["v1", "groups", g, "projections", name]) => {
+            let g = access(w, &caller, g, Role::Reader).await?;
+            let role = if caller.operator {
+                Role::Admin
+            } else {
+                let (g2, who) = (g.clone(), caller.identity.clone());
+                blocking(move || g2.role_of(&who))
+                    .await?
+                    .unwrap_or(Role::Reader)
+            };
+            let (after, limit) = page_query(req.uri().query().unwrap_or(""))?;
+            let after = i64::try_from(after)
+                .map_err(|_| ApiError::BadRequest("after is too large".into()))?;
+            let (name, g2) = (name.to_string(), g.clone());
+            let (head, p, rows, next) = blocking(move || {
+                g2.read(|c| -> Result<_, ApiError> {
+                    let p = crate::projection::load(c, &g2.info, &name)?
+                        .ok_or_else(|| ApiError::NotFound(format!("no projection {name:?}")))?;
+                    let head =
+                        read::head(c).map_err(|e| ApiError::internal("reading the head", e))?;
+                    let (rows, next) = crate::projection::read_page(
+                        c,
+                        &p,
+                        &caller.identity,
+                        role.name(),
+                        after,
+                        limit,
+                    )?;
+                    Ok((head, p.columns, rows, next))
+                })
+                .map_err(|e| ApiError::internal("reading a projection", e))?
+            })
+            .await?;
+            let i = &g.info;
+            Ok((
+                StatusCode::OK,
+                serde_json::json!({
+                    "columns": p,
+                    "rows": rows,
+                    "next_after": next,
+                    "head": read::sign_head(&w.key, &i.id, i.schema.version, &i.schema_hash, &head),
+                }),
+            ))
         }
         (Method::GET, ["v1", "groups", g, "rules"]) => {
             let g = access(w, &caller, g, Role::Admin).await?;

@@ -9,6 +9,7 @@ pub mod error;
 pub mod group;
 pub mod http;
 pub mod keys;
+pub mod projection;
 pub mod read;
 pub mod schema_ddl;
 pub mod snapshot;

@@ -122,15 +122,27 @@ fn write_batch(
     batch: &[Job],
 ) -> rusqlite::Result<Results> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
+    let projections = crate::projection::load_all(conn, info)?;
+    let start_seq = head.seq;
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
         conn.prepare_cached("SAVEPOINT pdb_commit")?.execute([])?;
-        let result = commit::process(conn, info, key, head, &job.input);
+        let result = commit::process(conn, info, key, head, &job.input, &projections);
         if result.is_err() {
             conn.prepare_cached("ROLLBACK TO pdb_commit")?.execute([])?;
         }
         conn.prepare_cached("RELEASE pdb_commit")?.execute([])?;
         results.push(result);
+    }
+    // Projections that cannot follow row by row are recomputed once per
+    // batch, still inside its transaction.
+    if head.seq > start_seq {
+        for p in &projections {
+            if matches!(p.kind, crate::projection::Kind::Recompute { .. }) {
+                crate::projection::refill(conn, info, p)
+                    .map_err(|e| rusqlite::Error::InvalidParameterName(e.body().error.message))?;
+            }
+        }
     }
     // The head row moves once per batch; the in-memory head is the truth
     // between commits of one batch.
