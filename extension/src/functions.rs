@@ -108,5 +108,11 @@ pub fn register(db: *mut sqlite3) -> sqlite_loadable::Result<()> {
             flags,
         )?;
     }
+    // `CREATE VIRTUAL TABLE temp.x USING pdb_projection('<name>')`.
+    sqlite_loadable::define_virtual_table::<crate::projection::ProjectionTable>(
+        db,
+        "pdb_projection",
+        None,
+    )?;
     Ok(())
 }

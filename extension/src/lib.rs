@@ -7,6 +7,7 @@ mod client;
 mod db;
 mod functions;
 mod local;
+mod projection;
 mod seal;
 mod sync;
 mod tables;

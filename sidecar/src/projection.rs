@@ -195,11 +195,9 @@ pub fn install(
             let query = text(def, "query")?.unwrap_or_default();
             conn.authorizer(Some(read_only(None)))
                 .map_err(|e| ApiError::internal("checking a projection", e))?;
-            let names = conn.prepare(&format!("SELECT * FROM ({query})")).map(|st| {
-                st.column_names()
-                    .map(str::to_string)
-                    .collect::<Vec<_>>()
-            });
+            let names = conn
+                .prepare(&format!("SELECT * FROM ({query})"))
+                .map(|st| st.column_names().map(str::to_string).collect::<Vec<_>>());
             conn.authorizer(None::<fn(AuthContext<'_>) -> Authorization>)
                 .map_err(|e| ApiError::internal("checking a projection", e))?;
             let names = names.map_err(|e| sql_err("query", e))?;
