@@ -251,6 +251,38 @@ fn every_endpoint_answers_every_caller_exactly_as_documented() {
         ),
         (
             "PUT",
+            "/v1/groups/{g}/projections/p1".into(),
+            Box::new(|_| {
+                Some(
+                    json!({"table": "tasks", "columns": ["id", "owner"], "visibility": "owner = :caller"}),
+                )
+            }),
+            Need::Admin,
+            200,
+        ),
+        (
+            "GET",
+            "/v1/groups/{g}/projections".into(),
+            Box::new(|_| None),
+            Need::Reader,
+            200,
+        ),
+        (
+            "GET",
+            "/v1/groups/{g}/projections/p1".into(),
+            Box::new(|_| None),
+            Need::Reader,
+            200,
+        ),
+        (
+            "DELETE",
+            "/v1/groups/{g}/projections/p1".into(),
+            Box::new(|_| None),
+            Need::Admin,
+            200,
+        ),
+        (
+            "PUT",
             "/v1/groups/{g}/rules/tasks".into(),
             Box::new(|_| Some(json!({"expr": "1"}))),
             Need::Admin,

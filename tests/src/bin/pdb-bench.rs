@@ -11,7 +11,9 @@
 //!    against an identical table that is not synced.
 //! 3. Applying N pulled row changes (pdb_open of a fresh device) against
 //!    SQLite's own session apply of the same changeset.
-//! 4. Bootstrapping a fresh device from a snapshot of a B-row group
+//! 4. Projections: commit throughput with 0, 1 and 5 projections on the
+//!    group (8 clients), and projection read latency beside a head read.
+//! 5. Bootstrapping a fresh device from a snapshot of a B-row group
 //!    (`--bootstrap-rows`, default 1,000,000, about 100 MB) against `cp` of
 //!    the same database and against replaying the whole log; peak memory of
 //!    client and witness, at B/10 rows and at B rows.
@@ -61,6 +63,7 @@ fn main() {
     let w = Arc::new(Witness::start_with(dir.path(), 0, &manual));
     commits(&w, dir.path(), run_for);
     extension(&w, dir.path(), rows);
+    projections(&w, run_for);
     drop(w);
     if boot_rows > 0 {
         println!();
@@ -436,5 +439,57 @@ fn bootstrap(dir: &Path, n: i64, manual: &[&str]) {
         size as f64 / 1e6,
         boot / cp.max(1e-9),
         boot / replay
+    );
+}
+
+fn latency_ms(w: &Witness, path: &str, n: usize) -> (f64, f64) {
+    let mut lat: Vec<f64> = (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            let r = w.get(path);
+            assert_eq!(r.status, 200, "{r:?}");
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    (lat[n / 2], lat[(n * 99 / 100).min(n - 1)])
+}
+
+fn projections(w: &Arc<Witness>, run_for: Duration) {
+    println!();
+    println!("== projections: commit cost (8 clients, 1-row commits) and read latency ==");
+    let mut base = 0.0;
+    let mut next_id = 0i64;
+    for k in [0usize, 1, 5] {
+        let name = format!("proj{k}");
+        let g = w.create_group(&name, DDL);
+        for j in 0..k {
+            let def = serde_json::json!({
+                "table": "items",
+                "columns": ["id", "client", "n"],
+                "where": format!("n % {} = 0", j + 1),
+                "visibility": "client = 0 OR :role = 'admin'",
+            });
+            let r = w.request(
+                "PUT",
+                &format!("/v1/groups/{name}/projections/p{j}"),
+                Some(TOKEN),
+                Some(&def),
+            );
+            assert_eq!(r.status, 200, "{r:?}");
+        }
+        let (rate, p50, _) = witness_commits(w, &g, 8, run_for, &mut next_id);
+        if k == 0 {
+            base = rate;
+        }
+        println!(
+            "{k} projection(s): {rate:.0} commits/s ({:.2}x of none), p50 {p50:.2} ms",
+            rate / base
+        );
+    }
+    let (h50, h99) = latency_ms(w, "/v1/groups/proj1/head", 300);
+    let (p50, p99) = latency_ms(w, "/v1/groups/proj1/projections/p0?limit=100", 300);
+    println!(
+        "read 100 rows of a projection: p50 {p50:.2} ms, p99 {p99:.2} ms; beside a signed head read: p50 {h50:.2} ms, p99 {h99:.2} ms"
     );
 }
