@@ -100,13 +100,7 @@ pub fn set_rule(g: &Group, by: &Caller, table: &str, body: &Json) -> Result<Json
         .get("expr")
         .and_then(Json::as_str)
         .ok_or_else(|| bad("expr must be SQL text"))?;
-    let t = g
-        .info
-        .schema
-        .table(table)
-        .ok_or_else(|| bad("no such table in the group"))?
-        .name
-        .clone();
+    let t = table_name(g, table)?;
     validate(g, &t, expr)?;
     let v = g.change_access("rule", &t, Some(expr), &by.identity, |c, v| {
         c.execute(
@@ -119,18 +113,21 @@ pub fn set_rule(g: &Group, by: &Caller, table: &str, body: &Json) -> Result<Json
 }
 
 pub fn remove_rule(g: &Group, by: &Caller, table: &str) -> Result<Json, ApiError> {
-    let t = g
-        .info
-        .schema
-        .table(table)
-        .ok_or_else(|| bad("no such table in the group"))?
-        .name
-        .clone();
+    let t = table_name(g, table)?;
     let v = g.change_access("rule", &t, None, &by.identity, |c, _| {
         c.execute("DELETE FROM pdb_rules WHERE tbl = ?1", [&t])
             .map(|_| ())
     })?;
     Ok(json!({"table": t, "expr": null, "version": v}))
+}
+
+/// The group's own spelling of a table name.
+fn table_name(g: &Group, table: &str) -> Result<String, ApiError> {
+    g.info
+        .schema
+        .table(table)
+        .map(|t| t.name.clone())
+        .ok_or_else(|| bad("no such table in the group"))
 }
 
 /// The statement a rule runs as.

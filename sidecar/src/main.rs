@@ -273,14 +273,7 @@ fn create_group(
     let _lock = lock_data_dir(data_dir)?;
     let ddl = std::fs::read_to_string(schema)
         .map_err(|e| format!("reading {}: {e}", schema.display()))?;
-    let (key, _) = keys::load_or_create_key(data_dir).map_err(|e| e.to_string())?;
-    let settings = Settings {
-        data_dir: data_dir.to_path_buf(),
-        auth: Default::default(),
-        max_body_bytes: 0,
-        snapshots: witness::SnapshotPolicy::default(),
-    };
-    let w = Witness::open(settings, key)?;
+    let w = offline_witness(data_dir)?;
     let g = w
         .create_group(id, &ddl, version)
         .map_err(|e| e.body().error.message)?;
@@ -373,14 +366,7 @@ fn change_role(
     role: Option<&str>,
 ) -> Result<(), String> {
     let _lock = lock_data_dir(data_dir)?;
-    let (key, _) = keys::load_or_create_key(data_dir).map_err(|e| e.to_string())?;
-    let settings = Settings {
-        data_dir: data_dir.to_path_buf(),
-        auth: Default::default(),
-        max_body_bytes: 0,
-        snapshots: witness::SnapshotPolicy::default(),
-    };
-    let w = Witness::open(settings, key)?;
+    let w = offline_witness(data_dir)?;
     let g = w.group(group).map_err(|e| e.body().error.message)?;
     let operator = pdb_witness::auth::Caller {
         identity: "operator-cli".into(),
@@ -396,4 +382,16 @@ fn change_role(
     println!("{out}");
     w.shutdown();
     Ok(())
+}
+
+/// The witness's groups, opened for a command run while it is stopped.
+fn offline_witness(data_dir: &std::path::Path) -> Result<Witness, String> {
+    let (key, _) = keys::load_or_create_key(data_dir).map_err(|e| e.to_string())?;
+    let settings = Settings {
+        data_dir: data_dir.to_path_buf(),
+        auth: Default::default(),
+        max_body_bytes: 0,
+        snapshots: witness::SnapshotPolicy::default(),
+    };
+    Witness::open(settings, key)
 }

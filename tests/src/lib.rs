@@ -285,6 +285,23 @@ impl Witness {
     }
 }
 
+/// `pdb-witness add-token`: a static token for `identity` (its hash goes
+/// to the tokens file under `data`; the witness reads it at start).
+pub fn add_token(data: &Path, identity: &str) -> String {
+    let out = Command::new(target_binary("pdb-witness"))
+        .arg("--data-dir")
+        .arg(data)
+        .args(["add-token", "--identity", identity])
+        .output()
+        .expect("run add-token");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 pub fn verify_cli(data_dir: &Path) -> (bool, String) {
     let out = Command::new(target_binary("pdb-witness"))
         .arg("--data-dir")

@@ -45,21 +45,6 @@ fn claims(sub: &str, exp_in: i64) -> Json {
     json!({"sub": sub, "exp": now() + exp_in, "aud": AUD})
 }
 
-fn add_token(data: &std::path::Path, identity: &str) -> String {
-    let out = Command::new(target_binary("pdb-witness"))
-        .arg("--data-dir")
-        .arg(data)
-        .args(["add-token", "--identity", identity])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 struct World {
     _dir: TempDir,
     w: Witness,

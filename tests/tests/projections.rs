@@ -6,20 +6,8 @@
 use pdb_e2e::*;
 use serde_json::{json, Value as Json};
 use std::collections::BTreeSet;
-use std::process::Command;
 
 const DDL: &str = "CREATE TABLE tasks(id TEXT PRIMARY KEY, title TEXT NOT NULL, assignee TEXT, done INTEGER NOT NULL DEFAULT 0);";
-
-fn add_token(data: &std::path::Path, identity: &str) -> String {
-    let out = Command::new(target_binary("pdb-witness"))
-        .arg("--data-dir")
-        .arg(data)
-        .args(["add-token", "--identity", identity])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
 
 struct App {
     _dir: TempDir,
