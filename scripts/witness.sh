@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --release -p pdb-witness
+# The whole workspace, so features unify with the test build (no rebuild).
+cargo build --release --workspace
 exec ./target/release/pdb-witness --data-dir "${PDB_DATA_DIR:-.pdb-data}" serve "$@"
