@@ -39,6 +39,11 @@ impl Role {
     }
 }
 
+/// The operator's identity. It has a space, which no token or JWT identity
+/// may have (`valid_identity`), so nobody can take it on with a JWT whose
+/// `sub` is, say, "admin".
+pub const OPERATOR: &str = "operator (admin token)";
+
 #[derive(Clone, Debug)]
 pub struct Caller {
     pub identity: String,
@@ -115,7 +120,7 @@ impl Authenticator {
         let hash = keys::token_hash(token);
         if keys::digest_eq(&hash, &self.admin_hash) {
             return Ok(Caller {
-                identity: "admin".into(),
+                identity: OPERATOR.into(),
                 operator: true,
             });
         }

@@ -221,7 +221,7 @@ fn a_query_projection_is_recomputed_and_its_parameters_are_bound() {
         None,
     );
     assert_eq!(r.body["rows"], json!([["bob", 1]]), "{r:?}");
-    // The caller is a bound value: the operator (identity "admin") is
+    // The caller is a bound value: the operator (identity "operator (admin token)") is
     // nobody's assignee and sees nothing.
     let r = a.w.request(
         "GET",
