@@ -15,7 +15,6 @@ use crate::error::ApiError;
 use crate::group::{open_conn, Group, GroupInfo};
 use crate::sqlvalue::{ident, Bind};
 use pdb_protocol::Value;
-use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::{params, Connection};
 use serde_json::{json, Value as Json};
 use std::collections::HashMap;
@@ -54,69 +53,73 @@ fn bad(m: &str) -> ApiError {
     ApiError::BadRequest(m.to_string())
 }
 
+fn sql(e: rusqlite::Error) -> ApiError {
+    ApiError::internal("changing access", e)
+}
+
+/// The one field of a `{"<name>": ...}` body.
+fn only_field<'a>(body: &'a Json, name: &str) -> Result<&'a Json, ApiError> {
+    let shape = || ApiError::BadRequest(format!("body must be {{\"{name}\": ...}}"));
+    let obj = body.as_object().ok_or_else(shape)?;
+    if obj.keys().any(|k| k != name) {
+        return Err(shape());
+    }
+    obj.get(name).ok_or_else(shape)
+}
+
 pub fn grant(g: &Group, by: &Caller, who: &str, body: &Json) -> Result<Json, ApiError> {
     if !valid_identity(who) {
         return Err(bad(
             "identity must be 1-256 printable characters without spaces",
         ));
     }
-    let obj = body
-        .as_object()
-        .ok_or_else(|| bad("body must be {\"role\": ...}"))?;
-    if obj.keys().any(|k| k != "role") {
-        return Err(bad("body must be {\"role\": ...}"));
-    }
-    let role = obj
-        .get("role")
-        .and_then(Json::as_str)
+    let role = only_field(body, "role")?
+        .as_str()
         .and_then(Role::parse)
         .ok_or_else(|| bad("role must be reader, writer or admin"))?;
-    let v = g.change_access("member", who, Some(role.name()), &by.identity, |c, v| {
+    let (v, ()) = g.change_access("member", who, Some(role.name()), &by.identity, |c, v| {
         c.execute(
             "INSERT OR REPLACE INTO pdb_members(identity, role, version) VALUES (?1, ?2, ?3)",
             params![who, role.name(), v],
         )
         .map(|_| ())
+        .map_err(sql)
     })?;
     Ok(json!({"identity": who, "role": role.name(), "version": v}))
 }
 
 pub fn revoke(g: &Group, by: &Caller, who: &str) -> Result<Json, ApiError> {
-    let v = g.change_access("member", who, None, &by.identity, |c, _| {
+    let (v, ()) = g.change_access("member", who, None, &by.identity, |c, _| {
         c.execute("DELETE FROM pdb_members WHERE identity = ?1", [who])
             .map(|_| ())
+            .map_err(sql)
     })?;
     Ok(json!({"identity": who, "role": null, "version": v}))
 }
 
 pub fn set_rule(g: &Group, by: &Caller, table: &str, body: &Json) -> Result<Json, ApiError> {
-    let obj = body
-        .as_object()
-        .ok_or_else(|| bad("body must be {\"expr\": ...}"))?;
-    if obj.keys().any(|k| k != "expr") {
-        return Err(bad("body must be {\"expr\": ...}"));
-    }
-    let expr = obj
-        .get("expr")
-        .and_then(Json::as_str)
+    let expr = only_field(body, "expr")?
+        .as_str()
         .ok_or_else(|| bad("expr must be SQL text"))?;
     let t = table_name(g, table)?;
     validate(g, &t, expr)?;
-    let v = g.change_access("rule", &t, Some(expr), &by.identity, |c, v| {
+    let (v, ()) = g.change_access("rule", &t, Some(expr), &by.identity, |c, v| {
         c.execute(
             "INSERT OR REPLACE INTO pdb_rules(tbl, expr, version) VALUES (?1, ?2, ?3)",
             params![t, expr, v],
         )
         .map(|_| ())
+        .map_err(sql)
     })?;
     Ok(json!({"table": t, "expr": expr, "version": v}))
 }
 
 pub fn remove_rule(g: &Group, by: &Caller, table: &str) -> Result<Json, ApiError> {
     let t = table_name(g, table)?;
-    let v = g.change_access("rule", &t, None, &by.identity, |c, _| {
+    let (v, ()) = g.change_access("rule", &t, None, &by.identity, |c, _| {
         c.execute("DELETE FROM pdb_rules WHERE tbl = ?1", [&t])
             .map(|_| ())
+            .map_err(sql)
     })?;
     Ok(json!({"table": t, "expr": null, "version": v}))
 }
@@ -155,16 +158,8 @@ fn validate(g: &Group, table: &str, expr: &str) -> Result<(), ApiError> {
     let sql = rule_sql(&g.info, table, expr).ok_or_else(|| bad("no such table"))?;
     let mut conn =
         open_conn(&g.path, false).map_err(|e| ApiError::internal("opening the group", e))?;
-    conn.authorizer(Some(|ctx: AuthContext<'_>| match ctx.action {
-        AuthAction::Select | AuthAction::Function { .. } => Authorization::Allow,
-        AuthAction::Read { table_name, .. }
-            if !table_name.starts_with("pdb_") && !table_name.starts_with("sqlite_") =>
-        {
-            Authorization::Allow
-        }
-        _ => Authorization::Deny,
-    }))
-    .map_err(|e| ApiError::internal("checking a rule", e))?;
+    conn.authorizer(Some(crate::schema_ddl::read_only(None)))
+        .map_err(|e| ApiError::internal("checking a rule", e))?;
     let prepared = conn.prepare(&sql).map(|_| ());
     prepared.map_err(|e| {
         ApiError::BadRequest(format!(

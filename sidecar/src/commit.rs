@@ -14,6 +14,23 @@ use pdb_protocol::wire::{CommitResponse, Policy};
 use pdb_protocol::{genesis_hash, sha256, Changeset, CommitRecord, Invalid, Value};
 use rusqlite::{params, Connection, OptionalExtension};
 
+/// What every commit of one batch is checked and maintained against:
+/// loaded once per batch, inside its transaction.
+pub struct Batch {
+    /// Write rules by lower-cased table.
+    pub rules: std::collections::HashMap<String, String>,
+    pub projections: Vec<crate::projection::Projection>,
+}
+
+impl Batch {
+    pub fn load(conn: &Connection, info: &GroupInfo) -> rusqlite::Result<Batch> {
+        Ok(Batch {
+            rules: crate::access::load_rules(conn, info)?,
+            projections: crate::projection::load_all(conn, info)?,
+        })
+    }
+}
+
 pub struct CommitInput {
     pub author: String,
     pub base_seq: u64,
@@ -59,7 +76,7 @@ pub fn process(
     key: &SigningKey,
     head: &mut HeadState,
     input: &CommitInput,
-    projections: &[crate::projection::Projection],
+    batch: &Batch,
 ) -> Result<CommitResponse, ApiError> {
     if input.schema_version != info.schema.version || input.schema_hash != info.schema_hash {
         return Err(ApiError::SchemaMismatch {
@@ -142,13 +159,12 @@ pub fn process(
     }
 
     let mut root = head.root.clone();
-    let rules = crate::access::load_rules(conn, info).map_err(db("reading write rules"))?;
     let who = apply::Writer {
         caller: &input.author,
-        rules: &rules,
+        rules: &batch.rules,
     };
     apply::apply(conn, info, &cs, &mut root, &who)?;
-    crate::projection::maintain(conn, projections, &touched)?;
+    crate::projection::maintain(conn, &batch.projections, &touched)?;
 
     let seq = head.seq + 1;
     let record = CommitRecord {

@@ -313,22 +313,45 @@ impl Group {
     /// neither the head nor the replica, and SQLite serialises it with the
     /// writer.
     pub fn prune_log(&self, through: u64) -> Result<(), crate::error::ApiError> {
-        let run = || -> rusqlite::Result<()> {
-            let conn = open_conn(&self.path, true)?;
-            conn.execute_batch("BEGIN IMMEDIATE")?;
+        self.maintenance("pruning the log", |conn| {
             conn.execute(
                 "UPDATE pdb_log SET changeset = x'' WHERE seq <= ?1 AND length(changeset) > 0",
                 [through as i64],
-            )?;
-            conn.execute(
+            )
+            .and_then(|_| conn.execute(
                 "INSERT OR REPLACE INTO pdb_meta(k, v) VALUES ('pruned_through', max(?1, coalesce((SELECT v FROM pdb_meta WHERE k = 'pruned_through'), 0)))",
                 [through as i64],
-            )?;
-            conn.execute_batch("COMMIT")
-        };
-        run().map_err(|e| crate::error::ApiError::internal("pruning the log", e))?;
+            ))
+            .map(|_| ())
+            .map_err(|e| crate::error::ApiError::internal("pruning the log", e))
+        })?;
         tracing::info!(group = %self.info.id, through, "log pruned");
         Ok(())
+    }
+
+    /// Runs `f` in one write transaction on a connection of its own: a
+    /// maintenance write (pruning, access changes, projection definitions)
+    /// that touches neither head nor replica rows. SQLite serialises it with
+    /// the writer. Rolled back when `f` fails.
+    pub fn maintenance<T>(
+        &self,
+        context: &'static str,
+        f: impl FnOnce(&mut Connection) -> Result<T, crate::error::ApiError>,
+    ) -> Result<T, crate::error::ApiError> {
+        use crate::error::ApiError;
+        let sql = |e: rusqlite::Error| ApiError::internal(context, e);
+        let mut conn = open_conn(&self.path, true).map_err(sql)?;
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(sql)?;
+        match f(&mut conn) {
+            Ok(v) => {
+                conn.execute_batch("COMMIT").map_err(sql)?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
     }
 
     /// The caller's role in this group, if any.
@@ -349,36 +372,32 @@ impl Group {
         .map_err(|e| crate::error::ApiError::internal("reading members", e))
     }
 
-    /// Runs one access change in its own transaction and logs it with the
-    /// next version number. A maintenance write like pruning: it touches
-    /// neither the head nor the replica.
-    pub fn change_access(
+    /// Runs one access change (members, rules, projections) as a
+    /// maintenance write and logs it with the next version number. Returns
+    /// the version and what `apply` returned.
+    pub fn change_access<T>(
         &self,
         kind: &str,
         subject: &str,
         value: Option<&str>,
         by: &str,
-        apply: impl FnOnce(&Connection, i64) -> rusqlite::Result<()>,
-    ) -> Result<i64, crate::error::ApiError> {
-        let run = || -> rusqlite::Result<i64> {
-            let conn = open_conn(&self.path, true)?;
-            conn.execute_batch("BEGIN IMMEDIATE")?;
-            let version: i64 = conn.query_row(
-                "SELECT coalesce(max(version), 0) + 1 FROM pdb_access_log",
-                [],
-                |r| r.get(0),
-            )?;
-            apply(&conn, version)?;
+        apply: impl FnOnce(&mut Connection, i64) -> Result<T, crate::error::ApiError>,
+    ) -> Result<(i64, T), crate::error::ApiError> {
+        let out = self.maintenance("changing access", |conn| {
+            let sql = |e| crate::error::ApiError::internal("changing access", e);
+            let version: i64 = conn
+                .query_row("SELECT coalesce(max(version), 0) + 1 FROM pdb_access_log", [], |r| r.get(0))
+                .map_err(sql)?;
+            let out = apply(conn, version)?;
             conn.execute(
                 "INSERT INTO pdb_access_log(version, kind, subject, value, changed_by, time_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![version, kind, subject, value, by, read::now_ms() as i64],
-            )?;
-            conn.execute_batch("COMMIT")?;
-            Ok(version)
-        };
-        let v = run().map_err(|e| crate::error::ApiError::internal("changing access", e))?;
-        tracing::info!(group = %self.info.id, kind, subject, value, by, version = v, "access changed");
-        Ok(v)
+            )
+            .map_err(sql)?;
+            Ok((version, out))
+        })?;
+        tracing::info!(group = %self.info.id, kind, subject, value, by, version = out.0, "access changed");
+        Ok(out)
     }
 
     /// Defines (or replaces) a projection and fills it, in one write
@@ -390,50 +409,24 @@ impl Group {
         def: &serde_json::Value,
         by: &str,
     ) -> Result<crate::projection::Projection, crate::error::ApiError> {
-        use crate::error::ApiError;
-        let mut conn =
-            open_conn(&self.path, true).map_err(|e| ApiError::internal("opening the group", e))?;
-        conn.execute_batch("BEGIN IMMEDIATE")
-            .map_err(|e| ApiError::internal("defining a projection", e))?;
-        let result = (|| -> Result<_, ApiError> {
-            let p = crate::projection::install(&mut conn, &self.info, name, def)?;
-            let version: i64 = conn
-                .query_row(
-                    "SELECT coalesce(max(version), 0) + 1 FROM pdb_access_log",
-                    [],
-                    |r| r.get(0),
-                )
-                .map_err(|e| ApiError::internal("defining a projection", e))?;
-            crate::projection::store(&conn, &p, def, version)
-                .and_then(|_| {
-                    conn.execute(
-                        "INSERT INTO pdb_access_log(version, kind, subject, value, changed_by, time_ms) VALUES (?1, 'projection', ?2, ?3, ?4, ?5)",
-                        params![version, name, def.to_string(), by, read::now_ms() as i64],
-                    )
-                })
-                .map_err(|e| ApiError::internal("defining a projection", e))?;
+        let text = def.to_string();
+        let (_, p) = self.change_access("projection", name, Some(&text), by, |conn, version| {
+            let p = crate::projection::install(conn, &self.info, name, def)?;
+            crate::projection::store(conn, &p, def, version)
+                .map_err(|e| crate::error::ApiError::internal("defining a projection", e))?;
             Ok(p)
-        })();
-        match result {
-            Ok(p) => {
-                conn.execute_batch("COMMIT")
-                    .map_err(|e| ApiError::internal("defining a projection", e))?;
-                tracing::info!(group = %self.info.id, projection = name, by, "projection defined");
-                Ok(p)
-            }
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                Err(e)
-            }
-        }
+        })?;
+        Ok(p)
     }
 
     pub fn drop_projection(&self, name: &str, by: &str) -> Result<i64, crate::error::ApiError> {
         let store = crate::sqlvalue::ident(&format!("pdb_proj_{name}"));
-        self.change_access("projection", name, None, by, |c, _| {
-            c.execute("DELETE FROM pdb_projections WHERE name = ?1", [name])?;
-            c.execute_batch(&format!("DROP TABLE IF EXISTS {store}"))
-        })
+        let (version, ()) = self.change_access("projection", name, None, by, |c, _| {
+            c.execute("DELETE FROM pdb_projections WHERE name = ?1", [name])
+                .and_then(|_| c.execute_batch(&format!("DROP TABLE IF EXISTS {store}")))
+                .map_err(|e| crate::error::ApiError::internal("dropping a projection", e))
+        })?;
+        Ok(version)
     }
 
     /// Stops the writer after it has finished the commits already queued.

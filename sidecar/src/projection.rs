@@ -17,7 +17,7 @@ use crate::error::ApiError;
 use crate::group::{GroupInfo, TableSql};
 use crate::sqlvalue::{from_ref, ident, Bind};
 use pdb_protocol::Value;
-use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::hooks::{AuthContext, Authorization};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value as Json};
 
@@ -159,23 +159,6 @@ pub fn build(
     })
 }
 
-fn read_only(
-    extra: Option<String>,
-) -> impl FnMut(AuthContext<'_>) -> Authorization + Send + 'static {
-    move |ctx: AuthContext<'_>| match ctx.action {
-        AuthAction::Select | AuthAction::Function { .. } | AuthAction::Recursive => {
-            Authorization::Allow
-        }
-        AuthAction::Read { table_name, .. }
-            if (!table_name.starts_with("pdb_") && !table_name.starts_with("sqlite_"))
-                || extra.as_deref() == Some(table_name) =>
-        {
-            Authorization::Allow
-        }
-        _ => Authorization::Deny,
-    }
-}
-
 /// Creates (or replaces) the projection's table and fills it from the
 /// current replica, on `conn` inside the caller's transaction. Every SQL
 /// piece is first compiled under a read-only authorizer.
@@ -193,7 +176,7 @@ pub fn install(
     let columns = match &probe.kind {
         Kind::Recompute { .. } => {
             let query = text(def, "query")?.unwrap_or_default();
-            conn.authorizer(Some(read_only(None)))
+            conn.authorizer(Some(crate::schema_ddl::read_only(None)))
                 .map_err(|e| ApiError::internal("checking a projection", e))?;
             let names = conn
                 .prepare(&format!("SELECT * FROM ({query})"))
@@ -234,7 +217,7 @@ pub fn install(
     }
     // Check every piece read-only, then fill.
     let store_name = format!("pdb_proj_{name}");
-    conn.authorizer(Some(read_only(Some(store_name.clone()))))
+    conn.authorizer(Some(crate::schema_ddl::read_only(Some(store_name.clone()))))
         .map_err(|e| ApiError::internal("checking a projection", e))?;
     let checks = (|| -> Result<(), ApiError> {
         match &p.kind {
@@ -254,15 +237,14 @@ pub fn install(
     conn.authorizer(None::<fn(AuthContext<'_>) -> Authorization>)
         .map_err(|e| ApiError::internal("checking a projection", e))?;
     checks?;
-    refill(conn, info, &p)?;
+    refill(conn, &p)?;
     Ok(p)
 }
 
 /// Recomputes a projection from the replica.
-pub fn refill(conn: &Connection, info: &GroupInfo, p: &Projection) -> Result<(), ApiError> {
+pub fn refill(conn: &Connection, p: &Projection) -> Result<(), ApiError> {
     conn.execute(&format!("DELETE FROM {}", p.store), [])
         .map_err(|e| ApiError::internal("refilling a projection", e))?;
-    let _ = info;
     let sql = match &p.kind {
         Kind::Recompute { refill } => refill,
         Kind::Incremental { fill_all, .. } => fill_all,
@@ -342,8 +324,7 @@ pub fn maintain(
             ..
         } = &p.kind
         {
-            for (table, key) in touched.iter().filter(|(t, _)| t == source) {
-                let _ = table;
+            for (_, key) in touched.iter().filter(|(t, _)| t == source) {
                 let binds: Vec<Bind<'_>> = key.iter().map(Bind).collect();
                 for sql in [delete_key, insert_key] {
                     conn.prepare_cached(sql)

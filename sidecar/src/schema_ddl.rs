@@ -33,6 +33,25 @@ fn authorize(ctx: AuthContext<'_>) -> Authorization {
     }
 }
 
+/// An authorizer for SQL that may only read the group's own tables (and
+/// `extra`, when given): write rules and projection queries.
+pub fn read_only(
+    extra: Option<String>,
+) -> impl FnMut(AuthContext<'_>) -> Authorization + Send + 'static {
+    move |ctx: AuthContext<'_>| match ctx.action {
+        AuthAction::Select | AuthAction::Function { .. } | AuthAction::Recursive => {
+            Authorization::Allow
+        }
+        AuthAction::Read { table_name, .. }
+            if (!table_name.starts_with("pdb_") && !table_name.starts_with("sqlite_"))
+                || extra.as_deref() == Some(table_name) =>
+        {
+            Authorization::Allow
+        }
+        _ => Authorization::Deny,
+    }
+}
+
 /// Runs `ddl` on `conn` with only table and index creation allowed.
 pub fn run_ddl(conn: &mut Connection, ddl: &str) -> Result<(), String> {
     if ddl.len() > MAX_DDL_BYTES {

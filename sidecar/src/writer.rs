@@ -122,12 +122,12 @@ fn write_batch(
     batch: &[Job],
 ) -> rusqlite::Result<Results> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
-    let projections = crate::projection::load_all(conn, info)?;
+    let context = commit::Batch::load(conn, info)?;
     let start_seq = head.seq;
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
         conn.prepare_cached("SAVEPOINT pdb_commit")?.execute([])?;
-        let result = commit::process(conn, info, key, head, &job.input, &projections);
+        let result = commit::process(conn, info, key, head, &job.input, &context);
         if result.is_err() {
             conn.prepare_cached("ROLLBACK TO pdb_commit")?.execute([])?;
         }
@@ -137,9 +137,9 @@ fn write_batch(
     // Projections that cannot follow row by row are recomputed once per
     // batch, still inside its transaction.
     if head.seq > start_seq {
-        for p in &projections {
+        for p in &context.projections {
             if matches!(p.kind, crate::projection::Kind::Recompute { .. }) {
-                crate::projection::refill(conn, info, p)
+                crate::projection::refill(conn, p)
                     .map_err(|e| rusqlite::Error::InvalidParameterName(e.body().error.message))?;
             }
         }
