@@ -115,18 +115,13 @@ impl Client {
         })?;
         let status = resp.status().as_u16();
         if status != 206 {
-            let text = resp.body_mut().read_to_string().unwrap_or_default();
-            let body: Json = serde_json::from_str(&text).unwrap_or_default();
-            return Err(CallError::Rejected {
-                code: body["error"]["code"]
-                    .as_str()
-                    .unwrap_or("http_error")
-                    .to_string(),
-                message: body["error"]["message"]
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format!("HTTP {status}")),
-            });
+            // Not a range: the witness's error (classified as for JSON
+            // calls), or an answer that is not what was asked for.
+            let what = self.finish(path, Ok(resp))?;
+            return Err(CallError::Network(format!(
+                "{}{path}: expected a byte range, got {what}",
+                self.url
+            )));
         }
         let starts_right = resp
             .headers()

@@ -252,6 +252,15 @@ impl Witness {
         GroupRef::from_json(&r.body)
     }
 
+    /// Commits `cs` on the group's current head.
+    pub fn commit_at_head(&self, g: &GroupRef, key: &str, cs: &[u8], policy: Policy) -> Reply {
+        let h = self.head(&g.group);
+        self.post(
+            &format!("/v1/groups/{}/commits", g.group),
+            &g.commit_body(h.seq, &h.head_hash, key, cs, policy),
+        )
+    }
+
     /// The verified head of a group.
     pub fn head(&self, group: &str) -> HeadJson {
         let r = self.get(&format!("/v1/groups/{group}/head"));

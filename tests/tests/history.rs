@@ -29,14 +29,6 @@ fn commits_path(g: &GroupRef) -> String {
     format!("/v1/groups/{}/commits", g.group)
 }
 
-fn commit(w: &Witness, g: &GroupRef, key: &str, cs: &[u8], policy: Policy) -> Reply {
-    let h = w.head(&g.group);
-    w.post(
-        &commits_path(g),
-        &g.commit_body(h.seq, &h.head_hash, key, cs, policy),
-    )
-}
-
 /// Checks the whole log as a client would: contiguous sequence numbers,
 /// every certificate signed by the witness, each binding the previous
 /// head and its changeset; replaying the changesets into an empty database
@@ -109,8 +101,7 @@ fn replay_returns_the_original_certificate_even_after_the_head_moved() {
             again.certificate, first.certificate,
             "the original certificate"
         );
-        let r = commit(
-            &w,
+        let r = w.commit_at_head(
             &g,
             &format!("other-{round}"),
             &item(10 + round, 2, 0),
@@ -141,7 +132,8 @@ fn rebase_if_clean_accepts_untouched_rows_only() {
     let w = Witness::start(dir.path());
     let g = w.create_group("g", DDL);
     assert_eq!(
-        commit(&w, &g, "a", &item(1, 1, 0), Policy::Strict).status,
+        w.commit_at_head(&g, "a", &item(1, 1, 0), Policy::Strict)
+            .status,
         201
     );
     let base = w.head("g");
@@ -156,7 +148,7 @@ fn rebase_if_clean_accepts_untouched_rows_only() {
             "UPDATE items SET n = 5 WHERE id = 1; INSERT INTO items VALUES (2, 9, 0, 'y');",
         )
     };
-    assert_eq!(commit(&w, &g, "b", &upd, Policy::Strict).status, 201);
+    assert_eq!(w.commit_at_head(&g, "b", &upd, Policy::Strict).status, 201);
     let path = commits_path(&g);
     // From the old base: strict is stale, rebase_if_clean on a fresh row is accepted.
     let fresh = item(3, 1, 0);
@@ -227,7 +219,7 @@ fn eight_concurrent_clients_make_one_linear_chain() {
                         Policy::RebaseIfClean
                     };
                     loop {
-                        let r = commit(&w, &g, &key, &cs, policy);
+                        let r = w.commit_at_head(&g, &key, &cs, policy);
                         match (r.status, r.code()) {
                             (201, _) => {
                                 accepted
@@ -272,7 +264,8 @@ fn catch_up_pages_are_bounded_and_complete() {
     let g = w.create_group("g", DDL);
     for i in 0..25 {
         assert_eq!(
-            commit(&w, &g, &format!("k{i}"), &item(i, 0, i), Policy::Strict).status,
+            w.commit_at_head(&g, &format!("k{i}"), &item(i, 0, i), Policy::Strict)
+                .status,
             201
         );
     }
@@ -395,7 +388,8 @@ fn the_verifier_catches_tampering_on_disk() {
     let g = w.create_group("g", DDL);
     for i in 0..5 {
         assert_eq!(
-            commit(&w, &g, &format!("k{i}"), &item(i, 0, i), Policy::Strict).status,
+            w.commit_at_head(&g, &format!("k{i}"), &item(i, 0, i), Policy::Strict)
+                .status,
             201
         );
     }
@@ -471,8 +465,7 @@ fn groups_can_be_created_from_the_command_line_while_stopped() {
     assert_eq!(r.status, 200);
     assert_eq!(r.body["head"]["seq"], 0);
     assert_eq!(
-        commit(
-            &w,
+        w.commit_at_head(
             &GroupRef::from_json(&r.body),
             "k",
             &item(1, 1, 1),
@@ -527,7 +520,8 @@ fn values_are_certified_exactly_as_sqlite_stores_them() {
     for (i, r) in rows.into_iter().enumerate() {
         let cs = changeset("v", &[1, 0, 0, 0, 0, 0], vec![insert(r)]);
         assert_eq!(
-            commit(&w, &g, &format!("k{i}"), &cs, Policy::Strict).status,
+            w.commit_at_head(&g, &format!("k{i}"), &cs, Policy::Strict)
+                .status,
             201
         );
     }
@@ -548,7 +542,7 @@ fn values_are_certified_exactly_as_sqlite_stores_them() {
             new: vec![None, Some(Value::text("43")), None, None, None, None],
         }],
     );
-    let r = commit(&w, &g, "upd", &upd, Policy::Strict);
+    let r = w.commit_at_head(&g, "upd", &upd, Policy::Strict);
     assert_eq!(
         r.status, 201,
         "old values compare against the stored (converted) value: {r:?}"

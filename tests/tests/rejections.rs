@@ -43,13 +43,7 @@ impl Fixture {
     }
 
     fn commit_at_head(&self, key: &str, cs: &[u8]) -> Reply {
-        let h = self.w.head(&self.g.group);
-        self.w.post(
-            &self.path(),
-            &self
-                .g
-                .commit_body(h.seq, &h.head_hash, key, cs, Policy::Strict),
-        )
+        self.w.commit_at_head(&self.g, key, cs, Policy::Strict)
     }
 
     /// Head and log length, to prove a rejection changed nothing.

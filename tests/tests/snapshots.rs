@@ -242,17 +242,7 @@ fn a_snapshot_made_while_four_clients_commit_matches_its_head() {
                             Value::Null,
                         ])],
                     );
-                    let h = w.head("g");
-                    let r = w.post(
-                        "/v1/groups/g/commits",
-                        &g.commit_body(
-                            h.seq,
-                            &h.head_hash,
-                            &format!("c{c}-{i}"),
-                            &cs,
-                            Policy::RebaseIfClean,
-                        ),
-                    );
+                    let r = w.commit_at_head(&g, &format!("c{c}-{i}"), &cs, Policy::RebaseIfClean);
                     assert!(r.status == 201 || r.code() == "stale_head", "{r:?}");
                     i += 1;
                 }

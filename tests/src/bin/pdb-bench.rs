@@ -394,17 +394,7 @@ fn bootstrap(dir: &Path, n: i64, manual: &[&str]) {
                 })
                 .collect();
             let cs = changeset("items", &[1, 0, 0, 0], changes);
-            let h = w.head("big");
-            let r = w.post(
-                "/v1/groups/big/commits",
-                &g.commit_body(
-                    h.seq,
-                    &h.head_hash,
-                    &format!("load-{from}"),
-                    &cs,
-                    Policy::Strict,
-                ),
-            );
+            let r = w.commit_at_head(&g, &format!("load-{from}"), &cs, Policy::Strict);
             assert_eq!(r.status, 201, "{r:?}");
             from += per_commit;
         }
