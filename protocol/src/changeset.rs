@@ -291,21 +291,21 @@ impl Changeset {
 
 /// Bounds-checked cursor over untrusted bytes; every read can fail, none
 /// can panic or allocate more than the input holds.
-pub(crate) struct Reader<'a> {
+struct Reader<'a> {
     bytes: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    pub(crate) fn new(bytes: &'a [u8]) -> Self {
+    fn new(bytes: &'a [u8]) -> Self {
         Reader { bytes, pos: 0 }
     }
 
-    pub(crate) fn at_end(&self) -> bool {
+    fn at_end(&self) -> bool {
         self.pos >= self.bytes.len()
     }
 
-    pub(crate) fn error(&self, message: &str) -> DecodeError {
+    fn error(&self, message: &str) -> DecodeError {
         DecodeError {
             offset: self.pos,
             message: message.to_string(),
@@ -360,7 +360,7 @@ impl<'a> Reader<'a> {
         Ok(name)
     }
 
-    pub(crate) fn value(&mut self) -> Result<Option<Value>, DecodeError> {
+    fn value(&mut self) -> Result<Option<Value>, DecodeError> {
         let at = self.pos;
         let v = match self.byte()? {
             value::T_UNDEFINED => None,

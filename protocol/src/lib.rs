@@ -61,3 +61,20 @@ pub fn unhex(s: &str) -> Option<Vec<u8>> {
 pub fn unhex32(s: &str) -> Option<[u8; 32]> {
     unhex(s)?.try_into().ok()
 }
+
+/// Quotes an SQL identifier (`"name"`, inner quotes doubled), so any name
+/// is safe to splice into statement text. Both sides build every
+/// statement with it; values are always bound, never spliced.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Milliseconds since the Unix epoch by the local clock (0 before 1970).
+/// The one clock reading both sides use for the times they record; a
+/// signed time is the witness's, a client's is never trusted.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

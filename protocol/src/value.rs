@@ -6,7 +6,6 @@
 //! of "the exact value" serves the whole protocol.
 
 use crate::varint;
-use crate::DecodeError;
 
 /// One SQLite value. Text is kept as bytes: SQLite does not promise valid
 /// UTF-8, and the protocol must round-trip whatever is stored.
@@ -81,17 +80,6 @@ impl Value {
             Value::Text(b) | Value::Blob(b) => 1 + varint::len(b.len() as u64) + b.len(),
         }
     }
-
-    /// SQLite's name for the storage class, as `typeof()` reports it.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            Value::Null => "null",
-            Value::Integer(_) => "integer",
-            Value::Real(_) => "real",
-            Value::Text(_) => "text",
-            Value::Blob(_) => "blob",
-        }
-    }
 }
 
 /// Encodes a row (or a primary key) as the concatenation of its values.
@@ -101,20 +89,4 @@ pub fn encode_values(values: &[Value]) -> Vec<u8> {
         v.encode(&mut out);
     }
     out
-}
-
-/// Decodes exactly `n` values that fill `bytes` completely.
-pub fn decode_values(bytes: &[u8], n: usize) -> Result<Vec<Value>, DecodeError> {
-    let mut r = crate::changeset::Reader::new(bytes);
-    let mut out = Vec::with_capacity(n.min(64));
-    for _ in 0..n {
-        match r.value()? {
-            Some(v) => out.push(v),
-            None => return Err(r.error("undefined value in a value list")),
-        }
-    }
-    if !r.at_end() {
-        return Err(r.error("trailing bytes after the value list"));
-    }
-    Ok(out)
 }
