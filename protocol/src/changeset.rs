@@ -89,6 +89,28 @@ impl TableChanges {
 }
 
 impl Change {
+    /// The row after this change, given the row before it (`None`: the
+    /// row does not exist). An INSERT gives its new values (undefined as
+    /// NULL), an UPDATE the old row with the changed columns replaced, a
+    /// DELETE nothing.
+    pub fn row_after(&self, before: Option<&[Value]>) -> Option<Vec<Value>> {
+        match self.op {
+            Op::Insert => Some(
+                self.new
+                    .iter()
+                    .map(|v| v.clone().unwrap_or(Value::Null))
+                    .collect(),
+            ),
+            Op::Update => before.map(|row| {
+                row.iter()
+                    .zip(&self.new)
+                    .map(|(old, new)| new.clone().unwrap_or_else(|| old.clone()))
+                    .collect()
+            }),
+            Op::Delete => None,
+        }
+    }
+
     /// The row's primary-key values, in column order.
     pub fn pk(&self, pk_flags: &[u8]) -> Vec<Value> {
         let row = if self.op == Op::Insert {

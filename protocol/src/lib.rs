@@ -5,6 +5,7 @@ pub mod changeset;
 mod hash;
 pub mod records;
 pub mod schema;
+pub mod sql;
 pub mod state_root;
 pub mod value;
 pub mod varint;
@@ -14,6 +15,7 @@ pub use changeset::{Change, Changeset, Invalid, Op, TableChanges};
 pub use hash::sha256;
 pub use records::{genesis_hash, CommitRecord, HeadRecord, Signed, SnapshotRecord};
 pub use schema::{Column, Schema, Table};
+pub use sql::{quote_ident, RowSql};
 pub use state_root::StateRoot;
 pub use value::Value;
 
@@ -60,13 +62,6 @@ pub fn unhex(s: &str) -> Option<Vec<u8>> {
 /// A 32-byte hash from lowercase hex.
 pub fn unhex32(s: &str) -> Option<[u8; 32]> {
     unhex(s)?.try_into().ok()
-}
-
-/// Quotes an SQL identifier (`"name"`, inner quotes doubled), so any name
-/// is safe to splice into statement text. Both sides build every
-/// statement with it; values are always bound, never spliced.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// Milliseconds since the Unix epoch by the local clock (0 before 1970).

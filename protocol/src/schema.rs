@@ -121,7 +121,47 @@ impl Affinity {
     }
 }
 
+/// The query both sides read a table's columns with (`?1`: the table's
+/// name); [`Column::from_xinfo`] turns each row into a column.
+pub const COLUMNS_SQL: &str = "SELECT name, type, \"notnull\", dflt_value, pk, hidden \
+     FROM pragma_table_xinfo(?1) ORDER BY cid";
+
+impl Column {
+    /// One row of [`COLUMNS_SQL`]. Generated and hidden columns are
+    /// refused: changesets do not carry them.
+    pub fn from_xinfo(
+        table: &str,
+        name: String,
+        decl_type: String,
+        not_null: bool,
+        default: Option<String>,
+        pk: i64,
+        hidden: i64,
+    ) -> Result<Column, String> {
+        if hidden != 0 {
+            return Err(format!(
+                "table {table:?} has generated or hidden columns, which cannot be synced"
+            ));
+        }
+        Ok(Column {
+            name,
+            decl_type,
+            not_null,
+            default,
+            pk: u32::try_from(pk).unwrap_or(0),
+        })
+    }
+}
+
 impl Table {
+    /// Indexes of the primary-key columns, in column order (the order
+    /// changesets and by-key statements bind them in).
+    pub fn key_columns(&self) -> Vec<usize> {
+        (0..self.columns.len())
+            .filter(|i| self.columns[*i].pk > 0)
+            .collect()
+    }
+
     /// Each column's affinity, in column order.
     pub fn affinities(&self) -> Vec<Affinity> {
         self.columns
