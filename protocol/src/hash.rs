@@ -1,5 +1,7 @@
-//! SHA-256 with the length-prefixed field encoding every hashed or signed
-//! structure uses, so no two different field lists can hash alike.
+//! SHA-256, and a tagged hasher over length-prefixed fields (u32 big-endian
+//! lengths) for the digests that are not signed records — the schema hash
+//! and the state root's digest — so no two different field lists hash
+//! alike. Signed records have their own byte layout (`records.rs`).
 
 use sha2::{Digest, Sha256};
 

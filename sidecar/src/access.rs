@@ -1,52 +1,57 @@
 //! Group access administration: members and their roles, and row-level
-//! write rules. Every change is versioned and logged (`pdb_access_log`).
-//!
-//! A write rule is a SQL boolean expression over `new.<column>`,
-//! `old.<column>` (NULLs where the row does not exist), `:caller` (the
-//! identity) and `:op` ('insert', 'update', 'delete'). It runs as
-//! `SELECT CASE WHEN (<rule>) THEN 1 ELSE 0 END FROM (SELECT :n0 AS c0, ...)
-//! AS new, (SELECT :o0 AS c0, ...) AS old` with every value bound, checked
-//! for every row of every changeset before the commit is accepted. On
-//! definition it must compile under an authorizer that allows only reads
-//! of the group's own tables.
+//! write rules (how the write path runs them: `crate::write::rules`).
+//! Every change is versioned and logged (`pdb_access_log`). On definition
+//! a rule must compile under an authorizer that allows only reads of the
+//! group's own tables.
 
 use crate::auth::{valid_identity, Caller, Role};
 use crate::error::ApiError;
-use crate::group::{open_conn, Group, GroupInfo};
-use crate::sqlvalue::{ident, Bind};
-use pdb_protocol::Value;
-use rusqlite::{params, Connection};
+use crate::group::Group;
+use crate::store;
+use crate::write::rules::rule_sql;
+use rusqlite::params;
 use serde_json::{json, Value as Json};
-use std::collections::HashMap;
 
 const MAX_RULE: usize = 4096;
 
-pub fn members_json(c: &Connection) -> rusqlite::Result<Json> {
-    let mut st = c.prepare("SELECT identity, role FROM pdb_members ORDER BY identity")?;
-    let members: Vec<Json> = st
-        .query_map([], |r| {
-            Ok(json!({"identity": r.get::<_, String>(0)?, "role": r.get::<_, String>(1)?}))
-        })?
-        .collect::<Result<_, _>>()?;
-    Ok(json!({ "members": members, "version": version(c)? }))
-}
-
-pub fn rules_json(c: &Connection) -> rusqlite::Result<Json> {
-    let mut st = c.prepare("SELECT tbl, expr FROM pdb_rules ORDER BY tbl")?;
-    let rules: Vec<Json> = st
-        .query_map([], |r| {
-            Ok(json!({"table": r.get::<_, String>(0)?, "expr": r.get::<_, String>(1)?}))
-        })?
-        .collect::<Result<_, _>>()?;
-    Ok(json!({ "rules": rules, "version": version(c)? }))
-}
-
-fn version(c: &Connection) -> rusqlite::Result<i64> {
-    c.query_row(
-        "SELECT coalesce(max(version), 0) FROM pdb_access_log",
-        [],
-        |r| r.get(0),
+pub fn members_json(g: &Group) -> Result<Json, ApiError> {
+    listing(
+        g,
+        "SELECT identity, role FROM pdb_members ORDER BY identity",
+        "members",
+        ["identity", "role"],
     )
+}
+
+pub fn rules_json(g: &Group) -> Result<Json, ApiError> {
+    listing(
+        g,
+        "SELECT tbl, expr FROM pdb_rules ORDER BY tbl",
+        "rules",
+        ["table", "expr"],
+    )
+}
+
+/// `{"<list>": [{"<a>": .., "<b>": ..}], "version": <access version>}`
+/// from a query of two text columns.
+fn listing(g: &Group, query: &str, list: &str, [a, b]: [&str; 2]) -> Result<Json, ApiError> {
+    g.read("reading access", |c| {
+        let rows = (|| -> rusqlite::Result<Json> {
+            let mut st = c.prepare(query)?;
+            let items: Vec<Json> = st
+                .query_map([], |r| {
+                    Ok(json!({a: r.get::<_, String>(0)?, b: r.get::<_, String>(1)?}))
+                })?
+                .collect::<Result<_, _>>()?;
+            let version: i64 = c.query_row(
+                "SELECT coalesce(max(version), 0) FROM pdb_access_log",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok(json!({ list: items, "version": version }))
+        })();
+        rows.map_err(sql)
+    })
 }
 
 fn bad(m: &str) -> ApiError {
@@ -133,32 +138,14 @@ fn table_name(g: &Group, table: &str) -> Result<String, ApiError> {
         .ok_or_else(|| bad("no such table in the group"))
 }
 
-/// The statement a rule runs as.
-pub fn rule_sql(info: &GroupInfo, table: &str, expr: &str) -> Option<String> {
-    let t = info.schema.table(table)?;
-    let side = |prefix: &str| -> String {
-        t.columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!(":{prefix}{i} AS {}", ident(&c.name)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    Some(format!(
-        "SELECT CASE WHEN ({expr}) THEN 1 ELSE 0 END FROM (SELECT {}) AS new, (SELECT {}) AS old",
-        side("n"),
-        side("o")
-    ))
-}
-
 fn validate(g: &Group, table: &str, expr: &str) -> Result<(), ApiError> {
     if expr.is_empty() || expr.len() > MAX_RULE || expr.contains(';') {
         return Err(bad("a rule is one SQL expression of at most 4096 bytes"));
     }
     let sql = rule_sql(&g.info, table, expr).ok_or_else(|| bad("no such table"))?;
     let mut conn =
-        open_conn(&g.path, false).map_err(|e| ApiError::internal("opening the group", e))?;
-    conn.authorizer(Some(crate::schema_ddl::read_only(None)))
+        store::open_conn(&g.path, false).map_err(|e| ApiError::internal("opening the group", e))?;
+    conn.authorizer(Some(store::schema::read_only(None)))
         .map_err(|e| ApiError::internal("checking a rule", e))?;
     let prepared = conn.prepare(&sql).map(|_| ());
     prepared.map_err(|e| {
@@ -166,56 +153,4 @@ fn validate(g: &Group, table: &str, expr: &str) -> Result<(), ApiError> {
             "the rule does not compile as a read-only expression: {e}"
         ))
     })
-}
-
-/// The rules in force, by table, as ready-to-run statements.
-pub fn load_rules(
-    conn: &Connection,
-    info: &GroupInfo,
-) -> rusqlite::Result<HashMap<String, String>> {
-    let mut st = conn.prepare_cached("SELECT tbl, expr FROM pdb_rules")?;
-    let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-    let mut out = HashMap::new();
-    for row in rows {
-        let (t, expr) = row?;
-        if let Some(sql) = rule_sql(info, &t, &expr) {
-            out.insert(t.to_ascii_lowercase(), sql);
-        }
-    }
-    Ok(out)
-}
-
-/// Whether the rule allows this row change.
-pub fn allows(
-    conn: &Connection,
-    sql: &str,
-    caller: &str,
-    op: &str,
-    old: Option<&[Value]>,
-    new: Option<&[Value]>,
-    n_cols: usize,
-) -> rusqlite::Result<bool> {
-    let mut st = conn.prepare_cached(sql)?;
-    let null = Value::Null;
-    let names: Vec<(String, String)> = (0..n_cols)
-        .map(|i| (format!(":n{i}"), format!(":o{i}")))
-        .collect();
-    let mut binds: Vec<(&str, Bind<'_>)> = Vec::with_capacity(2 * n_cols + 2);
-    for (i, (n, o)) in names.iter().enumerate() {
-        binds.push((n, Bind(new.and_then(|r| r.get(i)).unwrap_or(&null))));
-        binds.push((o, Bind(old.and_then(|r| r.get(i)).unwrap_or(&null))));
-    }
-    let caller_v = Value::text(caller);
-    let op_v = Value::text(op);
-    for (name, v) in [(":caller", &caller_v), (":op", &op_v)] {
-        if st.parameter_index(name)?.is_some() {
-            binds.push((name, Bind(v)));
-        }
-    }
-    let params: Vec<(&str, &dyn rusqlite::ToSql)> = binds
-        .iter()
-        .map(|(n, b)| (*n, b as &dyn rusqlite::ToSql))
-        .collect();
-    st.query_row(params.as_slice(), |r| r.get::<_, i64>(0))
-        .map(|v| v == 1)
 }

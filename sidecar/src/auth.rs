@@ -10,7 +10,6 @@ use crate::error::ApiError;
 use crate::keys;
 use ed25519_dalek::{Signature, VerifyingKey};
 use hmac::{Hmac, Mac};
-use pdb_protocol::unhex32;
 use sha2::Sha256;
 use std::collections::HashMap;
 
@@ -69,34 +68,6 @@ pub struct Authenticator {
     /// SHA-256 of each static token → identity.
     pub tokens: HashMap<[u8; 32], String>,
     pub jwt: JwtConfig,
-}
-
-/// The tokens file: `[{"identity": "alice", "sha256": "<hex>"}, ...]`.
-pub fn load_tokens(path: &std::path::Path) -> Result<HashMap<[u8; 32], String>, String> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashMap::new()),
-        Err(e) => return Err(format!("reading {}: {e}", path.display())),
-    };
-    let entries: Vec<serde_json::Value> = serde_json::from_str(&text)
-        .map_err(|e| format!("{} is not a JSON list: {e}", path.display()))?;
-    let mut out = HashMap::new();
-    for e in entries {
-        let id = e["identity"].as_str().filter(|i| valid_identity(i));
-        let hash = e["sha256"].as_str().and_then(unhex32);
-        match (id, hash) {
-            (Some(id), Some(h)) => {
-                out.insert(h, id.to_string());
-            }
-            _ => {
-                return Err(format!(
-                    "{}: each entry needs an identity and a sha256",
-                    path.display()
-                ))
-            }
-        }
-    }
-    Ok(out)
 }
 
 fn unauthorized(m: &str) -> ApiError {

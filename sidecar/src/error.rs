@@ -166,3 +166,11 @@ impl ApiError {
         ErrorBody { error: e }
     }
 }
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code(), self.body().error.message)
+    }
+}
+
+impl std::error::Error for ApiError {}

@@ -10,7 +10,7 @@ use std::path::Path;
 pub const KEY_FILE: &str = "witness.key";
 pub const TOKEN_HASH_FILE: &str = "admin-token.sha256";
 
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
@@ -34,24 +34,41 @@ fn random32() -> std::io::Result<[u8; 32]> {
     Ok(b)
 }
 
+/// A fresh bearer token: `pdb_` and 32 random bytes in hex. Only its hash
+/// is ever stored.
+pub fn new_token() -> std::io::Result<String> {
+    Ok(format!("pdb_{}", hex(&random32()?)))
+}
+
+/// Loads the signing key of an existing data directory; an error (never a
+/// new key) when there is none, so commands that only read, like
+/// `verify`, cannot mint a key by being pointed at the wrong directory.
+pub fn load_key(data_dir: &Path) -> std::io::Result<SigningKey> {
+    let path = data_dir.join(KEY_FILE);
+    let s = std::fs::read_to_string(&path).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "reading {}: {e} (is this the witness's data directory?)",
+                path.display()
+            ),
+        )
+    })?;
+    let seed = unhex32(s.trim()).ok_or_else(|| {
+        std::io::Error::other(format!("{} is not a 32-byte hex seed", path.display()))
+    })?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
 /// Loads the signing key, creating it on first start. Returns whether it
 /// was created.
 pub fn load_or_create_key(data_dir: &Path) -> std::io::Result<(SigningKey, bool)> {
-    let path = data_dir.join(KEY_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(s) => {
-            let seed = unhex32(s.trim()).ok_or_else(|| {
-                std::io::Error::other(format!("{} is not a 32-byte hex seed", path.display()))
-            })?;
-            Ok((SigningKey::from_bytes(&seed), false))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let seed = random32()?;
-            write_private(&path, &hex(&seed))?;
-            Ok((SigningKey::from_bytes(&seed), true))
-        }
-        Err(e) => Err(e),
+    if !data_dir.join(KEY_FILE).exists() {
+        let seed = random32()?;
+        write_private(&data_dir.join(KEY_FILE), &hex(&seed))?;
+        return Ok((SigningKey::from_bytes(&seed), true));
     }
+    load_key(data_dir).map(|k| (k, false))
 }
 
 pub fn token_hash(token: &str) -> [u8; 32] {
@@ -74,7 +91,7 @@ pub fn admin_token(
             std::io::Error::other(format!("{} is not a SHA-256 hex digest", path.display()))
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let token = format!("pdb_{}", hex(&random32()?));
+            let token = new_token()?;
             let h = token_hash(&token);
             write_private(&path, &hex(&h))?;
             Ok((h, Some(token)))

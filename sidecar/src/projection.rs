@@ -14,9 +14,9 @@
 //! are bound, never spliced.
 
 use crate::error::ApiError;
-use crate::group::{GroupInfo, TableSql};
-use crate::sqlvalue::{from_ref, ident, Bind};
-use pdb_protocol::Value;
+use crate::store::value::{from_ref, named, Bind};
+use crate::store::{GroupInfo, TableSql};
+use pdb_protocol::{quote_ident as ident, Value};
 use rusqlite::hooks::{AuthContext, Authorization};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value as Json};
@@ -176,7 +176,7 @@ pub fn install(
     let columns = match &probe.kind {
         Kind::Recompute { .. } => {
             let query = text(def, "query")?.unwrap_or_default();
-            conn.authorizer(Some(crate::schema_ddl::read_only(None)))
+            conn.authorizer(Some(crate::store::schema::read_only(None)))
                 .map_err(|e| ApiError::internal("checking a projection", e))?;
             let names = conn
                 .prepare(&format!("SELECT * FROM ({query})"))
@@ -217,8 +217,10 @@ pub fn install(
     }
     // Check every piece read-only, then fill.
     let store_name = format!("pdb_proj_{name}");
-    conn.authorizer(Some(crate::schema_ddl::read_only(Some(store_name.clone()))))
-        .map_err(|e| ApiError::internal("checking a projection", e))?;
+    conn.authorizer(Some(crate::store::schema::read_only(Some(
+        store_name.clone(),
+    ))))
+    .map_err(|e| ApiError::internal("checking a projection", e))?;
     let checks = (|| -> Result<(), ApiError> {
         match &p.kind {
             Kind::Incremental { fill_all, .. } => {
@@ -310,33 +312,6 @@ pub fn load(
     }
 }
 
-/// Keeps incremental projections in step with the rows one commit touched.
-pub fn maintain(
-    conn: &Connection,
-    projections: &[Projection],
-    touched: &[(String, Vec<Value>)],
-) -> Result<(), ApiError> {
-    for p in projections {
-        if let Kind::Incremental {
-            source,
-            delete_key,
-            insert_key,
-            ..
-        } = &p.kind
-        {
-            for (_, key) in touched.iter().filter(|(t, _)| t == source) {
-                let binds: Vec<Bind<'_>> = key.iter().map(Bind).collect();
-                for sql in [delete_key, insert_key] {
-                    conn.prepare_cached(sql)
-                        .and_then(|mut st| st.execute(rusqlite::params_from_iter(binds.iter())))
-                        .map_err(|e| ApiError::internal("maintaining a projection", e))?;
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 /// One page of the rows visible to the caller.
 pub fn read_page(
     conn: &Connection,
@@ -349,16 +324,14 @@ pub fn read_page(
     let mut st = conn
         .prepare_cached(&read_sql(p))
         .map_err(|e| ApiError::internal("reading a projection", e))?;
-    let caller_v = Value::text(caller);
-    let role_v = Value::text(role);
     let (after_v, limit_v) = (Value::Integer(after), Value::Integer(i64::from(limit)));
     let mut binds: Vec<(&str, Bind<'_>)> =
         vec![(":after", Bind(&after_v)), (":limit", Bind(&limit_v))];
-    for (name, v) in [(":caller", &caller_v), (":role", &role_v)] {
-        if st.parameter_index(name).ok().flatten().is_some() {
-            binds.push((name, Bind(v)));
-        }
-    }
+    let optional = [
+        (":caller", Value::text(caller)),
+        (":role", Value::text(role)),
+    ];
+    binds.extend(named(&st, &optional).map_err(|e| ApiError::internal("reading a projection", e))?);
     let params: Vec<(&str, &dyn rusqlite::ToSql)> = binds
         .iter()
         .map(|(n, b)| (*n, b as &dyn rusqlite::ToSql))
@@ -392,11 +365,20 @@ pub fn read_page(
     Ok((out, next))
 }
 
+impl Projection {
+    /// What the API shows of a definition: `{name, columns, incremental}`.
+    pub fn summary_json(&self) -> Json {
+        json!({
+            "name": self.name,
+            "columns": self.columns,
+            "incremental": matches!(self.kind, Kind::Incremental { .. }),
+        })
+    }
+}
+
 pub fn list_json(conn: &Connection, info: &GroupInfo) -> Result<Json, ApiError> {
     let all = load_all(conn, info).map_err(|e| ApiError::internal("reading projections", e))?;
-    Ok(
-        json!({ "projections": all.iter().map(|p| json!({"name": p.name, "columns": p.columns, "incremental": matches!(p.kind, Kind::Incremental { .. })})).collect::<Vec<_>>() }),
-    )
+    Ok(json!({ "projections": all.iter().map(Projection::summary_json).collect::<Vec<_>>() }))
 }
 
 /// Records a definition (inside the caller's transaction).

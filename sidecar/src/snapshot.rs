@@ -10,12 +10,11 @@
 
 use crate::error::ApiError;
 use crate::group::Group;
-use crate::read;
-use crate::sqlvalue::from_ref;
+use crate::store::log;
 use ed25519_dalek::SigningKey;
 use pdb_protocol::records::{chunks_digest, Signed, SnapshotRecord};
 use pdb_protocol::wire::SnapshotJson;
-use pdb_protocol::{hex, Change, Changeset, Op, StateRoot, TableChanges};
+use pdb_protocol::{hex, now_ms, Change, Changeset, Op, StateRoot, TableChanges};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -30,7 +29,8 @@ pub fn dir(data_dir: &Path, group: &str) -> PathBuf {
     data_dir.join("snapshots").join(group)
 }
 
-fn data_path(dir: &Path, seq: u64) -> PathBuf {
+/// The snapshot file of the head at `seq`.
+pub fn data_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.snap"))
 }
 
@@ -74,97 +74,97 @@ pub fn latest(dir: &Path) -> Result<Option<SnapshotJson>, ApiError> {
     }
 }
 
+/// Why writing a snapshot stopped while scanning rows.
+enum Failure {
+    Sql(rusqlite::Error),
+    Io(std::io::Error),
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(e: rusqlite::Error) -> Self {
+        Failure::Sql(e)
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure::Io(e)
+    }
+}
+
 /// Writes a snapshot of the group's current head (blocking; a read
 /// transaction, so commits continue meanwhile). Returns the existing one
 /// when the head has not moved since.
-pub fn create(data_dir: &Path, g: &Group, key: &SigningKey) -> Result<SnapshotJson, ApiError> {
+pub fn create(dir: &Path, g: &Group, key: &SigningKey) -> Result<SnapshotJson, ApiError> {
     let info = &g.info;
-    let dir = dir(data_dir, &info.id);
-    std::fs::create_dir_all(&dir)
+    std::fs::create_dir_all(dir)
         .map_err(|e| ApiError::internal("creating the snapshot directory", e))?;
     let tmp = dir.join(format!(".{}.tmp", std::process::id()));
-    let written = g
-        .read(|conn| -> Result<_, ApiError> {
-            let head = read::head(conn).map_err(|e| ApiError::internal("reading the head", e))?;
-            if let Some(m) = manifest(&dir, head.seq)? {
-                return Ok(Err(m));
-            }
-            let mut file = std::io::BufWriter::new(
-                std::fs::File::create(&tmp)
-                    .map_err(|e| ApiError::internal("creating a snapshot file", e))?,
-            );
-            let mut hasher = Sha256::new();
-            let (mut size, mut rows, mut offsets) = (0u64, 0u64, Vec::new());
-            let mut root = StateRoot::empty();
-            for (ti, t) in info.tables.iter().enumerate() {
-                let st = &info.schema.tables[ti];
-                let mut stmt = conn
-                    .prepare(&t.scan)
-                    .map_err(|e| ApiError::internal("scanning a table", e))?;
-                let n = stmt.column_count();
-                let mut cursor = stmt
-                    .query([])
-                    .map_err(|e| ApiError::internal("scanning a table", e))?;
-                let mut chunk = Vec::with_capacity(ROWS_PER_CHUNK);
-                let mut flush = |chunk: &mut Vec<Change>| -> Result<(), ApiError> {
-                    rows += chunk.len() as u64;
-                    let bytes = Changeset {
-                        tables: vec![TableChanges {
-                            name: t.name.clone(),
-                            pk_flags: st.pk_flags(),
-                            changes: std::mem::take(chunk),
-                        }],
-                    }
-                    .encode();
-                    offsets.push(size);
-                    hasher.update(&bytes);
-                    size += bytes.len() as u64;
-                    file.write_all(&bytes)
-                        .map_err(|e| ApiError::internal("writing a snapshot", e))
-                };
-                while let Some(r) = cursor
-                    .next()
-                    .map_err(|e| ApiError::internal("scanning a table", e))?
-                {
-                    let row = (0..n)
-                        .map(|i| r.get_ref(i).map(from_ref))
-                        .collect::<rusqlite::Result<Vec<_>>>()
-                        .map_err(|e| ApiError::internal("reading a row", e))?;
-                    root.add_row(&t.name, &row);
-                    chunk.push(Change {
-                        op: Op::Insert,
-                        indirect: false,
-                        old: vec![],
-                        new: row.into_iter().map(Some).collect(),
-                    });
-                    if chunk.len() == ROWS_PER_CHUNK {
-                        flush(&mut chunk)?;
-                    }
+    let written = g.read("making a snapshot", |conn| {
+        let head = log::head(conn).map_err(|e| ApiError::internal("reading the head", e))?;
+        if let Some(m) = manifest(dir, head.seq)? {
+            return Ok(Err(m));
+        }
+        let write = |e: std::io::Error| ApiError::internal("writing a snapshot", e);
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(write)?);
+        let mut hasher = Sha256::new();
+        let (mut size, mut rows, mut offsets) = (0u64, 0u64, Vec::new());
+        let mut root = StateRoot::empty();
+        for (ti, t) in info.tables.iter().enumerate() {
+            let pk_flags = info.schema.tables[ti].pk_flags();
+            let mut chunk = Vec::with_capacity(ROWS_PER_CHUNK);
+            let mut flush = |chunk: &mut Vec<Change>| -> std::io::Result<()> {
+                rows += chunk.len() as u64;
+                let bytes = Changeset {
+                    tables: vec![TableChanges {
+                        name: t.name.clone(),
+                        pk_flags: pk_flags.clone(),
+                        changes: std::mem::take(chunk),
+                    }],
                 }
-                if !chunk.is_empty() {
+                .encode();
+                offsets.push(size);
+                hasher.update(&bytes);
+                size += bytes.len() as u64;
+                file.write_all(&bytes)
+            };
+            t.scan(conn, |row| -> Result<(), Failure> {
+                root.add_row(&t.name, &row);
+                chunk.push(Change {
+                    op: Op::Insert,
+                    indirect: false,
+                    old: vec![],
+                    new: row.into_iter().map(Some).collect(),
+                });
+                if chunk.len() == ROWS_PER_CHUNK {
                     flush(&mut chunk)?;
                 }
+                Ok(())
+            })
+            .map_err(|e| match e {
+                Failure::Io(e) => write(e),
+                Failure::Sql(e) => ApiError::internal("scanning a table", e),
+            })?;
+            if !chunk.is_empty() {
+                flush(&mut chunk).map_err(write)?;
             }
-            if root != head.root {
-                return Err(ApiError::internal(
-                    "making a snapshot",
-                    "the replica's content does not match its head's state root",
-                ));
-            }
-            let f = file
-                .into_inner()
-                .map_err(|e| ApiError::internal("writing a snapshot", e))?;
-            f.sync_all()
-                .map_err(|e| ApiError::internal("syncing a snapshot", e))?;
-            Ok(Ok((
-                head,
-                size,
-                rows,
-                offsets,
-                <[u8; 32]>::from(hasher.finalize()),
-            )))
-        })
-        .map_err(|e| ApiError::internal("reading the group", e))??;
+        }
+        if root != head.root {
+            return Err(ApiError::internal(
+                "making a snapshot",
+                "the replica's content does not match its head's state root",
+            ));
+        }
+        let f = file.into_inner().map_err(|e| write(e.into_error()))?;
+        f.sync_all().map_err(write)?;
+        Ok(Ok((
+            head,
+            size,
+            rows,
+            offsets,
+            <[u8; 32]>::from(hasher.finalize()),
+        )))
+    })?;
     let (head, size, rows, offsets, digest) = match written {
         Err(existing) => return Ok(existing),
         Ok(w) => w,
@@ -180,7 +180,7 @@ pub fn create(data_dir: &Path, g: &Group, key: &SigningKey) -> Result<SnapshotJs
         digest,
         rows,
         chunks_digest: chunks_digest(&offsets),
-        time_ms: read::now_ms(),
+        time_ms: now_ms(),
     };
     let signed = Signed::sign(key, rec.encode());
     let json = SnapshotJson {
@@ -195,17 +195,17 @@ pub fn create(data_dir: &Path, g: &Group, key: &SigningKey) -> Result<SnapshotJs
         time_ms: rec.time_ms,
         signed: (&signed).into(),
     };
-    std::fs::rename(&tmp, data_path(&dir, head.seq))
+    std::fs::rename(&tmp, data_path(dir, head.seq))
         .map_err(|e| ApiError::internal("storing a snapshot", e))?;
     let mtmp = dir.join(format!(".{}.manifest.tmp", std::process::id()));
     std::fs::write(&mtmp, serde_json::to_vec(&json).unwrap_or_default())
         .and_then(|_| std::fs::File::open(&mtmp).and_then(|f| f.sync_all()))
-        .and_then(|_| std::fs::rename(&mtmp, manifest_path(&dir, head.seq)))
-        .and_then(|_| std::fs::File::open(&dir).and_then(|d| d.sync_all()))
+        .and_then(|_| std::fs::rename(&mtmp, manifest_path(dir, head.seq)))
+        .and_then(|_| std::fs::File::open(dir).and_then(|d| d.sync_all()))
         .map_err(|e| ApiError::internal("storing a snapshot manifest", e))?;
-    for old in list(&dir).into_iter().skip(KEEP) {
-        let _ = std::fs::remove_file(manifest_path(&dir, old));
-        let _ = std::fs::remove_file(data_path(&dir, old));
+    for old in list(dir).into_iter().skip(KEEP) {
+        let _ = std::fs::remove_file(manifest_path(dir, old));
+        let _ = std::fs::remove_file(data_path(dir, old));
     }
     tracing::info!(group = %info.id, seq = head.seq, size, rows, "snapshot made");
     Ok(json)

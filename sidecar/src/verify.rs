@@ -3,10 +3,7 @@
 //! by replaying the log into a fresh database; then the head row and a
 //! from-scratch root of the replica itself.
 
-use crate::commit;
-use crate::group::{self, full_root, GroupInfo};
-use crate::read;
-use crate::schema_ddl;
+use crate::store::{self, full_root, log, schema, GroupInfo};
 use ed25519_dalek::VerifyingKey;
 use pdb_protocol::records::Signed;
 use pdb_protocol::Value;
@@ -28,9 +25,9 @@ pub struct Report {
 /// from the snapshot it was pruned to.
 pub fn verify_file(path: &Path, snapshots: &Path, key: &VerifyingKey) -> Result<Report, String> {
     let conn =
-        group::open_conn(path, false).map_err(|e| format!("opening {}: {e}", path.display()))?;
+        store::open_conn(path, false).map_err(|e| format!("opening {}: {e}", path.display()))?;
     conn.execute_batch("BEGIN").map_err(|e| e.to_string())?;
-    let info = group::load_info(&conn).map_err(|e| e.to_string())?;
+    let info = store::load_info(&conn).map_err(|e| e.to_string())?;
     let report = verify_conn(&conn, &info, snapshots, key);
     let _ = conn.execute_batch("COMMIT");
     report
@@ -44,14 +41,14 @@ fn verify_conn(
 ) -> Result<Report, String> {
     let fail = |seq: u64, what: &str| format!("group {:?}, commit {seq}: {what}", info.id);
     let mut replica = Connection::open_in_memory().map_err(|e| e.to_string())?;
-    schema_ddl::run_ddl(&mut replica, &info.schema_sql)?;
+    schema::run_ddl(&mut replica, &info.schema_sql)?;
     let mut prev = genesis_hash(&info.id, info.schema.version, &info.schema_hash);
     let mut root = StateRoot::empty();
     let mut st = conn
         .prepare("SELECT seq, idem_key, head_hash, changeset, record, signature FROM pdb_log ORDER BY seq")
         .map_err(|e| e.to_string())?;
     let mut rows = st.query([]).map_err(|e| e.to_string())?;
-    let pruned = crate::read::pruned_through(conn).map_err(|e| e.body().error.message)?;
+    let pruned = log::pruned_through(conn).map_err(|e| e.to_string())?;
     let mut expected_seq = 1u64;
     while let Some(r) = rows.next().map_err(|e| e.to_string())? {
         let get_blob = |i| r.get::<_, Vec<u8>>(i).map_err(|e| e.to_string());
@@ -123,7 +120,7 @@ fn verify_conn(
         decoded
             .validate(&info.schema)
             .map_err(|e| fail(seq, &e.to_string()))?;
-        let touched = commit::touched_keys(info, &decoded);
+        let touched = info.touched_keys(&decoded);
         session_apply(&replica, info, &cs, &touched, &mut root)
             .map_err(|e| fail(seq, &format!("replay failed: {e}")))?;
         if root.digest() != rec.state_root {
@@ -136,7 +133,7 @@ fn verify_conn(
         expected_seq += 1;
     }
     let last = expected_seq - 1;
-    let head = read::head(conn).map_err(|e| e.to_string())?;
+    let head = log::head(conn).map_err(|e| e.to_string())?;
     if head.seq != last || head.hash != prev {
         return Err(format!(
             "group {:?}: head is at {} but the log ends at {last}",
@@ -219,7 +216,7 @@ fn load_snapshot(
     key: &VerifyingKey,
 ) -> Result<StateRoot, String> {
     let m = crate::snapshot::manifest(dir, seq)
-        .map_err(|e| e.body().error.message)?
+        .map_err(|e| e.to_string())?
         .ok_or_else(|| {
             format!("the log is pruned through {seq} but the snapshot at {seq} is missing")
         })?;
@@ -232,7 +229,7 @@ fn load_snapshot(
     if rec.seq != seq || &rec.head_hash != head_hash || &rec.state_root != certified_root {
         return Err("the snapshot manifest does not match the certified head".into());
     }
-    let bytes = std::fs::read(dir.join(format!("{seq:020}.snap")))
+    let bytes = std::fs::read(crate::snapshot::data_path(dir, seq))
         .map_err(|e| format!("reading the snapshot: {e}"))?;
     if sha256(&bytes) != rec.digest || bytes.len() as u64 != rec.size {
         return Err("the snapshot file does not match its manifest".into());

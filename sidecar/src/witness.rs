@@ -1,11 +1,16 @@
-//! The witness's shared state: its key, its groups and its settings.
+//! The witness's shared state: its key, its settings and the registry of
+//! live groups; creating groups; the snapshot policy.
 
+use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::group::{self, Group};
+use crate::group::Group;
+use crate::store;
 use ed25519_dalek::SigningKey;
+use pdb_protocol::wire::SnapshotJson;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 pub struct Settings {
     pub data_dir: PathBuf,
@@ -58,7 +63,7 @@ impl Witness {
             let Some(id) = name.strip_suffix(".sqlite") else {
                 continue;
             };
-            if !group::valid_id(id) {
+            if !store::valid_id(id) {
                 continue;
             }
             let g = Group::open(&entry.path(), key.clone())
@@ -85,38 +90,52 @@ impl Witness {
             .ok_or_else(|| ApiError::NotFound(format!("no group {id:?}")))
     }
 
-    pub fn group_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self
+    pub fn groups(&self) -> Vec<Arc<Group>> {
+        let mut all: Vec<Arc<Group>> = self
             .groups
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .keys()
+            .values()
             .cloned()
             .collect();
-        ids.sort();
-        ids
+        all.sort_by(|a, b| a.info.id.cmp(&b.info.id));
+        all
+    }
+
+    pub fn group_ids(&self) -> Vec<String> {
+        self.groups().iter().map(|g| g.info.id.clone()).collect()
+    }
+
+    /// The ids of the groups `caller` holds a role in (all of them for the
+    /// operator), sorted (blocking).
+    pub fn visible_groups(&self, caller: &Caller) -> Result<Vec<String>, ApiError> {
+        let mut ids = Vec::new();
+        for g in self.groups() {
+            if caller.operator || g.role_of(&caller.identity)?.is_some() {
+                ids.push(g.info.id.clone());
+            }
+        }
+        Ok(ids)
     }
 
     /// Creates a group (blocking: call off the async workers).
     pub fn create_group(&self, id: &str, ddl: &str, version: u32) -> Result<Arc<Group>, ApiError> {
-        if !group::valid_id(id) {
+        if !store::valid_id(id) {
             return Err(ApiError::BadRequest(format!(
                 "group id must be 1-{} characters of a-z, 0-9, '_' and '-', starting with a letter or digit",
-                group::MAX_GROUP_ID
+                store::MAX_GROUP_ID
             )));
         }
         let _one_at_a_time = self.creating.lock().unwrap_or_else(|p| p.into_inner());
-        if self.group(id).is_ok() {
+        let dir = groups_dir(&self.settings.data_dir);
+        if self.group(id).is_ok() || dir.join(store::file_name(id)).exists() {
             return Err(ApiError::GroupExists(id.to_string()));
         }
-        let g = Group::create(
-            &groups_dir(&self.settings.data_dir),
-            id,
-            ddl,
-            version,
-            self.key.clone(),
-        )
-        .map_err(ApiError::BadRequest)?;
+        let schema = store::schema::parse(ddl, version).map_err(ApiError::BadRequest)?;
+        store::create(&dir, id, ddl, &schema)
+            .map_err(|e| ApiError::internal("creating a group", e))?;
+        let g = Group::open(&dir.join(store::file_name(id)), self.key.clone())
+            .map_err(|e| ApiError::internal("opening a new group", e))?;
         let g = Arc::new(g);
         self.groups
             .write()
@@ -126,11 +145,15 @@ impl Witness {
         Ok(g)
     }
 
+    pub fn snapshots_dir(&self, g: &Group) -> PathBuf {
+        crate::snapshot::dir(&self.settings.data_dir, &g.info.id)
+    }
+
     /// Makes a snapshot of the group's head now (blocking), then prunes the
     /// log before it when the policy says so.
-    pub fn snapshot_now(&self, g: &Group) -> Result<pdb_protocol::wire::SnapshotJson, ApiError> {
+    pub fn snapshot_now(&self, g: &Group) -> Result<SnapshotJson, ApiError> {
         let _one_at_a_time = g.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let m = crate::snapshot::create(&self.settings.data_dir, g, &self.key)?;
+        let m = crate::snapshot::create(&self.snapshots_dir(g), g, &self.key)?;
         if self.settings.snapshots.prune_log {
             g.prune_log(m.seq)?;
         }
@@ -143,48 +166,54 @@ impl Witness {
         if p.every_commits == 0 && p.every_log_bytes == 0 {
             return Ok(false);
         }
-        let last =
-            crate::snapshot::latest(&crate::snapshot::dir(&self.settings.data_dir, &g.info.id))?
-                .map(|m| m.seq)
-                .unwrap_or(0);
-        g.read(|c| -> rusqlite::Result<bool> {
-            let head = crate::read::head(c)?;
+        let last = crate::snapshot::latest(&self.snapshots_dir(g))?
+            .map(|m| m.seq)
+            .unwrap_or(0);
+        g.read("checking the snapshot policy", |c| {
+            let sql = |e| ApiError::internal("checking the snapshot policy", e);
+            let head = store::log::head(c).map_err(sql)?;
             if head.seq <= last {
                 return Ok(false);
             }
             if p.every_commits > 0 && head.seq - last >= p.every_commits {
                 return Ok(true);
             }
-            let bytes: i64 = c.query_row(
-                "SELECT coalesce(sum(length(changeset)), 0) FROM pdb_log WHERE seq > ?1",
-                [last as i64],
-                |r| r.get(0),
-            )?;
+            let bytes: i64 = c
+                .query_row(
+                    "SELECT coalesce(sum(length(changeset)), 0) FROM pdb_log WHERE seq > ?1",
+                    [last as i64],
+                    |r| r.get(0),
+                )
+                .map_err(sql)?;
             Ok(p.every_log_bytes > 0 && bytes as u64 >= p.every_log_bytes)
         })
-        .and_then(|r| r)
-        .map_err(|e| ApiError::internal("checking the snapshot policy", e))
     }
 
-    pub fn groups(&self) -> Vec<Arc<Group>> {
-        self.groups
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+    /// Makes snapshots when the policy asks for them (checked every second)
+    /// until the task is dropped.
+    pub async fn run_snapshot_policy(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            for g in self.groups() {
+                let w = self.clone();
+                let done = tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
+                    if w.snapshot_due(&g)? {
+                        w.snapshot_now(&g)?;
+                    }
+                    Ok(())
+                })
+                .await;
+                if let Ok(Err(e)) = done {
+                    tracing::warn!(code = e.code(), "automatic snapshot failed");
+                }
+            }
+        }
     }
 
     /// Stops every writer once its queued commits are durable.
     pub fn shutdown(&self) {
-        let groups: Vec<Arc<Group>> = self
-            .groups
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        for g in groups {
+        for g in self.groups() {
             g.shutdown();
         }
     }

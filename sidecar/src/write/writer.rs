@@ -3,10 +3,10 @@
 //! savepoint inside one transaction, makes that transaction durable with a
 //! single COMMIT (one WAL fsync), and only then answers all of them.
 
-use crate::commit::{self, CommitInput};
+use super::commit::{self, CommitInput};
 use crate::error::ApiError;
-use crate::group::GroupInfo;
-use crate::read::{self, HeadState};
+use crate::store::log::{self, HeadState};
+use crate::store::GroupInfo;
 use ed25519_dalek::SigningKey;
 use pdb_protocol::wire::CommitResponse;
 use rusqlite::Connection;
@@ -88,9 +88,9 @@ fn run(
         let results = match write_batch(&conn, info, key, &mut head, &batch) {
             Ok(results) => results,
             Err(e) => {
-                tracing::error!(group = %info.id, error = %e, "batch failed; nothing in it was committed");
+                tracing::error!(group = %info.id, code = e.code(), "batch failed; nothing in it was committed");
                 let _ = conn.execute_batch("ROLLBACK");
-                head = read::head(&conn).unwrap_or(before);
+                head = log::head(&conn).unwrap_or(before);
                 batch
                     .iter()
                     .map(|_| Err(ApiError::Internal("committing".into())))
@@ -120,41 +120,44 @@ fn write_batch(
     key: &SigningKey,
     head: &mut HeadState,
     batch: &[Job],
-) -> rusqlite::Result<Results> {
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let context = commit::Batch::load(conn, info)?;
+) -> Result<Results, ApiError> {
+    let sql = |e| ApiError::internal("writing a batch", e);
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(sql)?;
+    let context = commit::Batch::load(conn, info).map_err(sql)?;
     let start_seq = head.seq;
     let mut results = Vec::with_capacity(batch.len());
+    let run = |stmt: &str| -> Result<(), ApiError> {
+        conn.prepare_cached(stmt)
+            .and_then(|mut st| st.execute([]))
+            .map(|_| ())
+            .map_err(sql)
+    };
     for job in batch {
-        conn.prepare_cached("SAVEPOINT pdb_commit")?.execute([])?;
+        run("SAVEPOINT pdb_commit")?;
         let result = commit::process(conn, info, key, head, &job.input, &context);
         if result.is_err() {
-            conn.prepare_cached("ROLLBACK TO pdb_commit")?.execute([])?;
+            run("ROLLBACK TO pdb_commit")?;
         }
-        conn.prepare_cached("RELEASE pdb_commit")?.execute([])?;
+        run("RELEASE pdb_commit")?;
         results.push(result);
     }
-    // Projections that cannot follow row by row are recomputed once per
-    // batch, still inside its transaction.
     if head.seq > start_seq {
-        for p in &context.projections {
-            if matches!(p.kind, crate::projection::Kind::Recompute { .. }) {
-                crate::projection::refill(conn, p)
-                    .map_err(|e| rusqlite::Error::InvalidParameterName(e.body().error.message))?;
-            }
-        }
+        super::projections::after_batch(conn, &context.projections)?;
     }
     // The head row moves once per batch; the in-memory head is the truth
     // between commits of one batch.
     conn.prepare_cached(
         "UPDATE pdb_head SET seq = ?1, head_hash = ?2, root = ?3, time_ms = ?4 WHERE id = 1",
-    )?
-    .execute(rusqlite::params![
-        head.seq as i64,
-        head.hash.to_vec(),
-        head.root.to_bytes(),
-        head.time_ms as i64
-    ])?;
-    conn.execute_batch("COMMIT")?;
+    )
+    .and_then(|mut st| {
+        st.execute(rusqlite::params![
+            head.seq as i64,
+            head.hash.to_vec(),
+            head.root.to_bytes(),
+            head.time_ms as i64
+        ])
+    })
+    .map_err(sql)?;
+    conn.execute_batch("COMMIT").map_err(sql)?;
     Ok(results)
 }

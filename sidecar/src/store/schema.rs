@@ -1,10 +1,11 @@
-//! Turning an admin's DDL into a group schema safely, and reading a schema
-//! back from a database.
+//! Turning an admin's DDL into a group schema safely, reading a schema
+//! back from a database, and the authorizer admin-defined queries run under.
 //!
 //! The DDL runs under an authorizer that allows only CREATE TABLE and
 //! CREATE INDEX (no ATTACH, PRAGMA, triggers, views, data changes), with
 //! ATTACH disabled outright, first in a scratch in-memory database.
 
+use pdb_protocol::schema::COLUMNS_SQL;
 use pdb_protocol::{Column, Schema, Table};
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::Connection;
@@ -92,8 +93,7 @@ pub fn parse(ddl: &str, version: u32) -> Result<Schema, String> {
 }
 
 /// The group tables in `conn` (everything but `pdb_*` and `sqlite_*`).
-/// Generated and hidden columns are refused: changesets do not carry them.
-pub fn read(conn: &Connection, version: u32) -> rusqlite::Result<Schema> {
+pub fn read(conn: &Connection, version: u32) -> super::error::Result<Schema> {
     let mut names = conn.prepare(
         "SELECT name FROM sqlite_schema WHERE type = 'table'
            AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
@@ -102,28 +102,24 @@ pub fn read(conn: &Connection, version: u32) -> rusqlite::Result<Schema> {
     let names: Vec<String> = names
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
-    let mut cols = conn.prepare(
-        "SELECT name, type, \"notnull\", dflt_value, pk, hidden
-           FROM pragma_table_xinfo(?1) ORDER BY cid",
-    )?;
+    let mut cols = conn.prepare(COLUMNS_SQL)?;
     let mut tables = Vec::new();
     for name in names {
         let mut columns = Vec::new();
         let mut rows = cols.query([&name])?;
         while let Some(r) = rows.next()? {
-            let hidden: i64 = r.get(5)?;
-            if hidden != 0 {
-                return Err(rusqlite::Error::InvalidParameterName(format!(
-                    "table {name:?} has generated or hidden columns, which cannot be synced"
-                )));
-            }
-            columns.push(Column {
-                name: r.get(0)?,
-                decl_type: r.get(1)?,
-                not_null: r.get::<_, i64>(2)? != 0,
-                default: r.get(3)?,
-                pk: r.get::<_, i64>(4)? as u32,
-            });
+            columns.push(
+                Column::from_xinfo(
+                    &name,
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get::<_, i64>(2)? != 0,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                )
+                .map_err(super::error::StoreError::Corrupt)?,
+            );
         }
         tables.push(Table { name, columns });
     }

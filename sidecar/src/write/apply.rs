@@ -11,8 +11,8 @@
 //! affinity conversions are what gets hashed).
 
 use crate::error::ApiError;
-use crate::group::{GroupInfo, TableSql};
-use crate::sqlvalue::{ident, Bind};
+use crate::store::value::Bind;
+use crate::store::{GroupInfo, TableSql};
 use pdb_protocol::{Change, Changeset, Op, StateRoot, Value};
 use rusqlite::{Connection, ErrorCode};
 
@@ -56,59 +56,6 @@ pub fn apply(
     Ok(())
 }
 
-/// Checks the table's write rule for one row change.
-fn check_rule(
-    conn: &Connection,
-    ts: &TableSql,
-    key: &[Value],
-    c: &Change,
-    current: Option<&Vec<Value>>,
-    rule: (&str, &str),
-) -> Result<(), ApiError> {
-    let new: Option<Vec<Value>> = match c.op {
-        Op::Insert => Some(
-            c.new
-                .iter()
-                .map(|v| v.clone().unwrap_or(Value::Null))
-                .collect(),
-        ),
-        Op::Update => current.map(|row| {
-            row.iter()
-                .zip(&c.new)
-                .map(|(old, new)| new.clone().unwrap_or_else(|| old.clone()))
-                .collect()
-        }),
-        Op::Delete => None,
-    };
-    let op = match c.op {
-        Op::Insert => "insert",
-        Op::Update => "update",
-        Op::Delete => "delete",
-    };
-    let ok = crate::access::allows(
-        conn,
-        rule.0,
-        rule.1,
-        op,
-        current.map(|r| r.as_slice()),
-        new.as_deref(),
-        ts.columns.len(),
-    )
-    .map_err(|e| ApiError::internal("running a write rule", e))?;
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden {
-            table: Some(ts.name.clone()),
-            key: Some(key.to_vec()),
-            message: format!(
-                "the write rule of table {:?} refuses this {op} by {:?}",
-                ts.name, rule.1
-            ),
-        })
-    }
-}
-
 fn apply_one(
     conn: &Connection,
     ts: &TableSql,
@@ -121,8 +68,8 @@ fn apply_one(
     let current = ts
         .fetch(conn, &key)
         .map_err(|e| ApiError::internal("reading a replica row", e))?;
-    if let Some(rule) = rule {
-        check_rule(conn, ts, &key, c, current.as_ref(), rule)?;
+    if let Some((sql, caller)) = rule {
+        super::rules::check(conn, sql, caller, ts, &key, c, current.as_deref())?;
     }
     let stored = match (c.op, &current) {
         (Op::Insert, Some(_)) => {
@@ -137,23 +84,21 @@ fn apply_one(
         }
         (Op::Insert, None) => {
             let values: Vec<&Value> = c.new.iter().flatten().collect();
-            let expected: Vec<Value> = values.iter().map(|v| (*v).clone()).collect();
-            write(conn, ts, &key, &ts.insert, values, expected)?
+            let expected = c.row_after(None).unwrap_or_default();
+            write(conn, ts, &key, &ts.sql.insert, values, expected)?
         }
         (Op::Update, Some(row)) => {
             check_old(ts, &key, &c.old, row)?;
-            let (sql, values) = update_sql(ts, c);
-            let expected: Vec<Value> = row
-                .iter()
-                .zip(&c.new)
-                .map(|(old, new)| new.clone().unwrap_or_else(|| old.clone()))
-                .collect();
-            write(conn, ts, &key, &sql, values, expected)?
+            let changed: Vec<usize> = (0..c.new.len()).filter(|i| c.new[*i].is_some()).collect();
+            let mut values: Vec<&Value> = c.new.iter().flatten().collect();
+            values.extend(key.iter());
+            let expected = c.row_after(Some(row)).unwrap_or_default();
+            write(conn, ts, &key, &ts.sql.update(&changed), values, expected)?
         }
         (Op::Delete, Some(row)) => {
             check_old(ts, &key, &c.old, row)?;
             let mut st = conn
-                .prepare_cached(&ts.delete)
+                .prepare_cached(&ts.sql.delete_by_key)
                 .map_err(|e| ApiError::internal("preparing a delete", e))?;
             let binds: Vec<Bind<'_>> = key.iter().map(Bind).collect();
             st.execute(rusqlite::params_from_iter(binds.iter()))
@@ -192,31 +137,6 @@ fn check_old(
         }
     }
     Ok(())
-}
-
-fn update_sql<'a>(ts: &TableSql, c: &'a Change) -> (String, Vec<&'a Value>) {
-    let mut sets = Vec::new();
-    let mut values = Vec::new();
-    for (i, v) in c.new.iter().enumerate() {
-        if let Some(v) = v {
-            values.push(v);
-            sets.push(format!("{} = ?{}", ident(&ts.columns[i]), values.len()));
-        }
-    }
-    let mut conds = Vec::new();
-    for i in &ts.pk_cols {
-        if let Some(Some(v)) = c.old.get(*i) {
-            values.push(v);
-            conds.push(format!("{} = ?{}", ident(&ts.columns[*i]), values.len()));
-        }
-    }
-    let sql = format!(
-        "UPDATE {} SET {} WHERE {}",
-        ident(&ts.name),
-        sets.join(", "),
-        conds.join(" AND ")
-    );
-    (sql, values)
 }
 
 /// Runs an INSERT or UPDATE and gives back the row as stored: `expected`

@@ -27,9 +27,18 @@ pub fn from_ref(v: ValueRef<'_>) -> Value {
     }
 }
 
-/// Quotes an identifier for SQL text. Identifiers come only from the
-/// group's own schema (read back from SQLite), never from a request, but
-/// they are quoted anyway so any name is safe.
-pub fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
+/// Named parameters for a statement: binds `(name, value)` pairs, skipping
+/// any name the statement does not use (so optional ones like `:caller`
+/// may be offered to every rule or visibility expression).
+pub fn named<'a>(
+    st: &rusqlite::Statement<'_>,
+    values: &'a [(&'a str, Value)],
+) -> rusqlite::Result<Vec<(&'a str, Bind<'a>)>> {
+    let mut out = Vec::with_capacity(values.len());
+    for (name, v) in values {
+        if st.parameter_index(name)?.is_some() {
+            out.push((*name, Bind(v)));
+        }
+    }
+    Ok(out)
 }

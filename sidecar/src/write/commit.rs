@@ -3,15 +3,16 @@
 //! thread inside a savepoint of the current batch transaction; any error
 //! rolls that savepoint back, so a rejected commit changes nothing.
 
-use crate::apply;
+use super::apply;
 use crate::error::ApiError;
-use crate::group::GroupInfo;
-use crate::read::{self, HeadState};
+use crate::projection::Projection;
+use crate::store::log::{self, HeadState};
+use crate::store::GroupInfo;
 use ed25519_dalek::SigningKey;
 use pdb_protocol::records::Signed;
 use pdb_protocol::value::encode_values;
 use pdb_protocol::wire::{CommitResponse, Policy};
-use pdb_protocol::{genesis_hash, sha256, Changeset, CommitRecord, Invalid, Value};
+use pdb_protocol::{genesis_hash, now_ms, sha256, Changeset, CommitRecord, Invalid, Value};
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// What every commit of one batch is checked and maintained against:
@@ -19,13 +20,13 @@ use rusqlite::{params, Connection, OptionalExtension};
 pub struct Batch {
     /// Write rules by lower-cased table.
     pub rules: std::collections::HashMap<String, String>,
-    pub projections: Vec<crate::projection::Projection>,
+    pub projections: Vec<Projection>,
 }
 
 impl Batch {
     pub fn load(conn: &Connection, info: &GroupInfo) -> rusqlite::Result<Batch> {
         Ok(Batch {
-            rules: crate::access::load_rules(conn, info)?,
+            rules: super::rules::load(conn, info)?,
             projections: crate::projection::load_all(conn, info)?,
         })
     }
@@ -53,13 +54,7 @@ fn invalid(e: Invalid) -> ApiError {
 
 fn stale(info: &GroupInfo, key: &SigningKey, head: &HeadState, message: String) -> ApiError {
     ApiError::StaleHead {
-        head: Box::new(read::sign_head(
-            key,
-            &info.id,
-            info.schema.version,
-            &info.schema_hash,
-            head,
-        )),
+        head: Box::new(info.sign_head(key, head)),
         message,
     }
 }
@@ -68,7 +63,7 @@ fn db(context: &'static str) -> impl Fn(rusqlite::Error) -> ApiError {
     move |e| ApiError::internal(context, e)
 }
 
-/// Validates and applies one commit in the order DESIGN.md fixes:
+/// Validates and applies one commit in the order docs/witness.md gives:
 /// schema, idempotency, head, then the changeset itself.
 pub fn process(
     conn: &Connection,
@@ -85,8 +80,7 @@ pub fn process(
     }
 
     let digest = sha256(&input.changeset);
-    if let Some((certificate, certified)) = read::by_idempotency_key(conn, &input.idempotency_key)?
-    {
+    if let Some((certificate, certified)) = log::by_idempotency_key(conn, &input.idempotency_key)? {
         if certified == digest {
             return Ok(CommitResponse {
                 replay: true,
@@ -105,7 +99,7 @@ pub fn process(
             && if input.base_seq == 0 {
                 input.base_hash == genesis_hash(&info.id, info.schema.version, &info.schema_hash)
             } else {
-                read::head_hash_at(conn, input.base_seq)? == Some(input.base_hash)
+                log::head_hash_at(conn, input.base_seq)? == Some(input.base_hash)
             };
         if !known {
             return Err(stale(
@@ -138,7 +132,7 @@ pub fn process(
         message: format!("malformed changeset: {e}"),
     })?;
     cs.validate(&info.schema).map_err(invalid)?;
-    let touched = touched_keys(info, &cs);
+    let touched = info.touched_keys(&cs);
 
     if !at_head {
         for (table, row_key) in &touched {
@@ -164,7 +158,7 @@ pub fn process(
         rules: &batch.rules,
     };
     apply::apply(conn, info, &cs, &mut root, &who)?;
-    crate::projection::maintain(conn, &batch.projections, &touched)?;
+    super::projections::maintain(conn, &batch.projections, &touched)?;
 
     let seq = head.seq + 1;
     let record = CommitRecord {
@@ -177,7 +171,7 @@ pub fn process(
         schema_hash: info.schema_hash,
         author: input.author.clone(),
         idempotency_key: input.idempotency_key.clone(),
-        time_ms: read::now_ms(),
+        time_ms: now_ms(),
     };
     let signed = Signed::sign(key, record.encode());
     let head_hash = sha256(&signed.bytes);
@@ -208,7 +202,7 @@ pub fn process(
                 .map_err(db("recording row versions"))?;
         }
     }
-    let certificate = read::certificate_json(signed.bytes, signed.signature.to_vec())?;
+    let certificate = log::certificate_json(signed.bytes, signed.signature.to_vec())?;
     *head = HeadState {
         seq,
         hash: head_hash,
@@ -221,22 +215,6 @@ pub fn process(
     })
 }
 
-/// (schema table name, primary key) of every row a validated changeset
-/// touches; validation guarantees each appears once.
-pub fn touched_keys(info: &GroupInfo, cs: &Changeset) -> Vec<(String, Vec<Value>)> {
-    let mut out = Vec::with_capacity(cs.len());
-    for t in &cs.tables {
-        let name = info
-            .table_sql(&t.name)
-            .map(|s| s.name.clone())
-            .unwrap_or_else(|| t.name.clone());
-        for c in &t.changes {
-            out.push((name.clone(), c.pk(&t.pk_flags)));
-        }
-    }
-    out
-}
-
 fn row_version(conn: &Connection, table: &str, key: &[Value]) -> Result<Option<u64>, ApiError> {
     conn.prepare_cached("SELECT seq FROM pdb_row_version WHERE tbl = ?1 AND pk = ?2")
         .and_then(|mut st| {
@@ -245,4 +223,100 @@ fn row_version(conn: &Connection, table: &str, key: &[Value]) -> Result<Option<u
         })
         .map(|s| s.map(|s| s as u64))
         .map_err(db("reading row versions"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store;
+    use pdb_protocol::{Change, Op, TableChanges};
+
+    /// A group file in a fresh temporary directory, opened as the writer
+    /// opens it: no thread, no `Group`.
+    fn group(label: &str) -> (std::path::PathBuf, Connection, GroupInfo, HeadState) {
+        let dir = std::env::temp_dir().join(format!(
+            "pdb-commit-{label}-{}-{}",
+            std::process::id(),
+            now_ms()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ddl = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)";
+        let schema = store::schema::parse(ddl, 1).unwrap();
+        store::create(&dir, "g", ddl, &schema).unwrap();
+        let (conn, info, head) = store::open(&dir.join(store::file_name("g"))).unwrap();
+        (dir, conn, info, head)
+    }
+
+    fn insert(id: i64, v: &str) -> Vec<u8> {
+        Changeset {
+            tables: vec![TableChanges {
+                name: "t".into(),
+                pk_flags: vec![1, 0],
+                changes: vec![Change {
+                    op: Op::Insert,
+                    indirect: false,
+                    old: vec![],
+                    new: vec![Some(Value::Integer(id)), Some(Value::text(v))],
+                }],
+            }],
+        }
+        .encode()
+    }
+
+    fn input(info: &GroupInfo, head: &HeadState, key: &str, cs: Vec<u8>) -> CommitInput {
+        CommitInput {
+            author: "alice".into(),
+            base_seq: head.seq,
+            base_hash: head.hash,
+            schema_version: info.schema.version,
+            schema_hash: info.schema_hash,
+            idempotency_key: key.into(),
+            changeset: cs,
+            policy: Policy::Strict,
+            client_time: None,
+        }
+    }
+
+    #[test]
+    fn accepts_replays_and_rejects_in_the_documented_order() {
+        let (dir, conn, info, mut head) = group("order");
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let batch = Batch::load(&conn, &info).unwrap();
+        let genesis = head.clone();
+
+        let first = input(&info, &head, "k1", insert(1, "a"));
+        let cert = process(&conn, &info, &key, &mut head, &first, &batch).unwrap();
+        assert!(!cert.replay);
+        assert_eq!((cert.certificate.seq, head.seq), (1, 1));
+        let stored = info.tables[0].fetch(&conn, &[Value::Integer(1)]).unwrap();
+        assert_eq!(stored, Some(vec![Value::Integer(1), Value::text("a")]));
+
+        // The same key and bytes again: the original certificate.
+        let again = process(&conn, &info, &key, &mut head, &first, &batch).unwrap();
+        assert!(again.replay);
+        assert_eq!(again.certificate, cert.certificate);
+
+        // The same key, other bytes: a conflict, before the head is checked.
+        let other = input(&info, &genesis, "k1", insert(2, "b"));
+        let e = process(&conn, &info, &key, &mut head, &other, &batch).unwrap_err();
+        assert_eq!(e.code(), "idempotency_conflict");
+
+        // A new key on an old base (strict): stale, with the signed head.
+        let stale = input(&info, &genesis, "k2", insert(2, "b"));
+        let e = process(&conn, &info, &key, &mut head, &stale, &batch).unwrap_err();
+        assert_eq!(e.code(), "stale_head");
+
+        // Another schema is refused first of all.
+        let mut wrong = input(&info, &head, "k3", insert(3, "c"));
+        wrong.schema_hash = [0; 32];
+        let e = process(&conn, &info, &key, &mut head, &wrong, &batch).unwrap_err();
+        assert_eq!(e.code(), "schema_mismatch");
+
+        // Inserting an existing key conflicts and names the row.
+        let dup = input(&info, &head, "k4", insert(1, "z"));
+        let e = process(&conn, &info, &key, &mut head, &dup, &batch).unwrap_err();
+        assert_eq!(e.code(), "changeset_conflict");
+        assert_eq!(head.seq, 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

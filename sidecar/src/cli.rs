@@ -1,0 +1,378 @@
+//! The `pdb-witness` command line: serving, and the offline commands
+//! (create groups, verify, tokens, roles) run while the witness is stopped.
+
+use crate::auth::{Authenticator, Caller, JwtConfig};
+use crate::witness::{self, Settings, SnapshotPolicy, Witness};
+use crate::{access, keys, store, tokens, verify};
+use clap::{Parser, Subcommand};
+use pdb_protocol::hex;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "pdb-witness",
+    version,
+    about = "PersonalDB witness: orders, certifies and serves each group's history"
+)]
+pub struct Cli {
+    /// Directory for the signing key, the token hash and the group files.
+    #[arg(long, env = "PDB_DATA_DIR", default_value = ".pdb-data", global = true)]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server (the default).
+    Serve(ServeArgs),
+    /// Create a group from a schema file while the witness is stopped
+    /// (use POST /v1/groups on a running witness).
+    CreateGroup {
+        /// Group id: 1-64 of a-z 0-9 _ -.
+        #[arg(long)]
+        group: String,
+        /// File with the group's CREATE TABLE / CREATE INDEX statements.
+        #[arg(long)]
+        schema: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        schema_version: u32,
+    },
+    /// Re-check a group's chain, signatures and state root from disk.
+    Verify {
+        /// The group to check; all groups when absent.
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Print the witness's public key (hex).
+    PublicKey,
+    /// Make a static bearer token for an identity: printed once, only its
+    /// hash is stored (in the tokens file; restart the witness to use it).
+    AddToken {
+        #[arg(long)]
+        identity: String,
+        /// Tokens file (default: DATA/tokens.json).
+        #[arg(long, env = "PDB_TOKENS_FILE")]
+        tokens_file: Option<PathBuf>,
+    },
+    /// Give an identity a role in a group (witness stopped; or use
+    /// PUT /v1/groups/<g>/members/<identity>).
+    Grant {
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        identity: String,
+        /// reader, writer or admin.
+        #[arg(long)]
+        role: String,
+    },
+    /// Take an identity's role in a group away (witness stopped).
+    Revoke {
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        identity: String,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "PDB_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Admin bearer token. When unset, one is generated on first start,
+    /// shown once, and only its hash is stored.
+    #[arg(long, env = "PDB_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "PDB_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Make a snapshot every N commits (0: never on this trigger).
+    #[arg(long, env = "PDB_SNAPSHOT_EVERY_COMMITS", default_value_t = 10_000)]
+    snapshot_every_commits: u64,
+    /// Make a snapshot every M bytes of log since the last one (0: never).
+    #[arg(long, env = "PDB_SNAPSHOT_EVERY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    snapshot_every_bytes: u64,
+    /// Drop changesets of commits up to the newest snapshot (default: keep
+    /// the whole log). Older catch-up gets `snapshot_required`.
+    #[arg(long, env = "PDB_PRUNE_LOG")]
+    prune_log: bool,
+    /// Static tokens: JSON list of {"identity", "sha256"} (default:
+    /// DATA/tokens.json; see `add-token`).
+    #[arg(long, env = "PDB_TOKENS_FILE")]
+    tokens_file: Option<PathBuf>,
+    /// Secret for HS256 JWTs from the app's auth server.
+    #[arg(long, env = "PDB_JWT_HS256_SECRET", hide_env_values = true)]
+    jwt_hs256_secret: Option<String>,
+    /// Ed25519 public key (hex) for EdDSA JWTs from the app's auth server.
+    #[arg(long, env = "PDB_JWT_EDDSA_KEY")]
+    jwt_eddsa_key: Option<String>,
+    /// Required `aud` of JWTs (unchecked when unset).
+    #[arg(long, env = "PDB_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// Log format: text or json.
+    #[arg(long, env = "PDB_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+}
+
+impl Cli {
+    /// The command line; with no subcommand it is `serve`, parsed as such
+    /// so every flag default and environment variable applies.
+    pub fn from_args() -> Cli {
+        let cli = Cli::parse();
+        if cli.command.is_some() {
+            return cli;
+        }
+        Cli::parse_from(std::env::args_os().chain(std::iter::once("serve".into())))
+    }
+
+    pub fn run(self) -> Result<(), String> {
+        let data = self.data_dir.as_path();
+        match self.command {
+            None => Err("no command (try --help)".into()),
+            Some(Command::Serve(args)) => serve(data, args),
+            Some(Command::CreateGroup {
+                group,
+                schema,
+                schema_version,
+            }) => create_group(data, &group, &schema, schema_version),
+            Some(Command::Verify { group }) => verify_groups(data, group.as_deref()),
+            Some(Command::AddToken {
+                identity,
+                tokens_file,
+            }) => add_token(data, &identity, tokens_file),
+            Some(Command::Grant {
+                group,
+                identity,
+                role,
+            }) => change_role(data, &group, &identity, Some(&role)),
+            Some(Command::Revoke { group, identity }) => change_role(data, &group, &identity, None),
+            Some(Command::PublicKey) => keys::load_key(data)
+                .map(|k| println!("{}", hex(k.verifying_key().as_bytes())))
+                .map_err(|e| e.to_string()),
+        }
+    }
+}
+
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PDB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+/// Holds an exclusive lock on the data directory while serving, so offline
+/// commands never write under a running witness.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, String> {
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| format!("creating {}: {e}", data_dir.display()))?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(data_dir.join("LOCK"))
+        .map_err(|e| e.to_string())?;
+    f.try_lock().map_err(|_| {
+        format!(
+            "{} is in use by a running witness (stop it, or use its HTTP API)",
+            data_dir.display()
+        )
+    })?;
+    Ok(f)
+}
+
+fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), String> {
+    init_logs(&args.log_format);
+    let _lock = lock_data_dir(data_dir)?;
+    let (key, created) = keys::load_or_create_key(data_dir).map_err(|e| e.to_string())?;
+    let (token_hash, new_token) =
+        keys::admin_token(data_dir, args.admin_token.as_deref()).map_err(|e| e.to_string())?;
+    let public_key = hex(key.verifying_key().as_bytes());
+    let settings = Settings {
+        data_dir: data_dir.to_path_buf(),
+        auth: Authenticator {
+            admin_hash: token_hash,
+            tokens: tokens::load(&tokens_path(data_dir, args.tokens_file.clone()))?,
+            jwt: JwtConfig {
+                hs256_secret: args.jwt_hs256_secret.clone().map(String::into_bytes),
+                eddsa_key: match &args.jwt_eddsa_key {
+                    None => None,
+                    Some(h) => Some(
+                        pdb_protocol::unhex32(h)
+                            .and_then(|k| ed25519_dalek::VerifyingKey::from_bytes(&k).ok())
+                            .ok_or("--jwt-eddsa-key must be a 32-byte Ed25519 public key in hex")?,
+                    ),
+                },
+                audience: args.jwt_audience.clone(),
+            },
+        },
+        max_body_bytes: args.max_body_bytes.max(1024),
+        snapshots: SnapshotPolicy {
+            every_commits: args.snapshot_every_commits,
+            every_log_bytes: args.snapshot_every_bytes,
+            prune_log: args.prune_log,
+        },
+    };
+    let witness = Arc::new(Witness::open(settings, key)?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async move {
+        let addr = args.listen;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("binding {addr}: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let url = format!("http://{addr}");
+        println!("PersonalDB witness listening on {url}");
+        println!("  data directory: {}", data_dir.display());
+        println!(
+            "  public key:     {public_key}{}",
+            if created { " (created now)" } else { "" }
+        );
+        println!("  groups:         {}", witness.group_ids().join(", "));
+        match &new_token {
+            Some(t) => println!("  admin token:    {t}\n                  (shown once; only its hash is stored)"),
+            None => println!("  admin token:    as configured (PDB_ADMIN_TOKEN or the token shown on first start)"),
+        }
+        println!("Create a group:");
+        println!(
+            "  curl -s -H \"Authorization: Bearer $PDB_ADMIN_TOKEN\" {url}/v1/groups \\\n    -d '{{\"group\":\"tasks\",\"schema_sql\":\"CREATE TABLE tasks(id TEXT PRIMARY KEY, title TEXT, done INTEGER)\"}}'"
+        );
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        crate::http::run(listener, witness, shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
+
+fn create_group(data_dir: &Path, id: &str, schema: &Path, version: u32) -> Result<(), String> {
+    let _lock = lock_data_dir(data_dir)?;
+    let ddl = std::fs::read_to_string(schema)
+        .map_err(|e| format!("reading {}: {e}", schema.display()))?;
+    let w = offline_witness(data_dir)?;
+    let g = w
+        .create_group(id, &ddl, version)
+        .map_err(|e| e.to_string())?;
+    println!(
+        "created group {id} (schema version {version}, hash {})",
+        hex(&g.info.schema_hash)
+    );
+    w.shutdown();
+    Ok(())
+}
+
+fn verify_groups(data_dir: &Path, only: Option<&str>) -> Result<(), String> {
+    let vk = keys::load_key(data_dir)
+        .map_err(|e| e.to_string())?
+        .verifying_key();
+    let dir = witness::groups_dir(data_dir);
+    let mut ids: Vec<String> = match only {
+        Some(g) => vec![g.to_string()],
+        None => std::fs::read_dir(&dir)
+            .map_err(|e| format!("reading {}: {e}", dir.display()))?
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".sqlite"))
+                    .map(str::to_string)
+            })
+            .collect(),
+    };
+    ids.sort();
+    let mut failed = 0;
+    for id in ids {
+        if !store::valid_id(&id) {
+            return Err(format!("invalid group id {id:?}"));
+        }
+        let snaps = crate::snapshot::dir(data_dir, &id);
+        match verify::verify_file(&dir.join(store::file_name(&id)), &snaps, &vk) {
+            Ok(r) => println!(
+                "ok {}: {} commits, {} rows, head {}, state root {}",
+                r.group, r.commits, r.rows, r.head_hash, r.state_root
+            ),
+            Err(e) => {
+                failed += 1;
+                println!("FAILED {id}: {e}");
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(format!("{failed} group(s) failed verification"));
+    }
+    Ok(())
+}
+
+fn tokens_path(data_dir: &Path, file: Option<PathBuf>) -> PathBuf {
+    file.unwrap_or_else(|| data_dir.join("tokens.json"))
+}
+
+fn add_token(data_dir: &Path, identity: &str, file: Option<PathBuf>) -> Result<(), String> {
+    std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
+    let path = tokens_path(data_dir, file);
+    let token = tokens::add(&path, identity)?;
+    println!("{token}");
+    eprintln!(
+        "token for {identity:?} stored (hashed) in {}; shown once",
+        path.display()
+    );
+    Ok(())
+}
+
+fn change_role(
+    data_dir: &Path,
+    group: &str,
+    identity: &str,
+    role: Option<&str>,
+) -> Result<(), String> {
+    let _lock = lock_data_dir(data_dir)?;
+    let w = offline_witness(data_dir)?;
+    let g = w.group(group).map_err(|e| e.to_string())?;
+    let operator = Caller {
+        identity: "operator-cli".into(),
+        operator: true,
+    };
+    let out = match role {
+        Some(r) => access::grant(&g, &operator, identity, &serde_json::json!({ "role": r })),
+        None => access::revoke(&g, &operator, identity),
+    }
+    .map_err(|e| e.to_string())?;
+    println!("{out}");
+    w.shutdown();
+    Ok(())
+}
+
+/// The witness's groups, opened for a command run while it is stopped.
+fn offline_witness(data_dir: &Path) -> Result<Witness, String> {
+    let (key, _) = keys::load_or_create_key(data_dir).map_err(|e| e.to_string())?;
+    let settings = Settings {
+        data_dir: data_dir.to_path_buf(),
+        auth: Default::default(),
+        max_body_bytes: 0,
+        snapshots: SnapshotPolicy::default(),
+    };
+    Witness::open(settings, key)
+}

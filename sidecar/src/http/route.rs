@@ -1,0 +1,88 @@
+//! Every endpoint of the API, parsed once from the request's method and
+//! path. Handlers match on this type; nothing else looks at the path.
+
+use hyper::Method;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /healthz` (no token).
+    Health,
+    /// `GET /v1/witness` (no token).
+    Witness,
+    /// `/v1/groups`: list, create.
+    Groups,
+    /// `/v1/groups/<g>`.
+    Group(String),
+    Head(String),
+    Stats(String),
+    Commits(String),
+    /// `/v1/groups/<g>/snapshots`: make one now.
+    Snapshots(String),
+    LatestSnapshot(String),
+    /// `/v1/groups/<g>/snapshots/<seq>/data`.
+    SnapshotData(String, u64),
+    Members(String),
+    Member(String, String),
+    Rules(String),
+    Rule(String, String),
+    Projections(String),
+    Projection(String, String),
+}
+
+impl Route {
+    /// The endpoint a request is for; `None` for a path the API does not
+    /// have (the public endpoints exist for GET only).
+    pub fn parse(method: &Method, path: &str) -> Option<Route> {
+        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let s = |x: &str| x.to_string();
+        Some(match segs.as_slice() {
+            ["healthz"] if method == Method::GET => Route::Health,
+            ["v1", "witness"] if method == Method::GET => Route::Witness,
+            ["v1", "groups"] => Route::Groups,
+            ["v1", "groups", g] => Route::Group(s(g)),
+            ["v1", "groups", g, "head"] => Route::Head(s(g)),
+            ["v1", "groups", g, "stats"] => Route::Stats(s(g)),
+            ["v1", "groups", g, "commits"] => Route::Commits(s(g)),
+            ["v1", "groups", g, "snapshots"] => Route::Snapshots(s(g)),
+            ["v1", "groups", g, "snapshots", "latest"] => Route::LatestSnapshot(s(g)),
+            ["v1", "groups", g, "snapshots", seq, "data"] => {
+                Route::SnapshotData(s(g), seq.parse().ok()?)
+            }
+            ["v1", "groups", g, "members"] => Route::Members(s(g)),
+            ["v1", "groups", g, "members", who] => Route::Member(s(g), s(who)),
+            ["v1", "groups", g, "rules"] => Route::Rules(s(g)),
+            ["v1", "groups", g, "rules", t] => Route::Rule(s(g), s(t)),
+            ["v1", "groups", g, "projections"] => Route::Projections(s(g)),
+            ["v1", "groups", g, "projections", n] => Route::Projection(s(g), s(n)),
+            _ => return None,
+        })
+    }
+
+    /// Whether the endpoint answers without a token.
+    pub fn is_public(&self) -> bool {
+        matches!(self, Route::Health | Route::Witness)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_parse_to_their_endpoint() {
+        let get = Method::GET;
+        assert_eq!(Route::parse(&get, "/healthz"), Some(Route::Health));
+        assert_eq!(Route::parse(&Method::POST, "/healthz"), None);
+        assert_eq!(
+            Route::parse(&get, "/v1/groups/g/snapshots/12/data"),
+            Some(Route::SnapshotData("g".into(), 12))
+        );
+        assert_eq!(Route::parse(&get, "/v1/groups/g/snapshots/x/data"), None);
+        assert_eq!(
+            Route::parse(&Method::PUT, "/v1/groups/g/members/alice"),
+            Some(Route::Member("g".into(), "alice".into()))
+        );
+        assert_eq!(Route::parse(&get, "/v1/groups/g/nope"), None);
+        assert_eq!(Route::parse(&get, "/v1/groups/g/head/extra"), None);
+    }
+}

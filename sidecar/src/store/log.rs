@@ -1,0 +1,159 @@
+//! The log and the head row: reading heads, certificates and catch-up
+//! pages, looking up idempotency keys, and pruning changesets.
+
+use crate::error::ApiError;
+use pdb_protocol::records::Signed;
+use pdb_protocol::wire::{b64, CertificateJson, LogEntryJson};
+use pdb_protocol::{hex, sha256, CommitRecord, StateRoot};
+use rusqlite::{Connection, OptionalExtension};
+
+/// Largest page a catch-up request may ask for, and the default.
+pub const MAX_PAGE: u32 = 1000;
+pub const DEFAULT_PAGE: u32 = 100;
+
+#[derive(Clone, Debug)]
+pub struct HeadState {
+    pub seq: u64,
+    pub hash: [u8; 32],
+    pub root: StateRoot,
+    pub time_ms: u64,
+}
+
+pub fn head(conn: &Connection) -> rusqlite::Result<HeadState> {
+    conn.query_row(
+        "SELECT seq, head_hash, root, time_ms FROM pdb_head WHERE id = 1",
+        [],
+        |r| {
+            let hash: Vec<u8> = r.get(1)?;
+            let root: Vec<u8> = r.get(2)?;
+            let bad = |what: &str| {
+                rusqlite::Error::InvalidColumnType(0, what.to_string(), rusqlite::types::Type::Blob)
+            };
+            Ok(HeadState {
+                seq: r.get::<_, i64>(0)? as u64,
+                hash: hash.try_into().map_err(|_| bad("head_hash"))?,
+                root: StateRoot::from_bytes(&root).ok_or_else(|| bad("root"))?,
+                time_ms: r.get::<_, i64>(3)? as u64,
+            })
+        },
+    )
+}
+
+pub fn certificate_json(record: Vec<u8>, signature: Vec<u8>) -> Result<CertificateJson, ApiError> {
+    let rec = CommitRecord::decode(&record)
+        .map_err(|e| ApiError::internal("decoding a stored certificate", e))?;
+    let signature: [u8; 64] = signature
+        .try_into()
+        .map_err(|_| ApiError::internal("reading a stored signature", "wrong length"))?;
+    let head_hash = sha256(&record);
+    let signed = Signed {
+        bytes: record,
+        signature,
+    };
+    Ok(CertificateJson {
+        seq: rec.seq,
+        head_hash: hex(&head_hash),
+        prev_head: hex(&rec.prev_head),
+        state_root: hex(&rec.state_root),
+        changeset_digest: hex(&rec.changeset_digest),
+        author: rec.author,
+        idempotency_key: rec.idempotency_key,
+        time_ms: rec.time_ms,
+        signed: (&signed).into(),
+    })
+}
+
+/// The certificate of an accepted commit by its idempotency key, with the
+/// digest of the changeset it certified.
+pub fn by_idempotency_key(
+    conn: &Connection,
+    key: &str,
+) -> Result<Option<(CertificateJson, [u8; 32])>, ApiError> {
+    let row: Option<(Vec<u8>, Vec<u8>)> = conn
+        .prepare_cached("SELECT record, signature FROM pdb_log WHERE idem_key = ?1")
+        .and_then(|mut s| {
+            s.query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(|e| ApiError::internal("looking up an idempotency key", e))?;
+    match row {
+        None => Ok(None),
+        Some((record, sig)) => {
+            let digest = CommitRecord::decode(&record)
+                .map_err(|e| ApiError::internal("decoding a stored certificate", e))?
+                .changeset_digest;
+            Ok(Some((certificate_json(record, sig)?, digest)))
+        }
+    }
+}
+
+/// Head hash after `seq` (`None` if the log has no such entry).
+pub fn head_hash_at(conn: &Connection, seq: u64) -> Result<Option<[u8; 32]>, ApiError> {
+    let h: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT head_hash FROM pdb_log WHERE seq = ?1")
+        .and_then(|mut s| s.query_row([seq as i64], |r| r.get(0)).optional())
+        .map_err(|e| ApiError::internal("reading the log", e))?;
+    Ok(h.and_then(|h| h.try_into().ok()))
+}
+
+/// The last commit whose changeset was pruned (0 when none was).
+pub fn pruned_through(conn: &Connection) -> Result<u64, ApiError> {
+    conn.query_row(
+        "SELECT v FROM pdb_meta WHERE k = 'pruned_through'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .optional()
+    .map(|v| v.unwrap_or(0).max(0) as u64)
+    .map_err(|e| ApiError::internal("reading the retention point", e))
+}
+
+/// Commits with `seq > after`, at most `limit`, never past `upto`.
+pub fn log_page(
+    conn: &Connection,
+    after: u64,
+    limit: u32,
+    upto: u64,
+) -> Result<Vec<LogEntryJson>, ApiError> {
+    let mut st = conn
+        .prepare_cached(
+            "SELECT seq, changeset, record, signature FROM pdb_log
+              WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
+        )
+        .map_err(|e| ApiError::internal("reading the log", e))?;
+    let rows = st
+        .query_map([after as i64, upto as i64, i64::from(limit)], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+            ))
+        })
+        .map_err(|e| ApiError::internal("reading the log", e))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, cs, record, sig) = row.map_err(|e| ApiError::internal("reading the log", e))?;
+        out.push(LogEntryJson {
+            seq: seq as u64,
+            changeset: b64(&cs),
+            certificate: certificate_json(record, sig)?,
+        });
+    }
+    Ok(out)
+}
+
+/// Drops the changesets of commits up to `through` (a snapshot's head) and
+/// records the retention point; certificates stay, so the chain still
+/// verifies and retries still replay. Call inside a write transaction.
+pub fn prune(conn: &Connection, through: u64) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE pdb_log SET changeset = x'' WHERE seq <= ?1 AND length(changeset) > 0",
+        [through as i64],
+    )?;
+    conn.execute(
+        "INSERT OR REPLACE INTO pdb_meta(k, v) VALUES ('pruned_through', max(?1, coalesce((SELECT v FROM pdb_meta WHERE k = 'pruned_through'), 0)))",
+        [through as i64],
+    )?;
+    Ok(())
+}
