@@ -112,20 +112,30 @@ impl Witness {
 
     /// Starts with extra `serve` flags.
     pub fn start_with(dir: &Path, port: u16, extra: &[&str]) -> Witness {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("witness.log"))
-            .expect("log file");
-        let mut child = Command::new(target_binary("pdb-witness"))
-            .arg("--data-dir")
+        let mut cmd = Command::new(target_binary("pdb-witness"));
+        cmd.arg("--data-dir")
             .arg(dir.join("data"))
             .arg("serve")
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .args(extra)
-            .env("PDB_ADMIN_TOKEN", TOKEN)
-            .env("PDB_LOG", "warn")
+            .env("PDB_ADMIN_TOKEN", TOKEN);
+        Self::launch(dir, cmd)
+    }
+
+    /// Starts a prepared `pdb-witness` command whose data directory is
+    /// `dir/data`: its log goes to `dir/witness.log`, and the URL it
+    /// prints first is where it is reached.
+    pub fn launch(dir: &Path, mut cmd: Command) -> Witness {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("witness.log"))
+            .expect("log file");
+        if !cmd.get_envs().any(|(k, _)| k == "PDB_LOG") {
+            cmd.env("PDB_LOG", "warn");
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
