@@ -1,55 +1,56 @@
 //! `/v1/groups/<g>/members` and `/rules`: who may do what (admins only).
+//! Both are a list (GET) and items set with PUT and removed with DELETE.
 
 use super::call::{blocking, get_only, Answer, Call, Reply};
 use crate::access;
-use crate::auth::Role;
+use crate::auth::{Caller, Role};
 use crate::error::ApiError;
+use crate::group::Group;
 use hyper::{Method, StatusCode};
+use serde_json::Value as Json;
+
+type List = fn(&Group) -> Result<Json, ApiError>;
+type Set = fn(&Group, &Caller, &str, &Json) -> Result<Json, ApiError>;
+type Remove = fn(&Group, &Caller, &str) -> Result<Json, ApiError>;
 
 pub async fn members(call: &Call, id: &str) -> Answer {
-    get_only(call)?;
-    let g = call.group(id, Role::Admin).await?;
-    ok(blocking(move || access::members_json(&g)).await)
+    list(call, id, access::members_json).await
 }
 
 pub async fn member(call: &mut Call, id: &str, who: &str) -> Answer {
-    let (who, by) = (who.to_string(), call.caller.clone());
-    match call.method {
-        Method::PUT => {
-            let g = call.group(id, Role::Admin).await?;
-            let body: serde_json::Value = call.json_body().await?;
-            ok(blocking(move || access::grant(&g, &by, &who, &body)).await)
-        }
-        Method::DELETE => {
-            let g = call.group(id, Role::Admin).await?;
-            ok(blocking(move || access::revoke(&g, &by, &who)).await)
-        }
-        _ => Err(ApiError::MethodNotAllowed),
-    }
+    item(call, id, who, access::grant, access::revoke).await
 }
 
 pub async fn rules(call: &Call, id: &str) -> Answer {
-    get_only(call)?;
-    let g = call.group(id, Role::Admin).await?;
-    ok(blocking(move || access::rules_json(&g)).await)
+    list(call, id, access::rules_json).await
 }
 
 pub async fn rule(call: &mut Call, id: &str, table: &str) -> Answer {
-    let (table, by) = (table.to_string(), call.caller.clone());
+    item(call, id, table, access::set_rule, access::remove_rule).await
+}
+
+async fn list(call: &Call, id: &str, read: List) -> Answer {
+    get_only(call)?;
+    let g = call.group(id, Role::Admin).await?;
+    ok(blocking(move || read(&g)).await)
+}
+
+async fn item(call: &mut Call, id: &str, subject: &str, set: Set, remove: Remove) -> Answer {
+    let (subject, by) = (subject.to_string(), call.caller.clone());
     match call.method {
         Method::PUT => {
             let g = call.group(id, Role::Admin).await?;
-            let body: serde_json::Value = call.json_body().await?;
-            ok(blocking(move || access::set_rule(&g, &by, &table, &body)).await)
+            let body: Json = call.json_body().await?;
+            ok(blocking(move || set(&g, &by, &subject, &body)).await)
         }
         Method::DELETE => {
             let g = call.group(id, Role::Admin).await?;
-            ok(blocking(move || access::remove_rule(&g, &by, &table)).await)
+            ok(blocking(move || remove(&g, &by, &subject)).await)
         }
         _ => Err(ApiError::MethodNotAllowed),
     }
 }
 
-fn ok(v: Result<serde_json::Value, ApiError>) -> Answer {
+fn ok(v: Result<Json, ApiError>) -> Answer {
     v.map(|v| Reply::Json(StatusCode::OK, v))
 }
