@@ -1,0 +1,259 @@
+"""PersonalDB for Python: the ``libpdb`` SQLite extension, bundled.
+
+``load(conn)`` loads the bundled library into a ``sqlite3.Connection``;
+after that, sync is plain SQL (``SELECT pdb_sync()``) on that connection.
+The functions below are a thin layer over those SQL calls that return the
+parsed JSON::
+
+    import sqlite3, personaldb
+
+    db = sqlite3.connect("app.db")
+    personaldb.load(db)
+    personaldb.open(db, "http://127.0.0.1:7070", "tasks", token="...")
+    db.execute("INSERT INTO tasks VALUES ('t1', 'Buy milk', 0)")
+    db.commit()
+    print(personaldb.sync(db))   # {'pushed': 1, 'pulled': 1, ...}
+
+Errors raised by the SQL functions reach you unchanged as
+``sqlite3.OperationalError`` whose message starts with the function name
+(``pdb_sync: unauthorized: ...``). Errors of this module derive from
+``personaldb.Error``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import sys
+from typing import Any, Dict, Mapping, Optional
+
+from ._version import __version__
+
+__all__ = [
+    "__version__",
+    "Error",
+    "ExtensionLoadingUnavailable",
+    "FunctionUnavailable",
+    "loadable_path",
+    "load",
+    "open",
+    "sync",
+    "commit",
+    "head",
+    "status",
+    "verify",
+    "version",
+    "sync_start",
+    "sync_stop",
+]
+
+#: A parsed JSON object returned by a ``pdb_*`` function.
+Json = Dict[str, Any]
+
+_LIBRARY = "libpdb.so"
+
+
+class Error(Exception):
+    """Base class of the errors this module raises itself."""
+
+
+class ExtensionLoadingUnavailable(Error):
+    """The interpreter's sqlite3 module cannot load extensions."""
+
+
+class FunctionUnavailable(Error):
+    """The loaded libpdb has no such SQL function (it is older than the call)."""
+
+
+def loadable_path() -> str:
+    """The absolute path of the bundled ``libpdb.so``.
+
+    Hosts other than ``sqlite3`` (the ``sqlite3`` CLI's ``.load``, apsw, ...)
+    can load this file directly; SQLite derives the entry point
+    ``sqlite3_pdb_init`` from the file name, so keep the name.
+    """
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), _LIBRARY)
+
+
+def load(conn: sqlite3.Connection) -> None:
+    """Load the bundled libpdb into ``conn`` (once per connection).
+
+    Extension loading is switched on only for the load and switched off
+    again, so SQL run later on ``conn`` cannot call ``load_extension()``.
+
+    Raises ``ExtensionLoadingUnavailable`` when this Python's sqlite3
+    module was built without extension loading (pyenv's default build,
+    for example), naming what to do instead.
+    """
+    enable = getattr(conn, "enable_load_extension", None)
+    if enable is None:
+        if isinstance(conn, sqlite3.Connection):
+            raise ExtensionLoadingUnavailable(
+                "personaldb.load: this Python's sqlite3 module was built without "
+                f"extension loading ({sys.executable}, Python "
+                f"{sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}), so no "
+                "SQLite extension can be loaded into its connections. Use a Python "
+                "whose sqlite3 can load extensions: on Debian and Ubuntu the "
+                "system /usr/bin/python3 (e.g. /usr/bin/python3 -m venv .venv), "
+                "or build Python with ./configure --enable-loadable-sqlite-extensions "
+                "(pyenv: PYTHON_CONFIGURE_OPTS=--enable-loadable-sqlite-extensions "
+                "pyenv install <version>). Check with: python3 -c \"import sqlite3; "
+                "print(hasattr(sqlite3.Connection, 'enable_load_extension'))\""
+            )
+        raise TypeError(
+            "personaldb.load: expected a sqlite3.Connection (or a connection "
+            "with enable_load_extension() and load_extension()), got "
+            f"{type(conn).__module__}.{type(conn).__qualname__}"
+        )
+    path = loadable_path()
+    if not os.path.isfile(path):
+        raise Error(
+            f"personaldb.load: the bundled library is missing ({path}); "
+            "reinstall the personaldb package"
+        )
+    enable(True)
+    try:
+        conn.load_extension(path)
+    except sqlite3.Error as e:
+        raise Error(f"personaldb.load: loading {path} failed: {e}") from e
+    finally:
+        enable(False)
+
+
+def _call(conn: sqlite3.Connection, sql: str, params: tuple = ()) -> Any:
+    # Plain tuples and str whatever factories the application set on conn.
+    cur = conn.cursor()
+    cur.row_factory = None
+    row = cur.execute(sql, params).fetchone()
+    value = None if row is None else row[0]
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _json(conn: sqlite3.Connection, sql: str, params: tuple = ()) -> Json:
+    value = _call(conn, sql, params)
+    parsed = json.loads(value)
+    if not isinstance(parsed, dict):
+        raise Error(f"personaldb: {sql} returned {value!r}, expected a JSON object")
+    return parsed
+
+
+def open(  # noqa: A001 -- personaldb.open mirrors pdb_open
+    conn: sqlite3.Connection,
+    url: str,
+    group: str,
+    *,
+    token: Optional[str] = None,
+    public_key: Optional[str] = None,
+    policy: Optional[str] = None,
+) -> Json:
+    """``pdb_open(url, group, options)``: open this database for sync.
+
+    Creates the group's tables if absent, pins the witness's public key (or
+    checks ``public_key``, hex), installs capture and pulls. ``policy`` is
+    ``remote_wins`` (default), ``local_wins`` or ``keep_both``. The token
+    is stored in the database so later calls, from any process, can sync.
+    """
+    options: Dict[str, str] = {}
+    if token is not None:
+        options["token"] = token
+    if public_key is not None:
+        options["public_key"] = public_key
+    if policy is not None:
+        options["policy"] = policy
+    return _json(conn, "SELECT pdb_open(?, ?, ?)", (url, group, json.dumps(options)))
+
+
+def sync(conn: sqlite3.Connection) -> Json:
+    """``pdb_sync()``: seal pending changes, push, pull, rebase and verify.
+
+    Returns ``{pushed, pulled, conflicts, head}``. Commit your own writes
+    (``conn.commit()``) before calling it.
+    """
+    return _json(conn, "SELECT pdb_sync()")
+
+
+def commit(conn: sqlite3.Connection) -> Json:
+    """``pdb_commit()``: seal pending changes into the outbox (no network)."""
+    return _json(conn, "SELECT pdb_commit()")
+
+
+def head(conn: sqlite3.Connection) -> Json:
+    """``pdb_head()``: the verified head.
+
+    ``{group, seq, head_hash, state_root, schema_version, schema_hash}``.
+    """
+    return _json(conn, "SELECT pdb_head()")
+
+
+def status(conn: sqlite3.Connection) -> Json:
+    """``pdb_status()``: ``{pending_rows, outbox, last_error, lag, conflicts, ...}``."""
+    return _json(conn, "SELECT pdb_status()")
+
+
+def verify(conn: sqlite3.Connection) -> Json:
+    """``pdb_verify()``: recompute the state root from every local row.
+
+    ``{ok, state_root, verified_root, rows}``.
+    """
+    return _json(conn, "SELECT pdb_verify()")
+
+
+def version(conn: sqlite3.Connection) -> str:
+    """``pdb_version()`` of the library loaded into ``conn``.
+
+    Equals ``personaldb.__version__`` when ``load`` loaded the bundled one.
+    """
+    return str(_call(conn, "SELECT pdb_version()"))
+
+
+# --- The background worker -------------------------------------------------
+# pdb_sync_start([options]) / pdb_sync_stop() are not in libpdb yet. These
+# wrappers call them and, while the loaded library lacks them, raise
+# FunctionUnavailable. Update the docstrings and options once they land.
+
+
+def _has_function(conn: sqlite3.Connection, name: str) -> bool:
+    sql = "SELECT 1 FROM pragma_function_list WHERE name = ?"
+    return conn.execute(sql, (name,)).fetchone() is not None
+
+
+def _worker_call(conn: sqlite3.Connection, name: str, sql: str, params: tuple) -> Any:
+    try:
+        value = _call(conn, sql, params)
+    except sqlite3.OperationalError as e:
+        if not _has_function(conn, name):
+            raise FunctionUnavailable(
+                f"personaldb.{name[len('pdb_'):]}: the loaded libpdb "
+                f"({version(conn)}) has no {name}() yet; call "
+                "personaldb.sync(conn) when you want to sync instead"
+            ) from e
+        raise
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def sync_start(conn: sqlite3.Connection, options: Optional[Mapping[str, Any]] = None) -> Any:
+    """``pdb_sync_start([options])``: start the background sync worker.
+
+    Not available yet: raises ``FunctionUnavailable`` while the loaded
+    libpdb has no ``pdb_sync_start``.
+    """
+    if options is None:
+        return _worker_call(conn, "pdb_sync_start", "SELECT pdb_sync_start()", ())
+    return _worker_call(
+        conn, "pdb_sync_start", "SELECT pdb_sync_start(?)", (json.dumps(dict(options)),)
+    )
+
+
+def sync_stop(conn: sqlite3.Connection) -> Any:
+    """``pdb_sync_stop()``: stop the background sync worker.
+
+    Not available yet: raises ``FunctionUnavailable`` while the loaded
+    libpdb has no ``pdb_sync_stop``.
+    """
+    return _worker_call(conn, "pdb_sync_stop", "SELECT pdb_sync_stop()", ())
