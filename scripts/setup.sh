@@ -6,7 +6,9 @@ set -euo pipefail
 # libclang-dev: bindgen for rusqlite's session feature.
 # sqlite3-tools: sqldiff, a real external producer of changesets (tests).
 # sqlite3: the CLI host the extension is tested in.
-packages=(libclang-dev sqlite3 sqlite3-tools)
+# python3-venv: fresh virtual environments for the wheel (scripts/package.sh,
+#   tests/tests/packages.rs); binutils: strip and objdump for packaging.
+packages=(libclang-dev sqlite3 sqlite3-tools python3-venv binutils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -25,4 +27,10 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 if command -v npm >/dev/null && [ ! -f "$here/tests/node/node_modules/better-sqlite3/build/Release/better_sqlite3.node" ]; then
   echo "setup: installing better-sqlite3 for the Node host test"
   (cd "$here/tests/node" && npm install --no-audit --no-fund --loglevel=error)
+fi
+
+# TypeScript, to check the Node package's index.d.ts (tests/tests/packages.rs).
+if command -v npm >/dev/null && [ ! -x "$here/packages/node/node_modules/.bin/tsc" ]; then
+  echo "setup: installing typescript for the Node package's type check"
+  (cd "$here/packages/node" && npm ci --no-audit --no-fund --loglevel=error)
 fi
