@@ -26,7 +26,7 @@ import json
 import os
 import sqlite3
 import sys
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ._version import __version__
 
@@ -112,7 +112,15 @@ def load(conn: sqlite3.Connection) -> None:
             f"personaldb.load: the bundled library is missing ({path}); "
             "reinstall the personaldb package"
         )
-    enable(True)
+    try:
+        enable(True)
+    except sqlite3.Error as e:
+        # The module has the method but its SQLite library was built without
+        # extension loading (SQLITE_OMIT_LOAD_EXTENSION).
+        raise ExtensionLoadingUnavailable(
+            f"personaldb.load: this Python's SQLite library refuses extension loading ({e}); "
+            "use a Python and SQLite that allow it, e.g. Debian's and Ubuntu's /usr/bin/python3"
+        ) from e
     try:
         conn.load_extension(path)
     except sqlite3.Error as e:
@@ -121,7 +129,7 @@ def load(conn: sqlite3.Connection) -> None:
         enable(False)
 
 
-def _call(conn: sqlite3.Connection, sql: str, params: tuple = ()) -> Any:
+def _call(conn: sqlite3.Connection, sql: str, params: Tuple[Any, ...] = ()) -> Any:
     # Plain tuples and str whatever factories the application set on conn.
     cur = conn.cursor()
     cur.row_factory = None
@@ -130,7 +138,7 @@ def _call(conn: sqlite3.Connection, sql: str, params: tuple = ()) -> Any:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _json(conn: sqlite3.Connection, sql: str, params: tuple = ()) -> Json:
+def _json(conn: sqlite3.Connection, sql: str, params: Tuple[Any, ...] = ()) -> Json:
     value = _call(conn, sql, params)
     parsed = json.loads(value)
     if not isinstance(parsed, dict):
@@ -218,7 +226,7 @@ def _has_function(conn: sqlite3.Connection, name: str) -> bool:
     return conn.execute(sql, (name,)).fetchone() is not None
 
 
-def _worker_call(conn: sqlite3.Connection, name: str, sql: str, params: tuple) -> Any:
+def _worker_call(conn: sqlite3.Connection, name: str, sql: str, params: Tuple[Any, ...]) -> Any:
     try:
         value = _call(conn, sql, params)
     except sqlite3.OperationalError as e:
