@@ -57,7 +57,12 @@ fn only_file(dir: &Path, prefix: &str, suffix: &str) -> PathBuf {
             n.starts_with(prefix) && n.ends_with(suffix)
         })
         .collect();
-    assert_eq!(found.len(), 1, "{prefix}*{suffix} in {}: {found:?}", dir.display());
+    assert_eq!(
+        found.len(),
+        1,
+        "{prefix}*{suffix} in {}: {found:?}",
+        dir.display()
+    );
     found.into_iter().next().expect("one file")
 }
 
@@ -123,7 +128,9 @@ fn env_file(path: &Path) -> Vec<(String, String)> {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| {
-            let (k, v) = l.split_once('=').unwrap_or_else(|| panic!("not KEY=value: {l}"));
+            let (k, v) = l
+                .split_once('=')
+                .unwrap_or_else(|| panic!("not KEY=value: {l}"));
             (k.to_string(), v.to_string())
         })
         .collect()
@@ -269,7 +276,10 @@ fn python_quickstart_through_the_wheel_in_a_fresh_venv() {
         let p = a[k].as_str().unwrap_or("");
         assert!(Path::new(p).starts_with(&venv), "{k} outside the venv: {p}");
     }
-    assert!(a["library"].as_str().unwrap_or("").ends_with("/libpdb.so"), "{a}");
+    assert!(
+        a["library"].as_str().unwrap_or("").ends_with("/libpdb.so"),
+        "{a}"
+    );
     assert_eq!(a["synced"]["pushed"], 1, "{a}");
     assert_eq!(a["head_sql"], a["synced"]["head"], "{a}");
     assert_eq!(a["head"], a["head_sql"], "{a}");
@@ -344,7 +354,10 @@ except personaldb.ExtensionLoadingUnavailable as e:
     let out = run(Command::new(&venv_python)
         .args(["-c", script])
         .env_remove("PYTHONPATH"));
-    assert!(out.starts_with("refused: personaldb.load:"), "{python:?}: {out}");
+    assert!(
+        out.starts_with("refused: personaldb.load:"),
+        "{python:?}: {out}"
+    );
     for needle in [
         "built without extension loading",
         "/usr/bin/python3",
@@ -432,7 +445,13 @@ fn node_quickstart_through_the_npm_package_in_a_fresh_project() {
     // The tarball is installed for real; it has no dependencies, so npm
     // needs no registry (--offline).
     run(Command::new("npm")
-        .args(["install", "--offline", "--no-audit", "--no-fund", "--loglevel=error"])
+        .args([
+            "install",
+            "--offline",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+        ])
         .arg(&d.npm)
         .current_dir(&app));
     let manifest: Json = serde_json::from_str(
@@ -497,7 +516,11 @@ fn node_quickstart_through_the_npm_package_in_a_fresh_project() {
 
     // The types compile in strict mode against the installed package.
     let tsc = repo().join("packages/node/node_modules/.bin/tsc");
-    assert!(tsc.exists(), "{} is missing: run scripts/setup.sh", tsc.display());
+    assert!(
+        tsc.exists(),
+        "{} is missing: run scripts/setup.sh",
+        tsc.display()
+    );
     std::fs::write(app.join("check.ts"), TS_CHECK).unwrap();
     run(Command::new(&tsc)
         .args(["--noEmit", "--strict", "--module", "nodenext"])
@@ -515,7 +538,12 @@ fn the_witness_archive_ships_binary_readme_config_and_unit() {
     files.sort();
     assert_eq!(
         files,
-        ["README.md", "pdb-witness", "pdb-witness.env", "pdb-witness.service"]
+        [
+            "README.md",
+            "pdb-witness",
+            "pdb-witness.env",
+            "pdb-witness.service"
+        ]
     );
     let bin = d.witness.join("pdb-witness");
     let out = run(Command::new(&bin).arg("--version"));
@@ -549,7 +577,10 @@ fn the_witness_archive_ships_binary_readme_config_and_unit() {
     let unit = std::fs::read_to_string(d.witness.join("pdb-witness.service")).unwrap();
     let readme = std::fs::read_to_string(d.witness.join("README.md")).unwrap();
     for (line, path) in [
-        ("ExecStart=/usr/local/bin/pdb-witness serve", "/usr/local/bin/pdb-witness"),
+        (
+            "ExecStart=/usr/local/bin/pdb-witness serve",
+            "/usr/local/bin/pdb-witness",
+        ),
         (
             "EnvironmentFile=/etc/pdb-witness/pdb-witness.env",
             "/etc/pdb-witness/pdb-witness.env",
@@ -563,7 +594,11 @@ fn the_witness_archive_ships_binary_readme_config_and_unit() {
 
     // systemd's own checker, where this machine has it: the unit pointed at
     // the unpacked files must parse without a single complaint.
-    if Command::new("systemd-analyze").arg("--version").output().is_ok() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
         let dir = TempDir::new("pkg-unit");
         let local = unit
             .replace("/usr/local/bin/pdb-witness", &bin.display().to_string())
