@@ -219,3 +219,30 @@ pub struct SnapshotJson {
     pub time_ms: u64,
     pub signed: SignedJson,
 }
+
+/// One projection in `GET /v1/groups/<g>/projections`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProjectionInfo {
+    pub name: String,
+    /// Its result columns, in order.
+    pub columns: Vec<String>,
+    /// Kept up to date commit by commit (else computed on each read).
+    pub incremental: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProjectionList {
+    pub projections: Vec<ProjectionInfo>,
+}
+
+/// A page of `GET /v1/groups/<g>/projections/<name>`: the rows visible to
+/// the caller, each as JSON values (see [`value_json`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProjectionPage {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<serde_json::Value>>,
+    /// Pass as `after` for the next page; absent on the last one.
+    pub next_after: Option<i64>,
+    /// The head the page reflects.
+    pub head: HeadJson,
+}
