@@ -8,12 +8,16 @@
 //! The rows must give the signed state root. Local changes are never
 //! dropped: with any pending, bootstrapping refuses.
 
-use crate::client::{CallError, Client};
-use crate::db::{as_text, Error, Result};
-use crate::local::{self, transaction, Head, Local};
+use crate::capture;
+use crate::client::WitnessApi;
+use crate::db::{as_text, transaction};
+use crate::error::{Error, Result};
+use crate::pending;
+use crate::state::{self, Head, Local};
 use pdb_protocol::records::chunks_digest;
 use pdb_protocol::wire::SnapshotJson;
 use pdb_protocol::{hex, Changeset, SnapshotRecord, StateRoot, Value};
+use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
@@ -28,13 +32,18 @@ fn db_file(l: &Local) -> Result<PathBuf> {
     )?;
     let file = rows
         .first()
-        .and_then(|r| as_text(&r[0]))
+        .and_then(|r| r.first())
+        .and_then(as_text)
         .unwrap_or_default();
     Ok(if file.is_empty() {
         std::env::temp_dir().join(format!("pdb-{}-{}", l.group, std::process::id()))
     } else {
         PathBuf::from(file)
     })
+}
+
+fn io(e: std::io::Error) -> Error {
+    Error::invalid(e.to_string())
 }
 
 fn with_suffix(p: &std::path::Path, suffix: &str) -> PathBuf {
@@ -45,8 +54,14 @@ fn with_suffix(p: &std::path::Path, suffix: &str) -> PathBuf {
 
 /// Where a long download or install reports progress, readable by any
 /// connection (the install's own transaction is invisible to them).
-pub fn progress_path(l: &Local) -> Result<PathBuf> {
+fn progress_path(l: &Local) -> Result<PathBuf> {
     Ok(with_suffix(&db_file(l)?, "-pdb-progress.json"))
+}
+
+/// The progress of a download or install under way, if any.
+pub fn progress(l: &Local) -> Option<Json> {
+    let text = std::fs::read_to_string(progress_path(l).ok()?).ok()?;
+    serde_json::from_str(&text).ok()
 }
 
 fn report(path: &std::path::Path, phase: &str, done: u64, total: u64, rows: u64, total_rows: u64) {
@@ -60,25 +75,17 @@ fn report(path: &std::path::Path, phase: &str, done: u64, total: u64, rows: u64,
 }
 
 /// Whether the witness has a snapshot newer than `seq` (its manifest).
-pub fn newer_snapshot(l: &Local, client: &Client, seq: u64) -> Result<Option<SnapshotJson>> {
-    match client.get(&format!("/v1/groups/{}/snapshots/latest", l.group)) {
-        Ok(v) => {
-            let m: SnapshotJson = serde_json::from_value(v)
-                .map_err(|_| Error("the witness sent a malformed snapshot manifest".into()))?;
-            Ok((m.seq > seq).then_some(m))
-        }
-        Err(CallError::Rejected { code, .. }) if code == "not_found" => Ok(None),
-        Err(e) => Err(Error(e.to_string())),
-    }
+pub fn newer_snapshot(w: &dyn WitnessApi, seq: u64) -> Result<Option<SnapshotJson>> {
+    Ok(w.latest_snapshot()?.filter(|m| m.seq > seq))
 }
 
 fn verify_manifest(l: &Local, m: &SnapshotJson) -> Result<SnapshotRecord> {
     let rec = m
         .signed
         .to_signed()
-        .ok_or_else(|| Error("malformed snapshot manifest".into()))?
+        .ok_or_else(|| Error::invalid("malformed snapshot manifest"))?
         .snapshot(&l.key)
-        .map_err(|e| Error(format!("the snapshot manifest was rejected ({e})")))?;
+        .map_err(|e| Error::invalid(format!("the snapshot manifest was rejected ({e})")))?;
     let ok = rec.group == l.group
         && rec.schema_hash == l.schema_hash
         && rec.schema_version == l.schema.version
@@ -87,82 +94,78 @@ fn verify_manifest(l: &Local, m: &SnapshotJson) -> Result<SnapshotRecord> {
         && m.chunks.windows(2).all(|w| w[0] < w[1])
         && m.chunks.last().is_none_or(|last| *last < rec.size);
     if !ok {
-        return Err(Error(
-            "the snapshot manifest does not match its signed record or this group".into(),
+        return Err(Error::invalid(
+            "the snapshot manifest does not match its signed record or this group",
         ));
     }
     Ok(rec)
 }
 
 /// Downloads, verifies and installs the snapshot `m`; returns its head.
-pub fn bootstrap(l: &Local, client: &Client, m: &SnapshotJson) -> Result<u64> {
+pub fn bootstrap(l: &Local, w: &dyn WitnessApi, m: &SnapshotJson) -> Result<u64> {
     let rec = verify_manifest(l, m)?;
-    if crate::seal::outbox(l)?.is_some() || crate::seal::pending_rows_total(l)? > 0 {
-        return Err(Error(
-            "snapshot_required: this database must restart from a snapshot, but it holds local changes that are not synced; they were kept (nothing was discarded) — copy them out, or open a fresh database".into(),
+    if pending::outbox(&l.db)?.is_some() || pending::count(l)? > 0 {
+        return Err(Error::invalid(
+            "snapshot_required: this database must restart from a snapshot, but it holds local changes that are not synced; they were kept (nothing was discarded) — copy them out, or open a fresh database",
         ));
     }
     let file = with_suffix(&db_file(l)?, "-pdb-snapshot");
     let progress = progress_path(l)?;
-    download(l, client, &rec, &file, &progress)?;
+    download(l, w, &rec, &file, &progress)?;
     install(l, &rec, &m.chunks, &file, &progress)?;
     let _ = std::fs::remove_file(&file);
     let _ = std::fs::remove_file(&progress);
-    l.db.run("DELETE FROM pdb_state WHERE k = 'snapshot_download'", &[])?;
+    state::delete(&l.db, "snapshot_download")?;
     Ok(rec.seq)
 }
 
 fn download(
     l: &Local,
-    client: &Client,
+    w: &dyn WitnessApi,
     rec: &SnapshotRecord,
     file: &std::path::Path,
     progress: &std::path::Path,
 ) -> Result<()> {
     let marker = hex(&rec.digest);
-    let resuming = local::get_text(&l.db, "snapshot_download")?.as_deref() == Some(marker.as_str());
+    let resuming = state::get_text(&l.db, "snapshot_download")?.as_deref() == Some(marker.as_str());
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(file)
-        .map_err(|e| Error(format!("opening {}: {e}", file.display())))?;
+        .map_err(|e| Error::invalid(format!("opening {}: {e}", file.display())))?;
     if !resuming {
-        f.set_len(0).map_err(|e| Error(e.to_string()))?;
-        local::set(&l.db, "snapshot_download", Value::text(&marker))?;
+        f.set_len(0).map_err(io)?;
+        state::set(&l.db, "snapshot_download", Value::text(&marker))?;
     }
-    let mut have = f.metadata().map_err(|e| Error(e.to_string()))?.len();
+    let mut have = f.metadata().map_err(io)?.len();
     if have > rec.size {
-        f.set_len(0).map_err(|e| Error(e.to_string()))?;
+        f.set_len(0).map_err(io)?;
         have = 0;
     }
     while have < rec.size {
         report(progress, "download", have, rec.size, 0, rec.rows);
         let end = (have + RANGE).min(rec.size) - 1;
-        let bytes = client
-            .get_range(
-                &format!("/v1/groups/{}/snapshots/{}/data", l.group, rec.seq),
-                have,
-                end,
-            )
-            .map_err(|e| {
-                Error(format!(
-                    "download stopped at {have} of {} bytes ({e}); call again to resume",
+        let bytes = w.snapshot_range(rec.seq, have, end).map_err(|e| {
+            e.context(|m| {
+                format!(
+                    "download stopped at {have} of {} bytes ({m}); call again to resume",
                     rec.size
-                ))
-            })?;
+                )
+            })
+        })?;
         if bytes.is_empty() || have + bytes.len() as u64 > rec.size {
-            return Err(Error("the witness sent a wrong byte range".into()));
+            return Err(Error::invalid("the witness sent a wrong byte range"));
         }
-        f.write_all(&bytes).map_err(|e| Error(e.to_string()))?;
+        f.write_all(&bytes).map_err(io)?;
         have += bytes.len() as u64;
     }
-    f.sync_all().map_err(|e| Error(e.to_string()))?;
+    f.sync_all().map_err(io)?;
     report(progress, "verify", have, rec.size, 0, rec.rows);
     let mut hasher = Sha256::new();
-    let mut r = std::fs::File::open(file).map_err(|e| Error(e.to_string()))?;
+    let mut r = std::fs::File::open(file).map_err(io)?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = r.read(&mut buf).map_err(|e| Error(e.to_string()))?;
+        let n = r.read(&mut buf).map_err(io)?;
         if n == 0 {
             break;
         }
@@ -171,9 +174,9 @@ fn download(
     if <[u8; 32]>::from(hasher.finalize()) != rec.digest {
         // Start over next time: these bytes are not the signed ones.
         let _ = std::fs::remove_file(file);
-        l.db.run("DELETE FROM pdb_state WHERE k = 'snapshot_download'", &[])?;
-        return Err(Error(
-            "the snapshot's bytes do not match its signed digest; nothing was installed".into(),
+        state::delete(&l.db, "snapshot_download")?;
+        return Err(Error::invalid(
+            "the snapshot's bytes do not match its signed digest; nothing was installed",
         ));
     }
     Ok(())
@@ -186,12 +189,12 @@ fn install(
     file: &std::path::Path,
     progress: &std::path::Path,
 ) -> Result<()> {
-    let mut f = std::fs::File::open(file).map_err(|e| Error(e.to_string()))?;
+    let mut f = std::fs::File::open(file).map_err(io)?;
     transaction(&l.db, || {
-        l.without_capture(|| {
+        capture::paused(l, || {
             for t in &l.tables {
-                l.db.exec(&format!("DELETE FROM {}", crate::db::ident(&t.name)))?;
-                l.db.exec(&format!("DELETE FROM {}", t.base))?;
+                l.db.exec(&format!("DELETE FROM {}", t.rows.table))?;
+                l.db.exec(&format!("DELETE FROM {}", t.log.table))?;
             }
             let mut root = StateRoot::empty();
             let mut rows = 0u64;
@@ -200,24 +203,22 @@ fn install(
                 let mut bytes = vec![0u8; (end - start) as usize];
                 f.seek(SeekFrom::Start(*start))
                     .and_then(|_| f.read_exact(&mut bytes))
-                    .map_err(|e| Error(e.to_string()))?;
+                    .map_err(io)?;
                 let cs = Changeset::decode(&bytes)
-                    .map_err(|e| Error(format!("snapshot chunk {i}: {e}")))?;
+                    .map_err(|e| Error::invalid(format!("snapshot chunk {i}: {e}")))?;
                 cs.validate(&l.schema)
-                    .map_err(|e| Error(format!("snapshot chunk {i}: {e}")))?;
+                    .map_err(|e| Error::invalid(format!("snapshot chunk {i}: {e}")))?;
                 for t in &cs.tables {
-                    let ti = l
+                    let st = l
                         .schema
                         .table_index(&t.name)
-                        .ok_or_else(|| Error("snapshot names an unknown table".into()))?;
-                    let st = &l.tables[ti];
+                        .and_then(|ti| l.tables.get(ti))
+                        .ok_or_else(|| Error::invalid("snapshot names an unknown table"))?;
                     for c in &t.changes {
-                        let row: Vec<Value> = c
-                            .new
-                            .iter()
-                            .map(|v| v.clone().unwrap_or(Value::Null))
-                            .collect();
-                        let stored = crate::apply::insert_row(l, st, &row)?;
+                        let row = c.row_after(None).ok_or_else(|| {
+                            Error::invalid(format!("snapshot chunk {i}: a change is not an insert"))
+                        })?;
+                        let stored = st.insert(&l.sql, &row)?;
                         root.add_row(&st.name, &stored);
                         rows += 1;
                     }
@@ -225,9 +226,8 @@ fn install(
                 report(progress, "install", rec.size, rec.size, rows, rec.rows);
             }
             if root.digest() != rec.state_root || rows != rec.rows {
-                return Err(Error(
-                    "the snapshot's rows do not give its signed state root; nothing was installed"
-                        .into(),
+                return Err(Error::invalid(
+                    "the snapshot's rows do not give its signed state root; nothing was installed",
                 ));
             }
             l.set_head(&Head {

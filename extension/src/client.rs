@@ -1,24 +1,80 @@
-//! Talking to the witness over HTTP. Every failure says which stage it
-//! happened at and whether it was the network (retry later) or an answer
-//! (a typed rejection with the witness's code).
+//! The witness as the extension sees it: one method per endpoint it
+//! uses, in the `pdb_protocol::wire` types, behind a trait so pull, push
+//! and bootstrap run against a fake witness in tests as well as the real
+//! one. [`HttpWitness`] is the real one over HTTP; every URL path it uses
+//! is in [`Endpoint`].
+//!
+//! Every failure says at which stage it happened: no connection, the
+//! answer lost, the answer unreadable (`Error::Network`), or a typed
+//! rejection with the witness's code (`Error::Rejected`).
 
+use crate::error::{Error, Rejection, Result, Stage};
+use pdb_protocol::wire::{
+    CommitRequest, CommitResponse, CommitsPage, ErrorJson, GroupJson, ProjectionList,
+    ProjectionPage, SnapshotJson, WitnessJson,
+};
+use serde::de::DeserializeOwned;
 use serde_json::Value as Json;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-#[derive(Debug)]
-pub enum CallError {
-    /// The witness could not be reached or the exchange broke off.
-    Network(String),
-    /// The witness answered with a typed error.
-    Rejected { code: String, message: String },
+/// What the extension asks of the witness about one group.
+pub trait WitnessApi {
+    /// The witness's public key and version.
+    fn witness(&self) -> Result<WitnessJson>;
+    /// The group's schema and signed head.
+    fn group(&self) -> Result<GroupJson>;
+    /// Log entries after `after`, at most `limit`, with the signed head.
+    fn commits(&self, after: u64, limit: u32) -> Result<CommitsPage>;
+    /// Submits a commit; a replay answers with the original certificate.
+    fn commit(&self, req: &CommitRequest) -> Result<CommitResponse>;
+    /// The newest snapshot's manifest, if the witness keeps one.
+    fn latest_snapshot(&self) -> Result<Option<SnapshotJson>>;
+    /// Bytes `start..=end` of snapshot `seq`'s file (maybe fewer).
+    fn snapshot_range(&self, seq: u64, start: u64, end: u64) -> Result<Vec<u8>>;
+    /// The group's projections.
+    fn projections(&self) -> Result<ProjectionList>;
+    /// One page of a projection's rows visible to the caller.
+    fn projection_page(&self, name: &str, after: i64, limit: u32) -> Result<ProjectionPage>;
 }
 
-impl std::fmt::Display for CallError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+/// Every path the extension calls, relative to the witness's URL.
+enum Endpoint<'a> {
+    Witness,
+    Group,
+    Commits {
+        after: u64,
+        limit: u32,
+    },
+    Commit,
+    LatestSnapshot,
+    SnapshotData {
+        seq: u64,
+    },
+    Projections,
+    Projection {
+        name: &'a str,
+        after: i64,
+        limit: u32,
+    },
+}
+
+impl Endpoint<'_> {
+    fn path(&self, group: &str) -> String {
+        let g = format!("/v1/groups/{group}");
         match self {
-            CallError::Network(m) => f.write_str(m),
-            CallError::Rejected { code, message, .. } => write!(f, "{code}: {message}"),
+            Endpoint::Witness => "/v1/witness".into(),
+            Endpoint::Group => g,
+            Endpoint::Commits { after, limit } => {
+                format!("{g}/commits?after={after}&limit={limit}")
+            }
+            Endpoint::Commit => format!("{g}/commits"),
+            Endpoint::LatestSnapshot => format!("{g}/snapshots/latest"),
+            Endpoint::SnapshotData { seq } => format!("{g}/snapshots/{seq}/data"),
+            Endpoint::Projections => format!("{g}/projections"),
+            Endpoint::Projection { name, after, limit } => {
+                format!("{g}/projections/{name}?after={after}&limit={limit}")
+            }
         }
     }
 }
@@ -35,92 +91,172 @@ fn agent() -> &'static ureq::Agent {
     })
 }
 
-pub struct Client {
-    pub url: String,
-    token: String,
-}
-
 /// Largest response body read (a page of commits can be large).
 const MAX_RESPONSE: u64 = 512 * 1024 * 1024;
 
-impl Client {
-    pub fn new(url: &str, token: &str) -> Client {
-        Client {
+type Response = ureq::http::Response<ureq::Body>;
+
+/// The real witness, over HTTP with a bearer token.
+#[derive(Clone)]
+pub struct HttpWitness {
+    url: String,
+    token: String,
+    group: String,
+}
+
+/// How far a failed exchange got: whether anything can have been sent.
+fn stage_of(e: &ureq::Error) -> Stage {
+    use std::io::ErrorKind;
+    match e {
+        ureq::Error::HostNotFound
+        | ureq::Error::ConnectionFailed
+        | ureq::Error::BadUri(_)
+        | ureq::Error::Http(_)
+        | ureq::Error::Timeout(ureq::Timeout::Resolve | ureq::Timeout::Connect) => Stage::Connect,
+        ureq::Error::Io(io)
+            if matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused | ErrorKind::AddrNotAvailable
+            ) =>
+        {
+            Stage::Connect
+        }
+        _ => Stage::Answer,
+    }
+}
+
+impl HttpWitness {
+    pub fn new(url: &str, token: &str, group: &str) -> HttpWitness {
+        HttpWitness {
             url: url.trim_end_matches('/').to_string(),
             token: token.to_string(),
+            group: group.to_string(),
         }
     }
 
-    fn finish(
+    fn url(&self, e: &Endpoint) -> String {
+        format!("{}{}", self.url, e.path(&self.group))
+    }
+
+    /// Sends a request built by `build` for the endpoint's URL.
+    fn send(
         &self,
-        what: &str,
-        r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> Result<Json, CallError> {
-        let mut resp = r.map_err(|e| {
-            CallError::Network(format!("sending request to {}{what}: {e}", self.url))
-        })?;
+        url: &str,
+        build: impl FnOnce(&ureq::Agent, &str, &str) -> std::result::Result<Response, ureq::Error>,
+    ) -> Result<Response> {
+        build(agent(), url, &format!("Bearer {}", self.token)).map_err(|e| Error::Network {
+            stage: stage_of(&e),
+            message: format!("sending request to {url}: {e}"),
+        })
+    }
+
+    /// An answer's JSON body, or the witness's typed error.
+    fn body(&self, url: &str, mut resp: Response) -> Result<Json> {
         let status = resp.status().as_u16();
         let text = resp
             .body_mut()
             .with_config()
             .limit(MAX_RESPONSE)
             .read_to_string()
-            .map_err(|e| {
-                CallError::Network(format!("reading response from {}{what}: {e}", self.url))
+            .map_err(|e| Error::Network {
+                stage: Stage::Answer,
+                message: format!("reading response from {url}: {e}"),
             })?;
-        let body: Json = serde_json::from_str(&text).map_err(|e| {
-            CallError::Network(format!(
-                "response from {}{what} is not JSON ({e})",
-                self.url
-            ))
+        let body: Json = serde_json::from_str(&text).map_err(|e| Error::Network {
+            stage: Stage::Unreadable,
+            message: format!("response from {url} is not JSON ({e})"),
         })?;
         if (200..300).contains(&status) {
             return Ok(body);
         }
-        let code = body["error"]["code"]
-            .as_str()
-            .unwrap_or("http_error")
-            .to_string();
-        let message = body["error"]["message"]
+        // Read leniently: an error body missing fields still tells its
+        // status, and its code and message where present.
+        let fields = &body["error"];
+        let mut error: ErrorJson = serde_json::from_value(fields.clone()).unwrap_or_default();
+        error.code = fields["code"].as_str().unwrap_or("http_error").to_string();
+        error.message = fields["message"]
             .as_str()
             .map(str::to_string)
             .unwrap_or_else(|| format!("HTTP {status}"));
-        if status >= 500 {
-            return Err(CallError::Network(format!(
-                "{}{what}: {code}: {message}",
-                self.url
-            )));
-        }
-        Err(CallError::Rejected { code, message })
+        Err(Error::Rejected(Box::new(Rejection {
+            endpoint: url.to_string(),
+            status,
+            body: error,
+        })))
     }
 
-    pub fn get(&self, path: &str) -> Result<Json, CallError> {
-        let r = agent()
-            .get(format!("{}{path}", self.url))
-            .header("Authorization", &format!("Bearer {}", self.token))
-            .call();
-        self.finish(path, r)
-    }
-
-    /// Bytes `start..=end` of a binary resource (a 206 answer whose
-    /// Content-Range must start at `start`; it may hold fewer bytes).
-    pub fn get_range(&self, path: &str, start: u64, end: u64) -> Result<Vec<u8>, CallError> {
-        let r = agent()
-            .get(format!("{}{path}", self.url))
-            .header("Authorization", &format!("Bearer {}", self.token))
-            .header("Range", &format!("bytes={start}-{end}"))
-            .call();
-        let mut resp = r.map_err(|e| {
-            CallError::Network(format!("sending request to {}{path}: {e}", self.url))
+    /// GET an endpoint answering `T`; `malformed` is the error when the
+    /// JSON is not a `T`.
+    fn get<T: DeserializeOwned>(&self, e: Endpoint, malformed: &str) -> Result<T> {
+        let url = self.url(&e);
+        let resp = self.send(&url, |a, url, auth| {
+            a.get(url).header("Authorization", auth).call()
         })?;
-        let status = resp.status().as_u16();
-        if status != 206 {
+        decode(self.body(&url, resp)?, malformed)
+    }
+}
+
+fn decode<T: DeserializeOwned>(body: Json, malformed: &str) -> Result<T> {
+    serde_json::from_value(body).map_err(|_| Error::invalid(malformed))
+}
+
+impl WitnessApi for HttpWitness {
+    fn witness(&self) -> Result<WitnessJson> {
+        self.get(Endpoint::Witness, "the witness did not send its public key")
+    }
+
+    fn group(&self) -> Result<GroupJson> {
+        self.get(Endpoint::Group, "malformed group head")
+    }
+
+    fn commits(&self, after: u64, limit: u32) -> Result<CommitsPage> {
+        self.get(
+            Endpoint::Commits { after, limit },
+            "the witness sent a malformed page",
+        )
+    }
+
+    fn commit(&self, req: &CommitRequest) -> Result<CommitResponse> {
+        let url = self.url(&Endpoint::Commit);
+        let resp = self.send(&url, |a, url, auth| {
+            a.post(url).header("Authorization", auth).send_json(req)
+        })?;
+        decode(
+            self.body(&url, resp)?,
+            "the witness sent a malformed certificate",
+        )
+    }
+
+    fn latest_snapshot(&self) -> Result<Option<SnapshotJson>> {
+        match self.get(
+            Endpoint::LatestSnapshot,
+            "the witness sent a malformed snapshot manifest",
+        ) {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.is_rejection("not_found") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A 206 answer whose Content-Range must start at `start`.
+    fn snapshot_range(&self, seq: u64, start: u64, end: u64) -> Result<Vec<u8>> {
+        let url = self.url(&Endpoint::SnapshotData { seq });
+        let mut resp = self.send(&url, |a, url, auth| {
+            a.get(url)
+                .header("Authorization", auth)
+                .header("Range", &format!("bytes={start}-{end}"))
+                .call()
+        })?;
+        let unreadable = |message: String| Error::Network {
+            stage: Stage::Unreadable,
+            message,
+        };
+        if resp.status().as_u16() != 206 {
             // Not a range: the witness's error (classified as for JSON
             // calls), or an answer that is not what was asked for.
-            let what = self.finish(path, Ok(resp))?;
-            return Err(CallError::Network(format!(
-                "{}{path}: expected a byte range, got {what}",
-                self.url
+            let what = self.body(&url, resp)?;
+            return Err(unreadable(format!(
+                "{url}: expected a byte range, got {what}"
             )));
         }
         let starts_right = resp
@@ -132,25 +268,31 @@ impl Client {
             .and_then(|v| v.parse::<u64>().ok())
             == Some(start);
         if !starts_right {
-            return Err(CallError::Network(format!(
-                "{}{path}: the answer is not the range asked for",
-                self.url
+            return Err(unreadable(format!(
+                "{url}: the answer is not the range asked for"
             )));
         }
         resp.body_mut()
             .with_config()
-            .limit(end - start + 1)
+            .limit(end.saturating_sub(start).saturating_add(1))
             .read_to_vec()
-            .map_err(|e| {
-                CallError::Network(format!("reading response from {}{path}: {e}", self.url))
+            .map_err(|e| Error::Network {
+                stage: Stage::Answer,
+                message: format!("reading response from {url}: {e}"),
             })
     }
 
-    pub fn post(&self, path: &str, body: &Json) -> Result<Json, CallError> {
-        let r = agent()
-            .post(format!("{}{path}", self.url))
-            .header("Authorization", &format!("Bearer {}", self.token))
-            .send_json(body);
-        self.finish(path, r)
+    fn projections(&self) -> Result<ProjectionList> {
+        self.get(
+            Endpoint::Projections,
+            "the witness sent a malformed projection list",
+        )
+    }
+
+    fn projection_page(&self, name: &str, after: i64, limit: u32) -> Result<ProjectionPage> {
+        self.get(
+            Endpoint::Projection { name, after, limit },
+            "malformed page",
+        )
     }
 }

@@ -1,10 +1,12 @@
 //! A small safe layer over the host's SQLite, reached through the
 //! extension API table the host hands to the entry point. Statements,
-//! exact values in and out, and errors that carry SQLite's message.
+//! exact values in and out, errors that carry SQLite's result code and
+//! message, and the one way to run work in a local transaction.
 //!
 //! sqlite-loadable wraps only part of the API table, so the entry point
 //! keeps its own copy of the table pointer for the calls made here.
 
+use crate::error::{Error, Result};
 use pdb_protocol::Value;
 use sqlite_loadable::ext::{sqlite3, sqlite3_api_routines, sqlite3_stmt};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
@@ -32,31 +34,21 @@ macro_rules! api {
     ($name:ident) => {{
         let table = API.load(Ordering::Acquire);
         if table.is_null() {
-            return Err(Error("the extension was not initialised".into()));
+            return Err(Error::invalid("the extension was not initialised"));
         }
         // SAFETY: the table was handed to the entry point by SQLite and
         // lives as long as the process.
         match unsafe { (*table).$name } {
             Some(f) => f,
             None => {
-                return Err(Error(
-                    concat!("host SQLite lacks ", stringify!($name)).into(),
-                ))
+                return Err(Error::invalid(concat!(
+                    "host SQLite lacks ",
+                    stringify!($name)
+                )))
             }
         }
     }};
 }
-
-#[derive(Debug, Clone)]
-pub struct Error(pub String);
-
-impl std::fmt::Display for Error {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-pub type Result<T> = std::result::Result<T, Error>;
 
 fn transient() -> Option<unsafe extern "C" fn(*mut c_void)> {
     // SQLITE_TRANSIENT: SQLite copies the bytes before the call returns.
@@ -73,26 +65,35 @@ impl Db {
         Db(raw)
     }
 
-    fn errmsg(&self) -> String {
-        let f = match (|| -> Result<_> { Ok(api!(errmsg)) })() {
-            Ok(f) => f,
-            Err(e) => return e.0,
-        };
-        // SAFETY: errmsg returns a NUL-terminated string owned by SQLite.
-        unsafe {
-            let p = f(self.0);
-            if p.is_null() {
+    /// The connection's last error: SQLite's extended result code and
+    /// message, the message followed by `suffix`.
+    fn error(&self, suffix: &str) -> Error {
+        let (errmsg, errcode) =
+            match (|| -> Result<_> { Ok((api!(errmsg), api!(extended_errcode))) })() {
+                Ok(f) => f,
+                Err(e) => return e,
+            };
+        // SAFETY: errmsg returns a NUL-terminated string owned by SQLite,
+        // copied before any other call.
+        let (code, message) = unsafe {
+            let p = errmsg(self.0);
+            let message = if p.is_null() {
                 "unknown SQLite error".into()
             } else {
                 CStr::from_ptr(p).to_string_lossy().into_owned()
-            }
+            };
+            (errcode(self.0), message)
+        };
+        Error::Sqlite {
+            code,
+            message: message + suffix,
         }
     }
 
     /// Runs SQL without results (may hold several statements).
     pub fn exec(&self, sql: &str) -> Result<()> {
         let f = api!(exec);
-        let c = CString::new(sql).map_err(|_| Error("SQL contains a NUL byte".into()))?;
+        let c = CString::new(sql).map_err(|_| Error::invalid("SQL contains a NUL byte"))?;
         // SAFETY: valid connection and NUL-terminated SQL; no callback.
         let rc = unsafe {
             f(
@@ -104,7 +105,7 @@ impl Db {
             )
         };
         if rc != SQLITE_OK {
-            return Err(Error(self.errmsg()));
+            return Err(self.error(""));
         }
         Ok(())
     }
@@ -112,11 +113,11 @@ impl Db {
     pub fn prepare(&self, sql: &str) -> Result<Stmt> {
         let f = api!(prepare_v2);
         let mut raw: *mut sqlite3_stmt = std::ptr::null_mut();
-        let c = CString::new(sql).map_err(|_| Error("SQL contains a NUL byte".into()))?;
+        let c = CString::new(sql).map_err(|_| Error::invalid("SQL contains a NUL byte"))?;
         // SAFETY: valid connection, SQL and out-pointer.
         let rc = unsafe { f(self.0, c.as_ptr(), -1, &mut raw, std::ptr::null_mut()) };
         if rc != SQLITE_OK || raw.is_null() {
-            return Err(Error(format!("{} (in: {sql})", self.errmsg())));
+            return Err(self.error(&format!(" (in: {sql})")));
         }
         Ok(Stmt { raw, db: *self })
     }
@@ -177,7 +178,7 @@ impl Stmt {
         if rc == SQLITE_OK {
             Ok(())
         } else {
-            Err(Error(self.db.errmsg()))
+            Err(self.db.error(""))
         }
     }
 
@@ -193,7 +194,8 @@ impl Stmt {
     }
 
     pub fn bind(&mut self, idx: c_int, v: &Value) -> Result<()> {
-        let len = |b: &[u8]| c_int::try_from(b.len()).map_err(|_| Error("value too large".into()));
+        let len =
+            |b: &[u8]| c_int::try_from(b.len()).map_err(|_| Error::invalid("value too large"));
         let rc = match v {
             Value::Null => {
                 let f = api!(bind_null);
@@ -241,7 +243,7 @@ impl Stmt {
         match unsafe { f(self.raw) } {
             SQLITE_ROW => Ok(true),
             SQLITE_DONE => Ok(false),
-            _ => Err(Error(self.db.errmsg())),
+            _ => Err(self.db.error("")),
         }
     }
 
@@ -304,11 +306,6 @@ impl Drop for Stmt {
     }
 }
 
-/// Quotes an identifier for SQL text.
-pub fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 /// Value helpers for reading rows back.
 pub fn as_i64(v: &Value) -> Option<i64> {
     match v {
@@ -361,7 +358,7 @@ impl Cache {
         }
         let st = map
             .get_mut(sql)
-            .ok_or_else(|| Error("statement cache lost a statement".into()))?;
+            .ok_or_else(|| Error::invalid("statement cache lost a statement"))?;
         st.bind_all(params)?;
         let out = f(st);
         // Reset so no statement stays active between uses.
@@ -383,5 +380,30 @@ impl Cache {
             while st.step()? {}
             Ok(())
         })
+    }
+}
+
+/// Runs `f` in one transaction: BEGIN IMMEDIATE when the host is in
+/// autocommit, a savepoint inside the host's own transaction.
+pub fn transaction<T>(db: &Db, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let nested = db.in_transaction()?;
+    db.exec(if nested {
+        "SAVEPOINT pdb_tx"
+    } else {
+        "BEGIN IMMEDIATE"
+    })?;
+    match f() {
+        Ok(v) => {
+            db.exec(if nested { "RELEASE pdb_tx" } else { "COMMIT" })?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = db.exec(if nested {
+                "ROLLBACK TO pdb_tx; RELEASE pdb_tx"
+            } else {
+                "ROLLBACK"
+            });
+            Err(e)
+        }
     }
 }

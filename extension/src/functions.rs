@@ -1,14 +1,32 @@
-//! The SQL functions. Every body runs behind a panic guard (a panic must
-//! never unwind into the host), errors start with the function's name,
-//! and flags are honest: only pdb_version is DETERMINISTIC; everything
-//! that reads sync state, changes it or uses the network is DIRECTONLY.
+//! The SQL functions. Every body — and every method of the
+//! `pdb_projection` virtual table — runs behind a panic guard ([`guard`]:
+//! a panic must never unwind into the host), errors start with the
+//! function's name, and flags are honest: only pdb_version is
+//! DETERMINISTIC; everything that reads sync state, changes it or uses
+//! the network is DIRECTONLY.
 
-use crate::db::{Db, Error};
-use crate::sync;
+use crate::db::Db;
+use crate::error::Error;
+use crate::{open, push, status, sync};
 use sqlite_loadable::api;
 use sqlite_loadable::ext::{sqlite3, sqlite3_context, sqlite3_value};
 use sqlite_loadable::{define_scalar_function, FunctionFlags};
+use std::fmt::Display;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// Runs `f` for the SQL function or table `name`: its error, or a panic,
+/// becomes an SQL error that starts with the name.
+pub fn guard<T, E: Display>(
+    name: &str,
+    f: impl FnOnce() -> Result<T, E>,
+) -> sqlite_loadable::Result<T> {
+    let message = match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => return Ok(v),
+        Ok(Err(e)) => format!("{name}: {e}"),
+        Err(_) => format!("{name}: internal error (a bug; nothing was changed by the failed step)"),
+    };
+    Err(sqlite_loadable::Error::new_message(message))
+}
 
 type Body = fn(Db, &[*mut sqlite3_value]) -> Result<String, Error>;
 
@@ -19,13 +37,8 @@ fn run(
     body: Body,
 ) -> sqlite_loadable::Result<()> {
     let db = Db::new(api::context_db_handle(ctx));
-    let outcome = catch_unwind(AssertUnwindSafe(|| body(db, args)));
-    let message = match outcome {
-        Ok(Ok(text)) => return api::result_text(ctx, text),
-        Ok(Err(e)) => format!("{name}: {e}"),
-        Err(_) => format!("{name}: internal error (a bug; nothing was changed by the failed step)"),
-    };
-    Err(sqlite_loadable::Error::new_message(message))
+    let text = guard(name, || body(db, args))?;
+    api::result_text(ctx, text)
 }
 
 fn text_arg(args: &[*mut sqlite3_value], i: usize, what: &str) -> Result<Option<String>, Error> {
@@ -37,12 +50,12 @@ fn text_arg(args: &[*mut sqlite3_value], i: usize, what: &str) -> Result<Option<
     }
     api::value_text(v)
         .map(|s| Some(s.to_string()))
-        .map_err(|_| Error(format!("argument {} ({what}) must be UTF-8 text", i + 1)))
+        .map_err(|_| Error::invalid(format!("argument {} ({what}) must be UTF-8 text", i + 1)))
 }
 
 fn required(args: &[*mut sqlite3_value], i: usize, what: &str) -> Result<String, Error> {
     text_arg(args, i, what)?
-        .ok_or_else(|| Error(format!("argument {} ({what}) is required text", i + 1)))
+        .ok_or_else(|| Error::invalid(format!("argument {} ({what}) is required text", i + 1)))
 }
 
 fn version(_: Db, _: &[*mut sqlite3_value]) -> Result<String, Error> {
@@ -58,11 +71,11 @@ fn debug(db: Db, _: &[*mut sqlite3_value]) -> Result<String, Error> {
     ))
 }
 
-fn open(db: Db, args: &[*mut sqlite3_value]) -> Result<String, Error> {
+fn open_fn(db: Db, args: &[*mut sqlite3_value]) -> Result<String, Error> {
     let url = required(args, 0, "witness url")?;
     let group = required(args, 1, "group id")?;
-    let opts = sync::parse_options(text_arg(args, 2, "options JSON")?.as_deref())?;
-    Ok(sync::open(db, &url, &group, opts)?.to_string())
+    let opts = open::parse_options(text_arg(args, 2, "options JSON")?.as_deref())?;
+    Ok(open::open(db, &url, &group, opts)?.to_string())
 }
 
 fn sync_fn(db: Db, _: &[*mut sqlite3_value]) -> Result<String, Error> {
@@ -70,19 +83,19 @@ fn sync_fn(db: Db, _: &[*mut sqlite3_value]) -> Result<String, Error> {
 }
 
 fn commit(db: Db, _: &[*mut sqlite3_value]) -> Result<String, Error> {
-    Ok(sync::commit(db)?.to_string())
+    Ok(push::commit(db)?.to_string())
 }
 
 fn head(db: Db, _: &[*mut sqlite3_value]) -> Result<String, Error> {
-    Ok(sync::head(db)?.to_string())
+    Ok(status::head(db)?.to_string())
 }
 
-fn status(db: Db, _: &[*mut sqlite3_value]) -> Result<String, Error> {
-    Ok(sync::status(db)?.to_string())
+fn status_fn(db: Db, _: &[*mut sqlite3_value]) -> Result<String, Error> {
+    Ok(status::status(db)?.to_string())
 }
 
 fn verify(db: Db, _: &[*mut sqlite3_value]) -> Result<String, Error> {
-    Ok(sync::verify(db)?.to_string())
+    Ok(status::verify(db)?.to_string())
 }
 
 pub fn register(db: *mut sqlite3) -> sqlite_loadable::Result<()> {
@@ -91,12 +104,12 @@ pub fn register(db: *mut sqlite3) -> sqlite_loadable::Result<()> {
     let table: &[(&'static str, i32, Body, FunctionFlags)] = &[
         ("pdb_version", 0, version, pure),
         ("pdb_debug", 0, debug, FunctionFlags::UTF8),
-        ("pdb_open", 2, open, stateful),
-        ("pdb_open", 3, open, stateful),
+        ("pdb_open", 2, open_fn, stateful),
+        ("pdb_open", 3, open_fn, stateful),
         ("pdb_sync", 0, sync_fn, stateful),
         ("pdb_commit", 0, commit, stateful),
         ("pdb_head", 0, head, stateful),
-        ("pdb_status", 0, status, stateful),
+        ("pdb_status", 0, status_fn, stateful),
         ("pdb_verify", 0, verify, stateful),
     ];
     for (name, n, body, flags) in table.iter().copied() {

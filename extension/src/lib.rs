@@ -1,14 +1,22 @@
 //! PersonalDB as a SQLite loadable extension: `.load ./libpdb`, then sync
-//! with plain SQL (`pdb_open`, `pdb_sync`, `pdb_head`, ...).
+//! with plain SQL (`pdb_open`, `pdb_sync`, `pdb_head`, ...). The files, by
+//! the path of `pdb_sync()`: docs/extension.md.
 
-mod apply;
 mod bootstrap;
+mod capture;
 mod client;
 mod db;
+mod error;
 mod functions;
-mod local;
+mod merge;
+mod open;
+mod pending;
 mod projection;
-mod seal;
+mod pull;
+mod push;
+mod signed;
+mod state;
+mod status;
 mod sync;
 mod tables;
 

@@ -5,13 +5,17 @@
 //!
 //! The columns come from the projection's definition. Each scan fetches the
 //! rows visible to this database's identity (its token), page by page, and
-//! checks the signed head each page states against the pinned key.
+//! checks the signed head each page states against the pinned key. Every
+//! method runs behind the panic guard.
 
-use crate::client::Client;
-use crate::db::{Db, Error};
-use crate::local;
+use crate::client::{HttpWitness, WitnessApi};
+use crate::db::Db;
+use crate::error::{Error, Result};
+use crate::functions::guard;
+use crate::signed::verify_head;
+use crate::state;
 use ed25519_dalek::VerifyingKey;
-use pdb_protocol::wire::HeadJson;
+use pdb_protocol::quote_ident;
 use serde_json::Value as Json;
 use sqlite_loadable::api;
 use sqlite_loadable::ext::{
@@ -20,14 +24,15 @@ use sqlite_loadable::ext::{
 use sqlite_loadable::table::{BestIndexError, IndexInfo, VTab, VTabArguments, VTabCursor};
 use std::ffi::c_int;
 
-fn fail(e: impl std::fmt::Display) -> sqlite_loadable::Error {
-    sqlite_loadable::Error::new_message(format!("pdb_projection: {e}"))
-}
+const NAME: &str = "pdb_projection";
 
+/// Rows asked for per page.
+const PAGE: u32 = 1000;
+
+/// Where a projection's rows come from.
 #[derive(Clone)]
 struct Source {
-    url: String,
-    token: String,
+    witness: HttpWitness,
     group: String,
     key: VerifyingKey,
     name: String,
@@ -41,6 +46,41 @@ pub struct ProjectionTable {
     columns: usize,
 }
 
+fn connect(db: *mut sqlite3, args: &VTabArguments) -> Result<(String, ProjectionTable)> {
+    let name = args
+        .arguments
+        .first()
+        .map(|a| a.trim().trim_matches('\'').trim_matches('"').to_string())
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| Error::invalid("usage: USING pdb_projection('<projection name>')"))?;
+    let l = state::load(Db::new(db))?;
+    let source = Source {
+        witness: HttpWitness::new(&l.url, &l.token, &l.group),
+        group: l.group,
+        key: l.key,
+        name,
+    };
+    let columns = source
+        .witness
+        .projections()?
+        .projections
+        .into_iter()
+        .find(|p| p.name == source.name)
+        .map(|p| p.columns)
+        .ok_or_else(|| Error::invalid(format!("the group has no projection {:?}", source.name)))?;
+    let decl: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+    // SAFETY: an all-zero sqlite3_vtab is its documented initial state.
+    let base: sqlite3_vtab = unsafe { std::mem::zeroed() };
+    Ok((
+        format!("CREATE TABLE x({})", decl.join(", ")),
+        ProjectionTable {
+            base,
+            source,
+            columns: columns.len(),
+        },
+    ))
+}
+
 impl<'vtab> VTab<'vtab> for ProjectionTable {
     type Aux = ();
     type Cursor = ProjectionCursor;
@@ -50,60 +90,28 @@ impl<'vtab> VTab<'vtab> for ProjectionTable {
         _aux: Option<&()>,
         args: VTabArguments,
     ) -> sqlite_loadable::Result<(String, Self)> {
-        let name = args
-            .arguments
-            .first()
-            .map(|a| a.trim().trim_matches('\'').trim_matches('"').to_string())
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| fail("usage: USING pdb_projection('<projection name>')"))?;
-        let l = local::load(Db::new(db)).map_err(fail)?;
-        let source = Source {
-            url: l.url.clone(),
-            token: l.token.clone(),
-            group: l.group.clone(),
-            key: l.key,
-            name: name.clone(),
-        };
-        let list = Client::new(&source.url, &source.token)
-            .get(&format!("/v1/groups/{}/projections", source.group))
-            .map_err(fail)?;
-        let columns: Vec<String> = list["projections"]
-            .as_array()
-            .and_then(|ps| ps.iter().find(|p| p["name"] == Json::String(name.clone())))
-            .and_then(|p| p["columns"].as_array())
-            .map(|cs| {
-                cs.iter()
-                    .filter_map(|c| c.as_str().map(str::to_string))
-                    .collect()
-            })
-            .ok_or_else(|| fail(format!("the group has no projection {name:?}")))?;
-        let decl: Vec<String> = columns.iter().map(|c| crate::db::ident(c)).collect();
-        // SAFETY: an all-zero sqlite3_vtab is its documented initial state.
-        let base: sqlite3_vtab = unsafe { std::mem::zeroed() };
-        Ok((
-            format!("CREATE TABLE x({})", decl.join(", ")),
-            ProjectionTable {
-                base,
-                source,
-                columns: columns.len(),
-            },
-        ))
+        guard(NAME, || connect(db, &args))
     }
 
-    fn best_index(&self, mut info: IndexInfo) -> Result<(), BestIndexError> {
+    fn best_index(&self, mut info: IndexInfo) -> std::result::Result<(), BestIndexError> {
         // Every scan reads the whole visible projection; SQLite filters.
-        info.set_estimated_cost(1_000_000.0);
-        Ok(())
+        guard(NAME, || -> Result<()> {
+            info.set_estimated_cost(1_000_000.0);
+            Ok(())
+        })
+        .map_err(|_| BestIndexError::Error)
     }
 
     fn open(&mut self) -> sqlite_loadable::Result<ProjectionCursor> {
-        Ok(ProjectionCursor {
-            // SAFETY: an all-zero cursor base is its documented initial state.
-            base: unsafe { std::mem::zeroed() },
-            source: self.source.clone(),
-            columns: self.columns,
-            rows: Vec::new(),
-            at: 0,
+        guard(NAME, || -> Result<_> {
+            Ok(ProjectionCursor {
+                // SAFETY: an all-zero cursor base is its documented initial state.
+                base: unsafe { std::mem::zeroed() },
+                source: self.source.clone(),
+                columns: self.columns,
+                rows: Vec::new(),
+                at: 0,
+            })
         })
     }
 }
@@ -119,45 +127,50 @@ pub struct ProjectionCursor {
 }
 
 impl ProjectionCursor {
-    fn fetch(&mut self) -> Result<(), Error> {
+    fn fetch(&mut self) -> Result<()> {
         let s = &self.source;
-        let client = Client::new(&s.url, &s.token);
         let mut after = 0i64;
         self.rows.clear();
         loop {
-            let page = client
-                .get(&format!(
-                    "/v1/groups/{}/projections/{}?after={after}&limit=1000",
-                    s.group, s.name
-                ))
-                .map_err(|e| Error(e.to_string()))?;
-            let head: HeadJson = serde_json::from_value(page["head"].clone())
-                .map_err(|_| Error("malformed page".into()))?;
-            let signed = head
-                .signed
-                .to_signed()
-                .ok_or_else(|| Error("malformed signed head".into()))?;
-            let rec = signed
-                .head(&s.key)
-                .map_err(|e| Error(format!("the page's signed head was rejected ({e})")))?;
-            if rec.group != s.group {
-                return Err(Error("the page is for another group".into()));
-            }
-            for r in page["rows"].as_array().into_iter().flatten() {
-                let row = r.as_array().cloned().unwrap_or_default();
+            let page = s.witness.projection_page(&s.name, after, PAGE)?;
+            verify_head(&s.key, &s.group, &page.head)?;
+            for row in page.rows {
                 if row.len() != self.columns {
-                    return Err(Error(
-                        "a row does not match the projection's columns".into(),
+                    return Err(Error::invalid(
+                        "a row does not match the projection's columns",
                     ));
                 }
                 self.rows.push(row);
             }
-            match page["next_after"].as_i64() {
+            match page.next_after {
                 Some(n) => after = n,
                 None => return Ok(()),
             }
         }
     }
+}
+
+/// Gives SQLite one projection value: JSON numbers, strings and null as
+/// themselves, booleans as 0/1, `{"blob": hex}` as a blob.
+fn result_json(ctx: *mut sqlite3_context, v: &Json) -> sqlite_loadable::Result<()> {
+    match v {
+        Json::Null | Json::Array(_) => api::result_null(ctx),
+        Json::Bool(b) => api::result_int64(ctx, i64::from(*b)),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => api::result_int64(ctx, i),
+            None => api::result_double(ctx, n.as_f64().unwrap_or(0.0)),
+        },
+        Json::String(s) => api::result_text(ctx, s)?,
+        Json::Object(o) => match o
+            .get("blob")
+            .and_then(Json::as_str)
+            .and_then(pdb_protocol::unhex)
+        {
+            Some(b) => api::result_blob(ctx, &b),
+            None => api::result_null(ctx),
+        },
+    }
+    Ok(())
 }
 
 impl VTabCursor for ProjectionCursor {
@@ -168,46 +181,31 @@ impl VTabCursor for ProjectionCursor {
         _values: &[*mut sqlite3_value],
     ) -> sqlite_loadable::Result<()> {
         self.at = 0;
-        self.fetch().map_err(fail)
+        guard(NAME, || self.fetch())
     }
 
     fn next(&mut self) -> sqlite_loadable::Result<()> {
-        self.at += 1;
-        Ok(())
+        guard(NAME, || -> Result<()> {
+            self.at = self.at.saturating_add(1);
+            Ok(())
+        })
     }
 
     fn eof(&self) -> bool {
-        self.at >= self.rows.len()
+        guard(NAME, || -> Result<bool> { Ok(self.at >= self.rows.len()) }).unwrap_or(true)
     }
 
     fn column(&self, ctx: *mut sqlite3_context, i: c_int) -> sqlite_loadable::Result<()> {
-        let v = self
-            .rows
-            .get(self.at)
-            .and_then(|r| r.get(i.max(0) as usize))
-            .unwrap_or(&Json::Null);
-        match v {
-            Json::Null => api::result_null(ctx),
-            Json::Bool(b) => api::result_int64(ctx, i64::from(*b)),
-            Json::Number(n) => match n.as_i64() {
-                Some(i) => api::result_int64(ctx, i),
-                None => api::result_double(ctx, n.as_f64().unwrap_or(0.0)),
-            },
-            Json::String(s) => api::result_text(ctx, s)?,
-            Json::Object(o) => match o
-                .get("blob")
-                .and_then(Json::as_str)
-                .and_then(pdb_protocol::unhex)
-            {
-                Some(b) => api::result_blob(ctx, &b),
-                None => api::result_null(ctx),
-            },
-            Json::Array(_) => api::result_null(ctx),
-        }
-        Ok(())
+        guard(NAME, || {
+            let v = usize::try_from(i)
+                .ok()
+                .and_then(|i| self.rows.get(self.at)?.get(i))
+                .unwrap_or(&Json::Null);
+            result_json(ctx, v)
+        })
     }
 
     fn rowid(&self) -> sqlite_loadable::Result<i64> {
-        Ok(self.at as i64)
+        guard(NAME, || -> Result<i64> { Ok(self.at as i64) })
     }
 }
