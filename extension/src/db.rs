@@ -407,3 +407,47 @@ pub fn transaction<T>(db: &Db, f: impl FnOnce() -> Result<T>) -> Result<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::Conn;
+    use pdb_protocol::Value;
+
+    #[test]
+    fn errors_keep_sqlites_result_code() {
+        let c = Conn::memory();
+        c.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL)");
+        c.exec("INSERT INTO t VALUES (1, 'a')");
+        let db = c.db();
+        let e = db.run("INSERT INTO t VALUES (1, 'b')", &[]).unwrap_err();
+        assert_eq!(
+            e.sqlite_code(),
+            Some((19, 1555)),
+            "CONSTRAINT_PRIMARYKEY: {e}"
+        );
+        let e = db
+            .run("INSERT INTO t VALUES (?1, NULL)", &[Value::Integer(2)])
+            .unwrap_err();
+        assert_eq!(e.sqlite_code(), Some((19, 1299)), "CONSTRAINT_NOTNULL: {e}");
+        let e = db.prepare("SELECT nope FROM t").err().unwrap();
+        assert_eq!(e.sqlite_code(), Some((1, 1)));
+        assert!(e.to_string().ends_with("(in: SELECT nope FROM t)"), "{e}");
+    }
+
+    #[test]
+    fn a_busy_database_is_told_from_a_failed_statement() {
+        let dir = std::env::temp_dir().join(format!("pdb-busy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("busy.db");
+        let path = path.to_str().unwrap();
+        let a = Conn::open(path);
+        let b = Conn::open(path);
+        a.exec("CREATE TABLE t(x)");
+        a.exec("BEGIN IMMEDIATE");
+        let e = super::transaction(&b.db(), || Ok(())).unwrap_err();
+        assert_eq!(e.sqlite_code().map(|c| c.0), Some(5), "SQLITE_BUSY: {e}");
+        a.exec("COMMIT");
+        drop((a, b));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

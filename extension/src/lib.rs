@@ -19,6 +19,8 @@ mod state;
 mod status;
 mod sync;
 mod tables;
+#[cfg(test)]
+mod testing;
 
 use sqlite_loadable::ext::{sqlite3, sqlite3_api_routines};
 use sqlite_loadable::prelude::register_entrypoint;

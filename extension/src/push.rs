@@ -9,7 +9,7 @@ use crate::merge::diff;
 use crate::pending::{self, Outbox};
 use crate::state::{self, Local};
 use pdb_protocol::wire::{b64, BaseRef, CommitRequest, Policy as WirePolicy};
-use pdb_protocol::{hex, now_ms, sha256, Changeset, CommitRecord, TableChanges, Value};
+use pdb_protocol::{hex, now_ms, sha256, Changeset, TableChanges, Value};
 use serde_json::{json, Value as Json};
 
 /// `pdb_commit()`: seals pending changes into the outbox.
@@ -105,8 +105,9 @@ pub fn unseal(l: &Local, o: &Outbox) -> Result<()> {
 
 /// What the witness did with a commit sent.
 pub enum Sent {
-    /// Accepted (or accepted before: a replay); its verified certificate.
-    Certified(CommitRecord),
+    /// Accepted (or accepted before: a replay) as commit `seq`; the
+    /// certificate verified.
+    Certified { seq: u64 },
     /// Not accepted: other commits came first and touch its rows.
     Stale,
 }
@@ -150,5 +151,5 @@ pub fn send(l: &Local, w: &dyn WitnessApi, o: &Outbox) -> Result<Sent> {
             "the witness certified something other than this commit",
         ));
     }
-    Ok(Sent::Certified(rec))
+    Ok(Sent::Certified { seq: rec.seq })
 }
