@@ -1,16 +1,26 @@
 -- The extension's sync state, inside the app's own database so that it
 -- commits atomically with the data it describes. All names start pdb_.
+-- Each synced table also gets a base log, pdb_base_<table>, created by
+-- pdb_open (extension/src/capture.rs): pdb_seq, pdb_existed, then the
+-- table's own columns.
 
--- Settings and the verified head: url, group, public_key, token, policy,
--- schema_version, schema_hash, tables (JSON), head_seq, head_hash, root
--- (state-root lanes of the verified head), last_error, last_sync_ms.
+-- Key/value settings and state (extension/src/state.rs):
+--   set by pdb_open: url, group, token, public_key (the pinned witness key,
+--     hex), policy, schema_version, schema_hash (hex), schema_sql, tables
+--     (JSON array of the synced tables' names);
+--   the verified head: head_seq, head_hash (32 bytes), root (the state-root
+--     lanes, a blob);
+--   remote_seq (the newest signed head seen), last_error, last_sync_ms;
+--   snapshot_download (the digest of a snapshot being downloaded, while
+--     its download can resume).
 CREATE TABLE IF NOT EXISTS pdb_state(
   k TEXT PRIMARY KEY,
   v
 ) WITHOUT ROWID;
 
--- The sealed commit being pushed (at most one): the exact request, so a
--- retry after a lost response is byte-identical and replays.
+-- The sealed commit being pushed (at most one): the changeset bytes, its
+-- idempotency key and the head it was sealed on. Once sent (attempts > 0)
+-- it is resent byte for byte, so a retry after a lost answer replays.
 CREATE TABLE IF NOT EXISTS pdb_outbox(
   id INTEGER PRIMARY KEY,
   idem_key TEXT NOT NULL UNIQUE,
@@ -22,7 +32,10 @@ CREATE TABLE IF NOT EXISTS pdb_outbox(
   sealed_ms INTEGER NOT NULL
 );
 
--- Every applied commit's certificate, verified against the pinned key.
+-- Every applied commit's certificate, verified against the pinned key:
+-- the signed record and signature as received, and from them the head
+-- hash after the commit (SHA-256 of the record), its state root, author,
+-- idempotency key and witness time. mine = 1 for this database's own.
 CREATE TABLE IF NOT EXISTS pdb_certificates(
   seq INTEGER PRIMARY KEY,
   idem_key TEXT NOT NULL,
@@ -35,9 +48,13 @@ CREATE TABLE IF NOT EXISTS pdb_certificates(
   signature BLOB NOT NULL
 );
 
--- Both sides of every conflict a rebase met, and which one was kept.
--- col is NULL when a whole row was deleted on one side; the row values
--- are then JSON arrays.
+-- Both sides of every conflict a rebase met, and which one was kept
+-- (kept = 'remote' or 'local', under policy). seq is the remote commit,
+-- pk the row's key values as a JSON array. For a column changed on both
+-- sides, col names it and the values are the column's (base_value NULL
+-- when the row had no base: inserted on both sides). For a row deleted on
+-- one side and changed on the other, col is NULL and each value is the
+-- whole row as a JSON array, or NULL where the row does not exist.
 CREATE TABLE IF NOT EXISTS pdb_conflicts(
   id INTEGER PRIMARY KEY,
   seq INTEGER NOT NULL,
