@@ -48,59 +48,72 @@ fn trigger_name(t: &SyncTable, what: &str) -> String {
 /// overrides those in trigger bodies) cannot matter.
 fn trigger_ddl(t: &SyncTable) -> Vec<String> {
     let table = &t.rows.table;
+    let base = &t.log.table;
     let list: Vec<String> = t.columns.iter().map(|c| quote_ident(c)).collect();
     let pk = t.key_idents();
+    let l = list.join(", ");
+    let p = pk.join(", ");
     let vals = |prefix: &str, cols: &[String]| -> String {
         cols.iter()
             .map(|c| format!("{prefix}.{c}"))
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let name = |what: &str| trigger_name(t, what);
-    let base = &t.log.table;
-    let l = list.join(", ");
-    let p = pk.join(", ");
-    let key_cond: Vec<String> = pk.iter().map(|c| format!("t.{c} = NEW.{c}")).collect();
-    let rekeyed: Vec<String> = pk
-        .iter()
-        .map(|c| format!("NEW.{c} IS NOT OLD.{c}"))
-        .collect();
+    let joined = |f: &dyn Fn(&String) -> String, sep: &str| -> String {
+        pk.iter().map(f).collect::<Vec<_>>().join(sep)
+    };
+    let key_cond = joined(&|c| format!("t.{c} = NEW.{c}"), " AND ");
+    let rekeyed = joined(&|c| format!("NEW.{c} IS NOT OLD.{c}"), " OR ");
+    // `<when> ON table [<condition>]`: append (pdb_existed, columns) from
+    // `values` to the base log.
+    let trigger = |what: &str, when: &str, condition: &str, columns: &str, values: String| {
+        format!(
+            "CREATE TRIGGER IF NOT EXISTS {} {when} ON {table} {condition}BEGIN \
+             INSERT INTO {base} ({EXISTED}, {columns}) {values}; END",
+            trigger_name(t, what)
+        )
+    };
     vec![
         // INSERT OR REPLACE deletes the old row without firing DELETE
         // triggers: log the old row before it goes.
-        format!(
-            "CREATE TRIGGER IF NOT EXISTS {} BEFORE INSERT ON {table} \
-             WHEN EXISTS (SELECT 1 FROM {table} t WHERE {kc}) BEGIN \
-             INSERT INTO {base} ({EXISTED}, {l}) SELECT 1, {} FROM {table} t WHERE {kc}; END",
-            name("replace"),
-            vals("t", &list),
-            kc = key_cond.join(" AND "),
+        trigger(
+            "replace",
+            "BEFORE INSERT",
+            &format!("WHEN EXISTS (SELECT 1 FROM {table} t WHERE {key_cond}) "),
+            &l,
+            format!(
+                "SELECT 1, {} FROM {table} t WHERE {key_cond}",
+                vals("t", &list)
+            ),
         ),
-        format!(
-            "CREATE TRIGGER IF NOT EXISTS {} AFTER INSERT ON {table} BEGIN \
-             INSERT INTO {base} ({EXISTED}, {p}) VALUES (0, {}); END",
-            name("insert"),
-            vals("NEW", &pk),
+        trigger(
+            "insert",
+            "AFTER INSERT",
+            "",
+            &p,
+            format!("VALUES (0, {})", vals("NEW", &pk)),
         ),
-        format!(
-            "CREATE TRIGGER IF NOT EXISTS {} AFTER UPDATE ON {table} BEGIN \
-             INSERT INTO {base} ({EXISTED}, {l}) VALUES (1, {}); END",
-            name("update"),
-            vals("OLD", &list),
+        trigger(
+            "update",
+            "AFTER UPDATE",
+            "",
+            &l,
+            format!("VALUES (1, {})", vals("OLD", &list)),
         ),
         // A key change also creates a row under the new key.
-        format!(
-            "CREATE TRIGGER IF NOT EXISTS {} AFTER UPDATE OF {p} ON {table} WHEN {} BEGIN \
-             INSERT INTO {base} ({EXISTED}, {p}) VALUES (0, {}); END",
-            name("rekey"),
-            rekeyed.join(" OR "),
-            vals("NEW", &pk),
+        trigger(
+            "rekey",
+            &format!("AFTER UPDATE OF {p}"),
+            &format!("WHEN {rekeyed} "),
+            &p,
+            format!("VALUES (0, {})", vals("NEW", &pk)),
         ),
-        format!(
-            "CREATE TRIGGER IF NOT EXISTS {} AFTER DELETE ON {table} BEGIN \
-             INSERT INTO {base} ({EXISTED}, {l}) VALUES (1, {}); END",
-            name("delete"),
-            vals("OLD", &list),
+        trigger(
+            "delete",
+            "AFTER DELETE",
+            "",
+            &l,
+            format!("VALUES (1, {})", vals("OLD", &list)),
         ),
     ]
 }
@@ -145,4 +158,57 @@ pub fn paused<T>(l: &Local, f: impl FnOnce() -> Result<T>) -> Result<T> {
         create_triggers(&l.db, t)?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tables::read_table;
+    use crate::testing::Conn;
+    use pdb_protocol::Value;
+
+    /// The base log as (existed, id, v), in order.
+    fn log(c: &Conn) -> Vec<(i64, i64, Option<String>)> {
+        c.dump("pdb_base_t")
+            .into_iter()
+            .map(|r| {
+                let int = |v: &Value| crate::db::as_i64(v).unwrap();
+                (int(&r[1]), int(&r[2]), crate::db::as_text(&r[3]))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_kind_of_write_logs_the_rows_base() {
+        let c = Conn::memory();
+        c.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');");
+        let t = read_table(&c.db(), "t").unwrap().unwrap();
+        install(&c.db(), &t, &SyncTable::new(&t), true).unwrap();
+        assert_eq!(
+            log(&c),
+            vec![(0, 1, None)],
+            "rows already there are local inserts"
+        );
+        c.exec("DELETE FROM pdb_base_t");
+        c.exec("UPDATE t SET v = 'b' WHERE id = 1");
+        c.exec("INSERT OR REPLACE INTO t VALUES (1, 'c')");
+        c.exec("UPDATE t SET id = 2 WHERE id = 1");
+        c.exec("DELETE FROM t WHERE id = 2");
+        c.exec("BEGIN; INSERT INTO t VALUES (9, 'rolled back'); ROLLBACK;");
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(
+            log(&c),
+            vec![
+                (1, 1, s("a")), // update: the old row
+                (1, 1, s("b")), // replace: the row it deletes
+                (0, 1, None),   // ... and the insert
+                (0, 2, None),   // key change: a row under the new key
+                (1, 1, s("c")), // ... and the old row
+                (1, 2, s("c")), // delete: the old row
+            ]
+        );
+        // Installing again changes nothing.
+        install(&c.db(), &t, &SyncTable::new(&t), false).unwrap();
+        assert_eq!(log(&c).len(), 6);
+    }
 }

@@ -16,6 +16,7 @@ use crate::merge::{self, Conflict, Row};
 use crate::pending::{self, ByKey, Entry};
 use crate::signed::verify_head;
 use crate::state::{self, Head, Local};
+use crate::tables::SyncTable;
 use crate::{bootstrap, capture};
 use pdb_protocol::value::encode_values;
 use pdb_protocol::wire::{unb64, value_json, LogEntryJson};
@@ -289,7 +290,7 @@ impl Page<'_> {
             );
         }
         for cf in &conflicts {
-            record_conflict(l, ti, seq, &key, cf)?;
+            record_conflict(l, st, seq, &key, cf)?;
         }
         Ok(conflicts.len())
     }
@@ -300,11 +301,7 @@ fn values_json(values: &[Value]) -> String {
     serde_json::Value::Array(values.iter().map(value_json).collect()).to_string()
 }
 
-fn record_conflict(l: &Local, ti: usize, seq: u64, key: &[Value], c: &Conflict) -> Result<()> {
-    let st = l
-        .tables
-        .get(ti)
-        .ok_or_else(|| Error::invalid("unknown table"))?;
+fn record_conflict(l: &Local, st: &SyncTable, seq: u64, key: &[Value], c: &Conflict) -> Result<()> {
     let row = |r: &Option<Row>| {
         r.as_deref()
             .map_or(Value::Null, |r| Value::text(&values_json(r)))

@@ -80,6 +80,13 @@ mod tests {
         FakeWitness::new("g", DDL, &["notes"])
     }
 
+    /// A fresh database opened for the group.
+    fn device(w: &FakeWitness, policy: Policy) -> Conn {
+        let c = Conn::memory();
+        open(&c, w, policy);
+        c
+    }
+
     fn open(c: &Conn, w: &FakeWitness, policy: Policy) -> Json {
         let opts = OpenOptions {
             token: String::new(),
@@ -151,8 +158,7 @@ mod tests {
     #[test]
     fn local_changes_are_pushed_once_as_their_net_change() {
         let w = witness();
-        let c = Conn::memory();
-        open(&c, &w, Policy::RemoteWins);
+        let c = device(&w, Policy::RemoteWins);
         c.exec("INSERT INTO notes VALUES (1, 'a', 1); UPDATE notes SET n = 2 WHERE id = 1;");
         c.exec("INSERT INTO notes VALUES (2, 'gone', 0); DELETE FROM notes WHERE id = 2;");
         let r = sync(&c, &w).unwrap();
@@ -184,8 +190,7 @@ mod tests {
     #[test]
     fn a_lost_answer_is_resent_byte_for_byte_and_replays() {
         let w = witness();
-        let c = Conn::memory();
-        open(&c, &w, Policy::RemoteWins);
+        let c = device(&w, Policy::RemoteWins);
         c.exec("INSERT INTO notes VALUES (1, 'once', 1)");
         w.faults.borrow_mut().lose_commit_answer = true;
         let e = sync(&c, &w).unwrap_err();
@@ -213,8 +218,7 @@ mod tests {
     #[test]
     fn a_commit_whose_answer_was_lost_is_recognised_when_pulled() {
         let w = witness();
-        let c = Conn::memory();
-        open(&c, &w, Policy::RemoteWins);
+        let c = device(&w, Policy::RemoteWins);
         c.exec("INSERT INTO notes VALUES (1, 'mine', 1)");
         w.faults.borrow_mut().lose_commit_answer = true;
         assert!(sync(&c, &w).is_err());
@@ -238,8 +242,7 @@ mod tests {
             "notes",
             vec![insert(note(1, "a", 1)), insert(note(2, "b", 1))],
         );
-        let c = Conn::memory();
-        open(&c, &w, Policy::RemoteWins);
+        let c = device(&w, Policy::RemoteWins);
         // Sealed against seq 1, row 1 changed again since (two log entries
         // for its key); then another device moves the head.
         c.exec("UPDATE notes SET n = 5 WHERE id = 1; UPDATE notes SET n = 20 WHERE id = 2;");
@@ -288,8 +291,7 @@ mod tests {
     fn a_deleted_row_against_a_remote_update_is_a_row_conflict_kept_local() {
         let w = witness();
         w.remote("notes", vec![insert(note(1, "a", 1))]);
-        let c = Conn::memory();
-        open(&c, &w, Policy::LocalWins);
+        let c = device(&w, Policy::LocalWins);
         c.exec("DELETE FROM notes WHERE id = 1");
         w.remote(
             "notes",
@@ -322,8 +324,7 @@ mod tests {
     #[test]
     fn rejections_are_classified_by_code_and_nothing_local_is_lost() {
         let w = witness();
-        let c = Conn::memory();
-        open(&c, &w, Policy::RemoteWins);
+        let c = device(&w, Policy::RemoteWins);
         c.exec("INSERT INTO notes VALUES (1, 'x', 1)");
         w.faults.borrow_mut().reject_commit = Some((403, "unauthorized"));
         let e = sync(&c, &w).unwrap_err();
@@ -354,8 +355,7 @@ mod tests {
     #[test]
     fn a_tampered_certificate_changes_nothing() {
         let w = witness();
-        let c = Conn::memory();
-        open(&c, &w, Policy::RemoteWins);
+        let c = device(&w, Policy::RemoteWins);
         c.exec("INSERT INTO notes VALUES (100, 'local, unsynced', 0)");
         w.remote("notes", vec![insert(note(1, "real", 1))]);
         let (rows, head) = (c.dump("notes"), crate::status::head(c.db()).unwrap());
