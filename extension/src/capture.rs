@@ -4,37 +4,12 @@
 //! never loaded the extension), and a rolled-back transaction takes its
 //! captures with it. `pending` reads the logs.
 
+use crate::baselog::{base_ddl, EXISTED};
 use crate::db::Db;
 use crate::error::Result;
 use crate::state::Local;
 use crate::tables::SyncTable;
 use pdb_protocol::{quote_ident, Table};
-
-/// The log's own columns: entry order, and whether the row existed at
-/// the verified head (0: the entry holds only the key).
-pub const SEQ: &str = "pdb_seq";
-pub const EXISTED: &str = "pdb_existed";
-
-/// The quoted name of a table's base log.
-pub fn base_table(table: &str) -> String {
-    quote_ident(&format!("pdb_base_{table}"))
-}
-
-/// DDL of the base log: same column names and declared types as the
-/// table (so the same affinity and the same stored values), and no
-/// constraint at all, so capturing can never conflict.
-fn base_ddl(t: &Table) -> String {
-    let cols: Vec<String> = t
-        .columns
-        .iter()
-        .map(|c| format!("{} {}", quote_ident(&c.name), c.decl_type))
-        .collect();
-    format!(
-        "CREATE TABLE IF NOT EXISTS {} ({SEQ} INTEGER PRIMARY KEY, {EXISTED} INTEGER NOT NULL, {})",
-        base_table(&t.name),
-        cols.join(", ")
-    )
-}
 
 const TRIGGERS: [&str; 5] = ["replace", "insert", "update", "rekey", "delete"];
 

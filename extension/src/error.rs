@@ -4,7 +4,8 @@
 //! codes, never on message text. `Display` is the message users see.
 
 use pdb_protocol::wire::ErrorJson;
-use std::fmt;
+use std::fmt::{self, Display};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -152,6 +153,20 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// Runs `f` for the SQL function or table `name`: its error, or a panic,
+/// becomes an SQL error that starts with the name.
+pub fn guard<T, E: Display>(
+    name: &str,
+    f: impl FnOnce() -> std::result::Result<T, E>,
+) -> sqlite_loadable::Result<T> {
+    let message = match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => return Ok(v),
+        Ok(Err(e)) => format!("{name}: {e}"),
+        Err(_) => format!("{name}: internal error (a bug; nothing was changed by the failed step)"),
+    };
+    Err(sqlite_loadable::Error::new_message(message))
+}
 
 #[cfg(test)]
 mod tests {

@@ -6,27 +6,11 @@
 //! the network is DIRECTONLY.
 
 use crate::db::Db;
-use crate::error::Error;
+use crate::error::{guard, Error};
 use crate::{open, push, status, sync};
 use sqlite_loadable::api;
 use sqlite_loadable::ext::{sqlite3, sqlite3_context, sqlite3_value};
 use sqlite_loadable::{define_scalar_function, FunctionFlags};
-use std::fmt::Display;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-
-/// Runs `f` for the SQL function or table `name`: its error, or a panic,
-/// becomes an SQL error that starts with the name.
-pub fn guard<T, E: Display>(
-    name: &str,
-    f: impl FnOnce() -> Result<T, E>,
-) -> sqlite_loadable::Result<T> {
-    let message = match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(Ok(v)) => return Ok(v),
-        Ok(Err(e)) => format!("{name}: {e}"),
-        Err(_) => format!("{name}: internal error (a bug; nothing was changed by the failed step)"),
-    };
-    Err(sqlite_loadable::Error::new_message(message))
-}
 
 type Body = fn(Db, &[*mut sqlite3_value]) -> Result<String, Error>;
 

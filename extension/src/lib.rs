@@ -2,6 +2,7 @@
 //! with plain SQL (`pdb_open`, `pdb_sync`, `pdb_head`, ...). The files, by
 //! the path of `pdb_sync()`: docs/extension.md.
 
+mod baselog;
 mod bootstrap;
 mod capture;
 mod client;

@@ -9,87 +9,14 @@
 //! per key), so they stay small; pull does not need to, because whenever
 //! it moves a row's base it drops every entry of that key first.
 
-use crate::capture::{base_table, EXISTED, SEQ};
 use crate::db::{as_blob, as_i64, as_text, Db};
 use crate::error::{Error, Result};
 use crate::merge::Row;
 use crate::state::Local;
 use crate::tables::SyncTable;
 use pdb_protocol::value::encode_values;
-use pdb_protocol::{quote_ident, Table, Value};
+use pdb_protocol::Value;
 use std::collections::HashMap;
-
-/// The statements on one table's base log, built once.
-#[derive(Clone, Debug)]
-pub struct LogSql {
-    /// The quoted name of the log table.
-    pub table: String,
-    /// Appends an entry; parameters: the row, then pdb_existed.
-    insert: String,
-    /// Reads back the entry just appended (seq and row as stored).
-    last: String,
-    /// Deletes one entry by its pdb_seq.
-    delete: String,
-    /// Keeps only the earliest entry per key.
-    compact: String,
-    /// Per pending key: every entry's seq (comma-separated), whether the
-    /// row existed at the head, its base row, whether it exists now, and
-    /// its current row.
-    pending: String,
-    /// How many keys are pending.
-    count: String,
-}
-
-impl LogSql {
-    pub fn new(t: &Table, key: &[usize]) -> LogSql {
-        let table = quote_ident(&t.name);
-        let base = base_table(&t.name);
-        let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
-        let list = cols.join(", ");
-        let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
-        let key_cols: Vec<&str> = key
-            .iter()
-            .filter_map(|i| cols.get(*i))
-            .map(String::as_str)
-            .collect();
-        let key_list = key_cols.join(", ");
-        let join: Vec<String> = key_cols.iter().map(|c| format!("t.{c} = b.{c}")).collect();
-        let b_cols: Vec<String> = cols.iter().map(|c| format!("b.{c}")).collect();
-        let t_cols: Vec<String> = cols.iter().map(|c| format!("t.{c}")).collect();
-        let present = key
-            .first()
-            .and_then(|i| cols.get(*i))
-            .or(cols.first())
-            .map_or("rowid", String::as_str);
-        // The earliest entry of each key is its base (SQLite takes bare
-        // columns from the row that gives min()).
-        let keys = format!(
-            "SELECT min({SEQ}) AS {SEQ}, group_concat({SEQ}) AS seqs, {EXISTED}, {list} \
-             FROM {base} GROUP BY {key_list}"
-        );
-        LogSql {
-            insert: format!(
-                "INSERT INTO {base} ({EXISTED}, {list}) VALUES (?{}, {})",
-                cols.len() + 1,
-                marks.join(", ")
-            ),
-            last: format!("SELECT {SEQ}, {list} FROM {base} WHERE {SEQ} = last_insert_rowid()"),
-            delete: format!("DELETE FROM {base} WHERE {SEQ} = ?1"),
-            compact: format!(
-                "DELETE FROM {base} WHERE {SEQ} NOT IN (SELECT min({SEQ}) FROM {base} GROUP BY {key_list})"
-            ),
-            pending: format!(
-                "SELECT b.seqs, b.{EXISTED}, {}, t.{present} IS NOT NULL, {} \
-                 FROM ({keys}) b LEFT JOIN {table} t ON {}",
-                b_cols.join(", "),
-                t_cols.join(", "),
-                join.join(" AND ")
-            ),
-            count: format!("SELECT count(*) FROM (SELECT 1 FROM {base} GROUP BY {key_list})"),
-            table: base,
-        }
-    }
-}
 
 /// A pending row: its key, its base row (if it existed at the verified
 /// head) and its current row (if it exists now).

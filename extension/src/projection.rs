@@ -10,8 +10,8 @@
 
 use crate::client::{HttpWitness, WitnessApi};
 use crate::db::Db;
+use crate::error::guard;
 use crate::error::{Error, Result};
-use crate::functions::guard;
 use crate::signed::verify_head;
 use crate::state;
 use ed25519_dalek::VerifyingKey;

@@ -1,10 +1,10 @@
 //! The synced tables: their shape as the local database declares it, and
 //! reading and writing their rows by primary key.
 
+use crate::baselog::LogSql;
 use crate::db::{as_i64, as_text, Cache, Db};
 use crate::error::{Error, Result};
 use crate::merge::Row;
-use crate::pending::LogSql;
 use pdb_protocol::schema::{Affinity, COLUMNS_SQL};
 use pdb_protocol::{quote_ident, Column, RowSql, Schema, Table, Value};
 
