@@ -315,6 +315,7 @@ impl WitnessApi for FakeWitness {
         Ok(WitnessJson {
             public_key: self.public_key(),
             version: "fake".into(),
+            limits: None,
         })
     }
 

@@ -159,6 +159,28 @@ pub struct WitnessJson {
     /// Ed25519 public key, hex.
     pub public_key: String,
     pub version: String,
+    /// What one request may carry and one answer holds; absent from
+    /// witnesses that predate it (clients then assume the defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsJson>,
+}
+
+/// The limits a witness advertises in `GET /v1/witness`, so clients size
+/// what they send to them. Unknown fields are ignored (more may come).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LimitsJson {
+    /// Largest request body accepted (a commit's JSON, base64 changeset
+    /// included).
+    pub max_body_bytes: u64,
+    /// A catch-up page stops once its changesets reach this many bytes (it
+    /// always holds at least one commit, however large).
+    pub max_page_bytes: u64,
+    /// Most commits one catch-up page holds.
+    pub max_page_commits: u32,
+    /// Commits kept in the log before the newest snapshot when the log is
+    /// pruned (absent: the whole log is kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_log_commits: Option<u64>,
 }
 
 /// `{"error": {...}}` for every failed call.

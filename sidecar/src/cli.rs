@@ -89,6 +89,10 @@ pub struct ServeArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "PDB_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// A catch-up page stops once its changesets reach this many bytes (it
+    /// always holds at least one commit).
+    #[arg(long, env = "PDB_MAX_PAGE_BYTES", default_value_t = store::log::DEFAULT_PAGE_BYTES)]
+    max_page_bytes: u64,
     /// Make a snapshot every N commits (0: never on this trigger).
     #[arg(long, env = "PDB_SNAPSHOT_EVERY_COMMITS", default_value_t = 10_000)]
     snapshot_every_commits: u64,
@@ -99,6 +103,10 @@ pub struct ServeArgs {
     /// the whole log). Older catch-up gets `snapshot_required`.
     #[arg(long, env = "PDB_PRUNE_LOG")]
     prune_log: bool,
+    /// With --prune-log: commits kept in the log before each new snapshot,
+    /// so devices a little behind it catch up from the log.
+    #[arg(long, env = "PDB_KEEP_LOG_COMMITS", default_value_t = witness::DEFAULT_KEEP_LOG_COMMITS)]
+    keep_log_commits: u64,
     /// Static tokens: JSON list of {"identity", "sha256"} (default:
     /// DATA/tokens.json; see `add-token`).
     #[arg(long, env = "PDB_TOKENS_FILE")]
@@ -215,10 +223,12 @@ fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), String> {
             },
         },
         max_body_bytes: args.max_body_bytes.max(1024),
+        max_page_bytes: args.max_page_bytes.max(1),
         snapshots: SnapshotPolicy {
             every_commits: args.snapshot_every_commits,
             every_log_bytes: args.snapshot_every_bytes,
             prune_log: args.prune_log,
+            keep_log_commits: args.keep_log_commits,
         },
     };
     let witness = Arc::new(Witness::open(settings, key)?);
@@ -372,6 +382,7 @@ fn offline_witness(data_dir: &Path) -> Result<Witness, String> {
         data_dir: data_dir.to_path_buf(),
         auth: Default::default(),
         max_body_bytes: 0,
+        max_page_bytes: store::log::DEFAULT_PAGE_BYTES,
         snapshots: SnapshotPolicy::default(),
     };
     Witness::open(settings, key)

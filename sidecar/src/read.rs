@@ -28,8 +28,9 @@ pub fn group(w: &Witness, g: &Group) -> Result<GroupJson, ApiError> {
     })
 }
 
-/// Commits after `after` (at most `limit`, never past the head stated with
-/// them), or `snapshot_required` when they are no longer kept.
+/// Commits after `after` (at most `limit` and about `max_page_bytes` of
+/// changesets, never past the head stated with them), or
+/// `snapshot_required` when they are no longer kept.
 pub fn commits_page(
     w: &Witness,
     g: &Group,
@@ -45,7 +46,11 @@ pub fn commits_page(
             });
         }
         let head = log::head(c).map_err(sql)?;
-        let commits = log::log_page(c, after, limit, head.seq)?;
+        let bound = log::PageBound {
+            commits: limit,
+            bytes: w.settings.max_page_bytes,
+        };
+        let commits = log::log_page(c, after, bound, head.seq)?;
         Ok((head, commits))
     })?;
     let next_after = commits.last().map(|c| c.seq).filter(|s| *s < head.seq);

@@ -67,6 +67,11 @@ pub fn manifest(dir: &Path, seq: u64) -> Result<Option<SnapshotJson>, ApiError> 
     }
 }
 
+/// The oldest snapshot kept whose head is at or after `seq`.
+pub fn first_from(dir: &Path, seq: u64) -> Option<u64> {
+    list(dir).into_iter().filter(|s| *s >= seq).min()
+}
+
 pub fn latest(dir: &Path) -> Result<Option<SnapshotJson>, ApiError> {
     match list(dir).first() {
         Some(seq) => manifest(dir, *seq),

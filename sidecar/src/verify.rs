@@ -22,7 +22,7 @@ pub struct Report {
 }
 
 /// `snapshots` is the group's snapshot directory: a pruned log is replayed
-/// from the snapshot it was pruned to.
+/// from the first snapshot at or after its pruning point.
 pub fn verify_file(path: &Path, snapshots: &Path, key: &VerifyingKey) -> Result<Report, String> {
     let conn =
         store::open_conn(path, false).map_err(|e| format!("opening {}: {e}", path.display()))?;
@@ -49,6 +49,18 @@ fn verify_conn(
         .map_err(|e| e.to_string())?;
     let mut rows = st.query([]).map_err(|e| e.to_string())?;
     let pruned = log::pruned_through(conn).map_err(|e| e.to_string())?;
+    // The log is pruned up to a window before a snapshot: the replay
+    // restarts from the first snapshot at or after the pruning point.
+    let restart = if pruned == 0 {
+        0
+    } else {
+        crate::snapshot::first_from(snapshots, pruned).ok_or_else(|| {
+            format!(
+                "group {:?}: the log is pruned through {pruned} but no snapshot at or after it is kept",
+                info.id
+            )
+        })?
+    };
     let mut expected_seq = 1u64;
     while let Some(r) = rows.next().map_err(|e| e.to_string())? {
         let get_blob = |i| r.get::<_, Vec<u8>>(i).map_err(|e| e.to_string());
@@ -97,10 +109,11 @@ fn verify_conn(
         if let Some((_, what)) = checks.iter().find(|(ok, _)| !ok) {
             return Err(fail(seq, what));
         }
-        if seq <= pruned {
-            // The changeset is gone; the chain and signature still verify.
-            // At the retention point, the snapshot stands in for the replay.
-            if seq == pruned {
+        if seq <= restart {
+            // Up to the pruning point the changeset is gone; the chain and
+            // signature still verify (and the digest, where it is kept). At
+            // the restart point, the snapshot stands in for the replay.
+            if seq == restart {
                 root = load_snapshot(
                     &replica,
                     info,

@@ -16,6 +16,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub auth: crate::auth::Authenticator,
     pub max_body_bytes: usize,
+    /// The byte bound of a catch-up page (see `store::log::PageBound`).
+    pub max_page_bytes: u64,
     pub snapshots: SnapshotPolicy,
 }
 
@@ -26,7 +28,13 @@ pub struct SnapshotPolicy {
     pub every_commits: u64,
     pub every_log_bytes: u64,
     pub prune_log: bool,
+    /// With `prune_log`: commits kept in the log before each new snapshot,
+    /// so a device a little behind it still catches up from the log.
+    pub keep_log_commits: u64,
 }
+
+/// The default of `--keep-log-commits`.
+pub const DEFAULT_KEEP_LOG_COMMITS: u64 = 1000;
 
 impl Default for SnapshotPolicy {
     fn default() -> Self {
@@ -34,6 +42,7 @@ impl Default for SnapshotPolicy {
             every_commits: 10_000,
             every_log_bytes: 64 * 1024 * 1024,
             prune_log: false,
+            keep_log_commits: DEFAULT_KEEP_LOG_COMMITS,
         }
     }
 }
@@ -149,15 +158,27 @@ impl Witness {
         crate::snapshot::dir(&self.settings.data_dir, &g.info.id)
     }
 
-    /// Makes a snapshot of the group's head now (blocking), then prunes the
-    /// log before it when the policy says so.
+    /// Makes a snapshot of the group's head now (blocking), then, when the
+    /// policy says so, prunes the log up to `keep_log_commits` before it.
     pub fn snapshot_now(&self, g: &Group) -> Result<SnapshotJson, ApiError> {
         let _one_at_a_time = g.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
         let m = crate::snapshot::create(&self.snapshots_dir(g), g, &self.key)?;
-        if self.settings.snapshots.prune_log {
-            g.prune_log(m.seq)?;
+        let p = self.settings.snapshots;
+        if p.prune_log && m.seq > p.keep_log_commits {
+            g.prune_log(m.seq - p.keep_log_commits)?;
         }
         Ok(m)
+    }
+
+    /// What one request may carry and one answer holds, for clients.
+    pub fn limits(&self) -> pdb_protocol::wire::LimitsJson {
+        let p = self.settings.snapshots;
+        pdb_protocol::wire::LimitsJson {
+            max_body_bytes: self.settings.max_body_bytes as u64,
+            max_page_bytes: self.settings.max_page_bytes,
+            max_page_commits: crate::store::log::MAX_PAGE,
+            keep_log_commits: p.prune_log.then_some(p.keep_log_commits),
+        }
     }
 
     /// Whether the policy asks for a new snapshot of `g` (blocking).

@@ -296,6 +296,79 @@ fn catch_up_pages_are_bounded_and_complete() {
     }
 }
 
+/// An item whose note is `note_bytes` long.
+fn big_item(id: i64, note_bytes: usize) -> Vec<u8> {
+    changeset(
+        "items",
+        &[1, 0, 0, 0],
+        vec![insert(vec![
+            Value::Integer(id),
+            Value::Integer(0),
+            Value::Integer(id),
+            Value::text(&"n".repeat(note_bytes)),
+        ])],
+    )
+}
+
+#[test]
+fn catch_up_pages_are_bounded_by_bytes_and_a_larger_commit_still_arrives() {
+    let dir = TempDir::new("pagebytes");
+    let w = Witness::start_with(dir.path(), 0, &["--max-page-bytes", "10000"]);
+    let g = w.create_group("g", DDL);
+    // The witness says what it accepts and serves.
+    let info = w.request("GET", "/v1/witness", None, None).body;
+    assert_eq!(info["limits"]["max_page_bytes"], 10000, "{info}");
+    assert_eq!(info["limits"]["max_body_bytes"], 8 * 1024 * 1024, "{info}");
+    assert_eq!(info["limits"]["max_page_commits"], 1000, "{info}");
+    assert!(info["limits"]["keep_log_commits"].is_null(), "{info}");
+    // Ten commits of ~3 kB, one of ~50 kB (larger than a page), five more.
+    let sizes: Vec<usize> = (0..10)
+        .map(|_| 3000)
+        .chain([50_000])
+        .chain([3000; 5])
+        .collect();
+    for (i, n) in sizes.iter().enumerate() {
+        let r = w.commit_at_head(
+            &g,
+            &format!("k{i}"),
+            &big_item(i as i64, *n),
+            Policy::Strict,
+        );
+        assert_eq!(r.status, 201, "{r:?}");
+    }
+    let (mut after, mut pages, mut seen) = (0, Vec::new(), Vec::new());
+    for _ in 0..100 {
+        let r = w.get(&format!("/v1/groups/g/commits?after={after}&limit=1000"));
+        assert_eq!(r.status, 200, "{r:?}");
+        let page = r.body["commits"].as_array().unwrap().clone();
+        let bytes: usize = page
+            .iter()
+            .map(|c| unb64(c["changeset"].as_str().unwrap()).len())
+            .sum();
+        // Under the bound, or over it by the one commit that crossed it.
+        let last = page
+            .last()
+            .map(|c| unb64(c["changeset"].as_str().unwrap()).len())
+            .unwrap_or(0);
+        assert!(bytes - last < 10000, "page of {bytes} bytes");
+        pages.push(page.len());
+        seen.extend(page.iter().map(|c| c["seq"].as_u64().unwrap()));
+        match r.body["next_after"].as_u64() {
+            Some(n) => after = n,
+            None => break,
+        }
+    }
+    assert_eq!(seen, (1..=16).collect::<Vec<u64>>(), "every commit, once");
+    // 80 kB of changesets in pages of about 10 kB.
+    assert!(pages.len() >= 5, "pages {pages:?}");
+    let (ok, out) = w.verify_cli();
+    assert!(ok, "{out}");
+}
+
+fn unb64(s: &str) -> Vec<u8> {
+    pdb_protocol::wire::unb64(s).expect("base64")
+}
+
 #[test]
 fn kill_9_while_committing_loses_no_certified_commit() {
     let dir = TempDir::new("kill9");

@@ -93,7 +93,7 @@ fn a_fresh_device_starts_from_the_newest_snapshot_and_equals_the_others() {
 fn a_device_behind_the_pruned_log_restarts_from_a_snapshot_but_never_drops_local_changes() {
     let dir = TempDir::new("pruned");
     let mut args = MANUAL.to_vec();
-    args.push("--prune-log");
+    args.extend(["--prune-log", "--keep-log-commits", "0"]);
     let w = Witness::start_with(dir.path(), 0, &args);
     w.create_group("g", DDL);
     let behind = device(&dir, "behind", &w.url);
@@ -131,6 +131,49 @@ fn a_device_behind_the_pruned_log_restarts_from_a_snapshot_but_never_drops_local
         ok,
         "the verifier replays a pruned log from its snapshot: {out}"
     );
+}
+
+#[test]
+fn pruning_keeps_a_window_of_commits_before_the_snapshot() {
+    let dir = TempDir::new("window");
+    let mut args = MANUAL.to_vec();
+    args.extend(["--prune-log", "--keep-log-commits", "2"]);
+    let w = Witness::start_with(dir.path(), 0, &args);
+    w.create_group("g", DDL);
+    let info = w.request("GET", "/v1/witness", None, None).body;
+    assert_eq!(info["limits"]["keep_log_commits"], 2, "{info}");
+    let a = device(&dir, "a", &w.url);
+    let near = device(&dir, "near", &w.url);
+    for round in 0..3 {
+        fill(&a, round * 10, 10);
+        a.sync().unwrap();
+        if round == 0 {
+            near.sync().unwrap();
+        }
+    }
+    let m = snapshot(&w);
+    assert_eq!(m.seq, 3);
+    // Commits 2 and 3 are kept: a device at 1 catches up from the log.
+    assert_eq!(w.get("/v1/groups/g/commits?after=1").status, 200);
+    let r = w.get("/v1/groups/g/commits?after=0");
+    assert_eq!((r.status, r.code()), (410, "snapshot_required"), "{r:?}");
+    let r = near.sync().unwrap();
+    assert_eq!(r["pulled"], 2, "from the log, not a snapshot: {r}");
+    same(&a, &near);
+    let (ok, out) = w.verify_cli();
+    assert!(
+        ok,
+        "the verifier restarts from the snapshot after the window: {out}"
+    );
+    // A second snapshot moves the window; the verifier still passes.
+    fill(&a, 100, 10);
+    a.sync().unwrap();
+    assert_eq!(snapshot(&w).seq, 4);
+    let r = w.get("/v1/groups/g/commits?after=1");
+    assert_eq!((r.status, r.code()), (410, "snapshot_required"), "{r:?}");
+    assert_eq!(w.get("/v1/groups/g/commits?after=2").status, 200);
+    let (ok, out) = w.verify_cli();
+    assert!(ok, "{out}");
 }
 
 #[test]

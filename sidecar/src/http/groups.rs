@@ -20,6 +20,7 @@ pub fn public(w: &Witness, route: &Route) -> Answer {
             &WitnessJson {
                 public_key: hex(w.key.verifying_key().as_bytes()),
                 version: env!("CARGO_PKG_VERSION").to_string(),
+                limits: Some(w.limits()),
             },
         ),
     }

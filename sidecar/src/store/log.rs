@@ -10,6 +10,8 @@ use rusqlite::{Connection, OptionalExtension};
 /// Largest page a catch-up request may ask for, and the default.
 pub const MAX_PAGE: u32 = 1000;
 pub const DEFAULT_PAGE: u32 = 100;
+/// The default byte bound of a catch-up page (`--max-page-bytes`).
+pub const DEFAULT_PAGE_BYTES: u64 = 4 * 1024 * 1024;
 
 #[derive(Clone, Debug)]
 pub struct HeadState {
@@ -108,11 +110,23 @@ pub fn pruned_through(conn: &Connection) -> Result<u64, ApiError> {
     .map_err(|e| ApiError::internal("reading the retention point", e))
 }
 
-/// Commits with `seq > after`, at most `limit`, never past `upto`.
+/// How big a catch-up page may grow.
+#[derive(Clone, Copy, Debug)]
+pub struct PageBound {
+    /// Most commits.
+    pub commits: u32,
+    /// The page stops once its changesets reach this many bytes; the first
+    /// commit is always included, however large, so every commit arrives.
+    pub bytes: u64,
+}
+
+/// Commits with `seq > after` within `bound`, never past `upto`. Rows are
+/// read one at a time and reading stops at the bound, so the memory a page
+/// takes is bounded by its bytes, not by how far behind the caller is.
 pub fn log_page(
     conn: &Connection,
     after: u64,
-    limit: u32,
+    bound: PageBound,
     upto: u64,
 ) -> Result<Vec<LogEntryJson>, ApiError> {
     let mut st = conn
@@ -121,22 +135,34 @@ pub fn log_page(
               WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
         )
         .map_err(|e| ApiError::internal("reading the log", e))?;
-    let rows = st
-        .query_map([after as i64, upto as i64, i64::from(limit)], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
-                r.get::<_, Vec<u8>>(3)?,
-            ))
-        })
+    let mut rows = st
+        .query([after as i64, upto as i64, i64::from(bound.commits)])
         .map_err(|e| ApiError::internal("reading the log", e))?;
     let mut out = Vec::new();
-    for row in rows {
-        let (seq, cs, record, sig) = row.map_err(|e| ApiError::internal("reading the log", e))?;
+    let mut bytes = 0u64;
+    while bytes < bound.bytes {
+        let Some(r) = rows
+            .next()
+            .map_err(|e| ApiError::internal("reading the log", e))?
+        else {
+            break;
+        };
+        let read = |e| ApiError::internal("reading the log", e);
+        let seq = r.get::<_, i64>(0).map_err(read)?;
+        let cs = r
+            .get_ref(1)
+            .map_err(read)?
+            .as_blob()
+            .map_err(|e| read(e.into()))?;
+        bytes += cs.len() as u64;
+        let changeset = b64(cs);
+        let (record, sig) = (
+            r.get::<_, Vec<u8>>(2).map_err(read)?,
+            r.get::<_, Vec<u8>>(3).map_err(read)?,
+        );
         out.push(LogEntryJson {
             seq: seq as u64,
-            changeset: b64(&cs),
+            changeset,
             certificate: certificate_json(record, sig)?,
         });
     }
