@@ -86,11 +86,8 @@ mod tests {
 
     fn col(name: &str, pk: u32) -> Column {
         Column {
-            name: name.into(),
-            decl_type: "TEXT".into(),
-            not_null: false,
-            default: None,
             pk,
+            ..Column::new(name, "TEXT")
         }
     }
 
@@ -100,6 +97,7 @@ mod tests {
         let t = Table {
             name: "we\"ird".into(),
             columns: vec![col("a", 2), col("b", 1), col("c", 0)],
+            ..Default::default()
         };
         let s = RowSql::new(&t);
         assert_eq!(

@@ -3,6 +3,7 @@
 //! keys). Requests reject unknown fields.
 
 use crate::records::Signed;
+use crate::schema::{Schema, Table};
 use crate::value::Value;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -127,17 +128,42 @@ pub struct CommitsPage {
     pub next_after: Option<u64>,
 }
 
+/// A group's schema as structured data: the only form it travels in.
+/// Clients check `hash` against the hash they compute from `tables` and
+/// against the signed head's schema hash before using any of it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct SchemaJson {
     pub version: u32,
     pub hash: String,
-    /// The DDL the group was created with.
-    pub sql: String,
-    /// The synced tables' names, as the schema spells them.
-    #[serde(default)]
-    pub tables: Vec<String>,
+    pub tables: Vec<Table>,
 }
 
+impl SchemaJson {
+    pub fn new(schema: &Schema) -> SchemaJson {
+        SchemaJson {
+            version: schema.version,
+            hash: crate::hex(&schema.hash()),
+            tables: schema.tables.clone(),
+        }
+    }
+
+    /// The schema, if it passes the grammar and its hash is `hash`.
+    pub fn schema(&self) -> Result<Schema, String> {
+        let s = Schema {
+            version: self.version,
+            tables: self.tables.clone(),
+        };
+        s.validate()?;
+        if crate::hex(&s.hash()) != self.hash {
+            return Err("the schema does not have the hash it states".into());
+        }
+        Ok(s)
+    }
+}
+
+/// `POST /v1/groups`: the schema as DDL (`CREATE TABLE` / `CREATE INDEX`
+/// only), which the witness turns into structured data.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateGroupRequest {

@@ -5,17 +5,15 @@ use pdb_protocol::{Changeset, Column, Schema, Table, Value};
 
 fn schema() -> Schema {
     let col = |name: &str, pk| Column {
-        name: name.into(),
-        decl_type: "".into(),
-        not_null: false,
-        default: None,
         pk,
+        ..Column::new(name, "")
     };
     Schema::new(
         1,
         vec![Table {
             name: "t".into(),
             columns: vec![col("id", 1), col("v", 0)],
+            ..Default::default()
         }],
     )
 }

@@ -4,7 +4,8 @@
 
 use ed25519_dalek::SigningKey;
 use pdb_protocol::{
-    genesis_hash, hex, Column, CommitRecord, HeadRecord, Schema, Signed, StateRoot, Table, Value,
+    genesis_hash, hex, Column, CommitRecord, HeadRecord, Index, IndexColumn, Schema, Signed,
+    StateRoot, Table, Value,
 };
 
 fn key() -> SigningKey {
@@ -23,6 +24,7 @@ fn schema() -> Schema {
                     not_null: false,
                     default: None,
                     pk: 1,
+                    ..Default::default()
                 },
                 Column {
                     name: "title".into(),
@@ -30,6 +32,7 @@ fn schema() -> Schema {
                     not_null: true,
                     default: None,
                     pk: 0,
+                    ..Default::default()
                 },
                 Column {
                     name: "done".into(),
@@ -37,8 +40,10 @@ fn schema() -> Schema {
                     not_null: false,
                     default: Some("0".into()),
                     pk: 0,
+                    ..Default::default()
                 },
             ],
+            ..Default::default()
         }],
     )
 }
@@ -64,6 +69,67 @@ fn schema_hash_vector() {
     let h = hex(&schema().hash());
     show("schema hash", &h);
     assert_eq!(h, SCHEMA_HASH);
+}
+
+/// Every part the hash covers: options, collations, UNIQUE, CHECK, indexes.
+fn full_schema() -> Schema {
+    let col = |name: &str, ty: &str| Column::new(name, ty);
+    Schema::new(
+        2,
+        vec![Table {
+            name: "notes".into(),
+            columns: vec![
+                Column { pk: 1, ..col("id", "TEXT") },
+                Column {
+                    not_null: true,
+                    collation: Some("NOCASE".into()),
+                    ..col("title", "TEXT")
+                },
+                Column {
+                    default: Some("CURRENT_TIMESTAMP".into()),
+                    ..col("at", "TEXT")
+                },
+            ],
+            without_rowid: true,
+            strict: true,
+            unique: vec![vec![IndexColumn { name: "title".into(), ..Default::default() }]],
+            checks: vec!["length ( \"title\" ) <= 200".into()],
+            indexes: vec![Index {
+                name: "notes_at".into(),
+                unique: false,
+                columns: vec![IndexColumn { name: "at".into(), desc: true, collation: None }],
+            }],
+        }],
+    )
+}
+
+#[test]
+fn full_schema_hash_vector() {
+    let s = full_schema();
+    s.validate().unwrap();
+    let h = hex(&s.hash());
+    show("full schema hash", &h);
+    assert_eq!(h, FULL_SCHEMA_HASH);
+    // Each part counts.
+    let mut t = s.clone();
+    t.tables[0].strict = false;
+    assert_ne!(t.hash(), s.hash());
+    let mut t = s.clone();
+    t.tables[0].columns[1].collation = None;
+    assert_ne!(t.hash(), s.hash());
+    let mut t = s.clone();
+    t.tables[0].checks.clear();
+    assert_ne!(t.hash(), s.hash());
+    let mut t = s.clone();
+    t.tables[0].indexes[0].columns[0].desc = false;
+    assert_ne!(t.hash(), s.hash());
+    assert_eq!(
+        s.ddl(),
+        vec![
+            "CREATE TABLE \"notes\" (\"id\" TEXT, \"title\" TEXT NOT NULL COLLATE NOCASE, \"at\" TEXT DEFAULT (CURRENT_TIMESTAMP), PRIMARY KEY (\"id\"), UNIQUE (\"title\"), CHECK (length ( \"title\" ) <= 200)) WITHOUT ROWID, STRICT",
+            "CREATE INDEX IF NOT EXISTS \"notes_at\" ON \"notes\" (\"at\" DESC)",
+        ]
+    );
 }
 
 #[test]
@@ -191,12 +257,13 @@ fn signatures_are_domain_separated_and_tamper_evident() {
     assert!(signed.commit(&other).is_err());
 }
 
-const SCHEMA_HASH: &str = "91e57bb214a09190db6308e44bab5522fc3151d119184b875d23615d8873f7d7";
+const FULL_SCHEMA_HASH: &str = "1a1b42e5fe91ab929907d0c6d3ff2105b41d22fc99fe295f92a3b652e8e858a8";
+const SCHEMA_HASH: &str = "7dfd275368a762375c71edf14c49a336eff930be4d0e9cafad2c0be7af9e96c8";
 const EMPTY_ROOT: &str = "bdaef1d36e04791174ed32821a490762e4e20a76332e244e26753363dc097acf";
 const THREE_ROW_ROOT: &str = "d8930daabb075eabbf6a4eaa8a92a182c23712be08c79e8aee6719b8b994a8ae";
-const GENESIS: &str = "d253838ad4413bd258d905f293d73d4e4c6dd36bf8c0418f17d0ce592b74b37d";
-const COMMIT_RECORD: &str = "1d706572736f6e616c64622f636f6d6d69742d636572746966696361746501000a7461736b732d64656d6f0000000000000001d253838ad4413bd258d905f293d73d4e4c6dd36bf8c0418f17d0ce592b74b37d8f75dabae22a0e19461ce9fdd5ff2ef52b8456db857b0423a9b8c37710188b82bdaef1d36e04791174ed32821a490762e4e20a76332e244e26753363dc097acf0000000191e57bb214a09190db6308e44bab5522fc3151d119184b875d23615d8873f7d70005616c69636500036b2d310000019ab697e800";
-const COMMIT_SIGNATURE: &str = "a536dc3c9893573bb9b5d55e244e7b2868c06200af0ccfabee4a088a3975d283333213626d1944fb112da023f8a8f296768596dfebadb496db18595396aa330d";
-const COMMIT_HEAD_HASH: &str = "fb85cde0b1cc6f46a933ae0d526e3f38235caef382bafb0569b8ce47c4e8d9f1";
-const HEAD_RECORD: &str = "0f706572736f6e616c64622f6865616401000a7461736b732d64656d6f0000000000000001fb85cde0b1cc6f46a933ae0d526e3f38235caef382bafb0569b8ce47c4e8d9f1bdaef1d36e04791174ed32821a490762e4e20a76332e244e26753363dc097acf0000000191e57bb214a09190db6308e44bab5522fc3151d119184b875d23615d8873f7d70000019ab697e800";
-const HEAD_SIGNATURE: &str = "38809180094f403b29df1ba6c6ca7a4a6b38234a909daece018d6523cf4f06b971eaf440d32b4c8a187d44aafc8c43003ec8948106a9b0c23a82ae8e24496e0d";
+const GENESIS: &str = "feb827d1808dd0db485a05816b2ab995c7bcca60a7ad5d1aba761f3b51b60b6f";
+const COMMIT_RECORD: &str = "1d706572736f6e616c64622f636f6d6d69742d636572746966696361746501000a7461736b732d64656d6f0000000000000001feb827d1808dd0db485a05816b2ab995c7bcca60a7ad5d1aba761f3b51b60b6f8f75dabae22a0e19461ce9fdd5ff2ef52b8456db857b0423a9b8c37710188b82bdaef1d36e04791174ed32821a490762e4e20a76332e244e26753363dc097acf000000017dfd275368a762375c71edf14c49a336eff930be4d0e9cafad2c0be7af9e96c80005616c69636500036b2d310000019ab697e800";
+const COMMIT_SIGNATURE: &str = "89477cbafce8ca81f3fc4e8c4c5c0695fa14a9114781556e1754fdc401a508252365ff2f69bd0e9653b7a3eccda70d3b650ca4e8101f02212c3361b98c9e3500";
+const COMMIT_HEAD_HASH: &str = "9e5bcc31e7d98415cdba7752a76ba2e7fd38ae0a6e5fa1cd094a6a925dfa3f1e";
+const HEAD_RECORD: &str = "0f706572736f6e616c64622f6865616401000a7461736b732d64656d6f00000000000000019e5bcc31e7d98415cdba7752a76ba2e7fd38ae0a6e5fa1cd094a6a925dfa3f1ebdaef1d36e04791174ed32821a490762e4e20a76332e244e26753363dc097acf000000017dfd275368a762375c71edf14c49a336eff930be4d0e9cafad2c0be7af9e96c80000019ab697e800";
+const HEAD_SIGNATURE: &str = "5bfc74eafa38fab3913e94a766ae2490150d408e1c923937cae8f5f858e3482665351d72310ccedac99552f705311e43657071f652767fd60463fd70a031ea09";

@@ -40,8 +40,8 @@ fn verify_conn(
     key: &VerifyingKey,
 ) -> Result<Report, String> {
     let fail = |seq: u64, what: &str| format!("group {:?}, commit {seq}: {what}", info.id);
-    let mut replica = Connection::open_in_memory().map_err(|e| e.to_string())?;
-    schema::run_ddl(&mut replica, &info.schema_sql)?;
+    let replica = Connection::open_in_memory().map_err(|e| e.to_string())?;
+    schema::create(&replica, &info.schema)?;
     let mut prev = genesis_hash(&info.id, info.schema.version, &info.schema_hash);
     let mut root = StateRoot::empty();
     let mut st = conn

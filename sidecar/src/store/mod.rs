@@ -15,7 +15,7 @@ use log::HeadState;
 use pdb_protocol::records::{HeadRecord, Signed};
 use pdb_protocol::wire::{HeadJson, SchemaJson};
 use pdb_protocol::{genesis_hash, hex, now_ms, Changeset, Schema, StateRoot, Value};
-use rusqlite::{params, Connection, OpenFlags};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::Path;
 pub use tables::TableSql;
 
@@ -46,19 +46,13 @@ pub fn file_name(id: &str) -> String {
 pub struct GroupInfo {
     pub id: String,
     pub schema: Schema,
-    pub schema_sql: String,
     pub schema_hash: [u8; 32],
     pub tables: Vec<TableSql>,
 }
 
 impl GroupInfo {
     pub fn schema_json(&self) -> SchemaJson {
-        SchemaJson {
-            version: self.schema.version,
-            hash: hex(&self.schema_hash),
-            sql: self.schema_sql.clone(),
-            tables: self.schema.tables.iter().map(|t| t.name.clone()).collect(),
-        }
+        SchemaJson::new(&self.schema)
     }
 
     pub fn table_sql(&self, name: &str) -> Option<&TableSql> {
@@ -150,8 +144,9 @@ pub fn meta<T: rusqlite::types::FromSql>(conn: &Connection, k: &str) -> rusqlite
 }
 
 /// Creates a group file atomically (built under a temporary name, synced,
-/// then renamed), so a crash never leaves half a group. `schema_sql` must
-/// already have passed [`schema::parse`], which gave `schema`.
+/// then renamed), so a crash never leaves half a group. The tables are
+/// built from `schema` (which [`schema::parse`] made from `schema_sql`, the
+/// admin's DDL, kept for people only).
 pub fn create(dir: &Path, id: &str, schema_sql: &str, schema: &Schema) -> Result<()> {
     let path = dir.join(file_name(id));
     let tmp = dir.join(format!(".{id}.creating"));
@@ -160,8 +155,10 @@ pub fn create(dir: &Path, id: &str, schema_sql: &str, schema: &Schema) -> Result
         let mut conn = Connection::open(&tmp)?;
         conn.execute_batch("PRAGMA journal_mode = DELETE; PRAGMA synchronous = FULL;")?;
         migrate(&conn)?;
-        schema::run_ddl(&mut conn, schema_sql).map_err(StoreError::Corrupt)?;
+        schema::create(&conn, schema).map_err(StoreError::Corrupt)?;
         let hash = schema.hash();
+        let structure = serde_json::to_string(&schema.tables)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let now = now_ms() as i64;
         let tx = conn.transaction()?;
         for (k, v) in [
@@ -174,6 +171,7 @@ pub fn create(dir: &Path, id: &str, schema_sql: &str, schema: &Schema) -> Result
                 "schema_version",
                 rusqlite::types::Value::Integer(schema.version.into()),
             ),
+            ("schema", rusqlite::types::Value::Text(structure)),
             ("schema_hash", rusqlite::types::Value::Blob(hash.to_vec())),
             ("created_ms", rusqlite::types::Value::Integer(now)),
         ] {
@@ -213,27 +211,36 @@ pub fn open(path: &Path) -> Result<(Connection, GroupInfo, HeadState)> {
     Ok((conn, info, head))
 }
 
-/// Reads a group's fixed info and checks its tables against the recorded
-/// schema hash.
+/// Reads a group's fixed info: its structured schema, checked against the
+/// grammar, the recorded hash, and the replica's tables on disk.
 pub fn load_info(conn: &Connection) -> Result<GroupInfo> {
     let id: String = meta(conn, "group")?;
-    let schema_sql: String = meta(conn, "schema_sql")?;
+    let corrupt = |what: &str| StoreError::Corrupt(format!("group {id:?}: {what}"));
     let version: i64 = meta(conn, "schema_version")?;
+    let version = u32::try_from(version).map_err(|_| corrupt("bad schema version"))?;
+    let structure: Option<String> = meta(conn, "schema").optional()?;
+    let structure = structure.ok_or_else(|| {
+        corrupt("made by PersonalDB 0.1.0, whose schema hash does not cover constraints; export its rows and create the group again")
+    })?;
+    let tables: Vec<pdb_protocol::Table> =
+        serde_json::from_str(&structure).map_err(|e| corrupt(&format!("stored schema: {e}")))?;
+    let schema = Schema::new(version, tables);
+    schema
+        .validate()
+        .map_err(|e| corrupt(&format!("stored schema: {e}")))?;
     let stored_hash: Vec<u8> = meta(conn, "schema_hash")?;
-    let version = u32::try_from(version)
-        .map_err(|_| StoreError::Corrupt(format!("group {id:?}: bad schema version")))?;
-    let schema = schema::read(conn, version)?;
     let schema_hash = schema.hash();
     if stored_hash != schema_hash {
-        return Err(StoreError::Corrupt(format!(
-            "group {id:?}: tables on disk do not match the recorded schema hash"
-        )));
+        return Err(corrupt("the stored schema does not match its recorded hash"));
+    }
+    let on_disk = schema::read(conn, version).map_err(StoreError::Corrupt)?;
+    if on_disk != schema {
+        return Err(corrupt("the tables on disk do not match the group's schema"));
     }
     let tables = schema.tables.iter().map(TableSql::new).collect();
     Ok(GroupInfo {
         id,
         schema,
-        schema_sql,
         schema_hash,
         tables,
     })

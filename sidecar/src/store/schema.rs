@@ -1,17 +1,19 @@
-//! Turning an admin's DDL into a group schema safely, reading a schema
-//! back from a database, and the authorizer admin-defined queries run under.
+//! Turning an admin's DDL into a group's structured schema safely, creating
+//! tables from the structure, reading it back, and the authorizer
+//! admin-defined queries run under.
 //!
-//! The DDL runs under an authorizer that allows only CREATE TABLE and
-//! CREATE INDEX (no ATTACH, PRAGMA, triggers, views, data changes), with
-//! ATTACH disabled outright, first in a scratch in-memory database.
+//! An admin's DDL only ever runs in a scratch in-memory database, under an
+//! authorizer that allows only CREATE TABLE and CREATE INDEX (no ATTACH,
+//! PRAGMA, triggers, views, data changes), with ATTACH disabled outright.
+//! The group's own tables — here and on every device — are created from the
+//! structure (`Schema::ddl`), never from the admin's text.
 
-use pdb_protocol::schema::COLUMNS_SQL;
-use pdb_protocol::{Column, Schema, Table};
+use super::value::{from_ref, Bind};
+use pdb_protocol::schema::{self, Catalog};
+use pdb_protocol::{Schema, Value};
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::Connection;
 
-/// Tables reserved for the witness's and the extension's bookkeeping.
-pub const RESERVED_PREFIX: &str = "pdb_";
 pub const MAX_DDL_BYTES: usize = 256 * 1024;
 
 fn authorize(ctx: AuthContext<'_>) -> Authorization {
@@ -70,59 +72,58 @@ pub fn run_ddl(conn: &mut Connection, ddl: &str) -> Result<(), String> {
     result
 }
 
-/// Validates DDL in a scratch database and returns the schema it defines.
+/// Reads a database's catalog for the schema reader of the protocol.
+pub struct SqliteCatalog<'a>(pub &'a Connection);
+
+impl Catalog for SqliteCatalog<'_> {
+    fn rows(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>, String> {
+        let mut st = self.0.prepare(sql).map_err(|e| e.to_string())?;
+        let n = st.column_count();
+        let binds: Vec<Bind<'_>> = params.iter().map(Bind).collect();
+        let rows = st
+            .query_map(rusqlite::params_from_iter(binds.iter()), |r| {
+                (0..n).map(|i| r.get_ref(i).map(from_ref)).collect()
+            })
+            .map_err(|e| e.to_string())?;
+        rows.collect::<Result<_, _>>().map_err(|e| e.to_string())
+    }
+}
+
+/// Turns an admin's DDL into the group's schema: runs it in a scratch
+/// database (only CREATE TABLE and CREATE INDEX allowed), reads the
+/// structure back, checks it against the grammar, and checks that the DDL
+/// built from the structure gives the very same structure — so every
+/// device that builds it gets the tables the witness has.
 pub fn parse(ddl: &str, version: u32) -> Result<Schema, String> {
     let mut conn = Connection::open_in_memory().map_err(|e| e.to_string())?;
     run_ddl(&mut conn, ddl)?;
-    let schema = read(&conn, version).map_err(|e| e.to_string())?;
-    if schema.tables.is_empty() {
-        return Err("schema SQL defines no table".into());
-    }
-    for t in &schema.tables {
-        if t.name.to_ascii_lowercase().starts_with(RESERVED_PREFIX) {
-            return Err(format!(
-                "table {:?}: names starting with {RESERVED_PREFIX:?} are reserved",
-                t.name
-            ));
-        }
-        if !t.columns.iter().any(|c| c.pk > 0) {
-            return Err(format!("table {:?} has no PRIMARY KEY", t.name));
-        }
+    let schema = read(&conn, version)?;
+    schema.validate()?;
+    let rebuilt = Connection::open_in_memory().map_err(|e| e.to_string())?;
+    create(&rebuilt, &schema)?;
+    if read(&rebuilt, version)? != schema {
+        return Err(
+            "the schema uses something its structured form cannot express exactly".into(),
+        );
     }
     Ok(schema)
 }
 
-/// The group tables in `conn` (everything but `pdb_*` and `sqlite_*`).
-pub fn read(conn: &Connection, version: u32) -> super::error::Result<Schema> {
-    let mut names = conn.prepare(
-        "SELECT name FROM sqlite_schema WHERE type = 'table'
-           AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
-           AND name NOT LIKE 'pdb\\_%' ESCAPE '\\'",
-    )?;
-    let names: Vec<String> = names
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    let mut cols = conn.prepare(COLUMNS_SQL)?;
-    let mut tables = Vec::new();
-    for name in names {
-        let mut columns = Vec::new();
-        let mut rows = cols.query([&name])?;
-        while let Some(r) = rows.next()? {
-            columns.push(
-                Column::from_xinfo(
-                    &name,
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get::<_, i64>(2)? != 0,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                )
-                .map_err(super::error::StoreError::Corrupt)?,
-            );
-        }
-        tables.push(Table { name, columns });
+/// Creates a validated schema's tables and indexes from its structure.
+pub fn create(conn: &Connection, schema: &Schema) -> Result<(), String> {
+    for sql in schema.ddl() {
+        conn.execute_batch(&sql)
+            .map_err(|e| format!("creating the group's tables: {e}"))?;
     }
+    Ok(())
+}
+
+/// The group tables in `conn` (everything but `pdb_*` and `sqlite_*`), as
+/// structured data.
+pub fn read(conn: &Connection, version: u32) -> Result<Schema, String> {
+    let mut cat = SqliteCatalog(conn);
+    let names = schema::table_names(&mut cat)?;
+    let tables = schema::read_tables(&mut cat, &names)?.unwrap_or_default();
     Ok(Schema::new(version, tables))
 }
 
@@ -174,8 +175,47 @@ mod tests {
             "CREATE TABLE t(id INTEGER PRIMARY KEY, g AS (id * 2))",
             "",
             "not sql at all",
+            // Declared types are a strict grammar, whatever SQLite accepts.
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v \"TEXT); DROP TABLE app_secrets; SELECT load_extension('x'); --\")",
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT CHECK (load_extension('x')))",
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT DEFAULT (randomblob(1000000000)))",
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT COLLATE evil)",
+            "CREATE TABLE t(id INTEGER PRIMARY KEY AUTOINCREMENT)",
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, u INTEGER REFERENCES t(id))",
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT UNIQUE ON CONFLICT REPLACE)",
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); CREATE INDEX i ON t(lower(v))",
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); CREATE INDEX i ON t(v) WHERE v > 0",
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); CREATE INDEX pdb_i ON t(v)",
         ] {
             assert!(parse(bad, 1).is_err(), "accepted: {bad}");
         }
+    }
+
+    #[test]
+    fn constraints_travel_as_data_and_rebuild_exactly() {
+        let s = parse(
+            "CREATE TABLE notes(id TEXT PRIMARY KEY, title TEXT NOT NULL COLLATE NOCASE
+                CHECK (length(title) <= 200), email TEXT UNIQUE, at TEXT DEFAULT CURRENT_TIMESTAMP,
+                n INTEGER DEFAULT (-1) CHECK (n >= -1)) WITHOUT ROWID;
+             CREATE UNIQUE INDEX notes_email_title ON notes(email, title COLLATE BINARY DESC);",
+            1,
+        )
+        .unwrap();
+        let t = s.table("notes").unwrap();
+        assert!(t.without_rowid);
+        assert_eq!(t.columns[1].collation.as_deref(), Some("NOCASE"));
+        assert_eq!(t.columns[3].default.as_deref(), Some("CURRENT_TIMESTAMP"));
+        assert_eq!(t.columns[4].default.as_deref(), Some("- 1"));
+        assert_eq!(
+            t.checks,
+            vec!["\"n\" >= - 1", "length ( \"title\" ) <= 200"]
+        );
+        assert_eq!(t.unique.len(), 1);
+        assert_eq!(t.indexes[0].columns[1].collation.as_deref(), Some("BINARY"));
+        assert!(t.indexes[0].columns[1].desc);
+        // What the structure builds reads back as the same structure.
+        let db = Connection::open_in_memory().unwrap();
+        create(&db, &s).unwrap();
+        assert_eq!(read(&db, 1).unwrap(), s);
     }
 }
