@@ -2,15 +2,13 @@
 //!
 //! Deny by default. A bearer token is one of: the admin token (the
 //! operator: may create groups and act on every group), a static token from
-//! the tokens file (stored as SHA-256 only), or a JWT from the app's own
-//! auth server (HS256 or EdDSA, with expiry and audience checked; `sub` is
-//! the identity). Within a group, an identity has at most one role.
+//! the tokens file (stored as SHA-256 only), or a JWT from one of the app's
+//! identity providers (`jwt.rs`). Within a group, an identity has at most
+//! one role.
 
 use crate::error::ApiError;
+use crate::jwt::Jwt;
 use crate::keys;
-use ed25519_dalek::{Signature, VerifyingKey};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use std::collections::HashMap;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -55,11 +53,10 @@ pub fn valid_identity(id: &str) -> bool {
     !id.is_empty() && id.len() <= 256 && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
-#[derive(Default)]
-pub struct JwtConfig {
-    pub hs256_secret: Option<Vec<u8>>,
-    pub eddsa_key: Option<VerifyingKey>,
-    pub audience: Option<String>,
+/// Identities of static tokens: as [`valid_identity`], without `:` — JWT
+/// identities are `<prefix>:<sub>`, so the two can never collide.
+pub fn valid_token_identity(id: &str) -> bool {
+    valid_identity(id) && !id.contains(':')
 }
 
 #[derive(Default)]
@@ -67,23 +64,16 @@ pub struct Authenticator {
     pub admin_hash: [u8; 32],
     /// SHA-256 of each static token → identity.
     pub tokens: HashMap<[u8; 32], String>,
-    pub jwt: JwtConfig,
+    pub jwt: Jwt,
 }
 
 fn unauthorized(m: &str) -> ApiError {
     ApiError::Unauthorized(m.to_string())
 }
 
-fn b64url(s: &str) -> Option<Vec<u8>> {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(s)
-        .ok()
-}
-
 impl Authenticator {
     /// The caller behind an `Authorization` header value.
-    pub fn caller(&self, header: Option<&str>) -> Result<Caller, ApiError> {
+    pub async fn caller(&self, header: Option<&str>) -> Result<Caller, ApiError> {
         let header = header.ok_or_else(|| unauthorized("missing bearer token"))?;
         let token = header
             .strip_prefix("Bearer ")
@@ -101,73 +91,12 @@ impl Authenticator {
                 operator: false,
             });
         }
-        if token.matches('.').count() == 2 {
-            return self.jwt(token);
+        if token.matches('.').count() == 2 && !self.jwt.is_empty() {
+            return Ok(Caller {
+                identity: self.jwt.identity(token).await?,
+                operator: false,
+            });
         }
         Err(unauthorized("invalid token"))
-    }
-
-    fn jwt(&self, token: &str) -> Result<Caller, ApiError> {
-        let bad = || unauthorized("invalid token");
-        let mut parts = token.split('.');
-        let (h, p, s) = match (parts.next(), parts.next(), parts.next()) {
-            (Some(h), Some(p), Some(s)) => (h, p, s),
-            _ => return Err(bad()),
-        };
-        let header: serde_json::Value = b64url(h)
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(bad)?;
-        let sig = b64url(s).ok_or_else(bad)?;
-        let signed = format!("{h}.{p}");
-        match header["alg"].as_str() {
-            Some("HS256") => {
-                let secret = self.jwt.hs256_secret.as_ref().ok_or_else(bad)?;
-                let mut mac = Hmac::<Sha256>::new_from_slice(secret).map_err(|_| bad())?;
-                mac.update(signed.as_bytes());
-                mac.verify_slice(&sig).map_err(|_| bad())?;
-            }
-            Some("EdDSA") => {
-                let key = self.jwt.eddsa_key.as_ref().ok_or_else(bad)?;
-                let sig: [u8; 64] = sig.try_into().map_err(|_| bad())?;
-                key.verify_strict(signed.as_bytes(), &Signature::from_bytes(&sig))
-                    .map_err(|_| bad())?;
-            }
-            _ => return Err(bad()),
-        }
-        let claims: serde_json::Value = b64url(p)
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(bad)?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        const LEEWAY: i64 = 30;
-        let exp = claims["exp"]
-            .as_i64()
-            .ok_or_else(|| unauthorized("token has no expiry"))?;
-        if exp + LEEWAY < now {
-            return Err(unauthorized("token expired"));
-        }
-        if claims["nbf"].as_i64().is_some_and(|nbf| nbf - LEEWAY > now) {
-            return Err(unauthorized("token not yet valid"));
-        }
-        if let Some(want) = &self.jwt.audience {
-            let ok = match &claims["aud"] {
-                serde_json::Value::String(a) => a == want,
-                serde_json::Value::Array(list) => list.iter().any(|a| a.as_str() == Some(want)),
-                _ => false,
-            };
-            if !ok {
-                return Err(unauthorized("token is for another audience"));
-            }
-        }
-        let sub = claims["sub"]
-            .as_str()
-            .filter(|s| valid_identity(s))
-            .ok_or_else(bad)?;
-        Ok(Caller {
-            identity: sub.to_string(),
-            operator: false,
-        })
     }
 }

@@ -1,7 +1,8 @@
 //! The `pdb-witness` command line: serving, and the offline commands
 //! (create groups, verify, tokens, roles) run while the witness is stopped.
 
-use crate::auth::{Authenticator, Caller, JwtConfig};
+use crate::auth::{Authenticator, Caller};
+use crate::jwt::{IssuerConfig, Jwt};
 use crate::witness::{self, Settings, SnapshotPolicy, Witness};
 use crate::{access, keys, store, tokens, verify};
 use clap::{Parser, Subcommand};
@@ -27,7 +28,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP server (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create a group from a schema file while the witness is stopped
     /// (use POST /v1/groups on a running witness).
     CreateGroup {
@@ -111,15 +112,35 @@ pub struct ServeArgs {
     /// DATA/tokens.json; see `add-token`).
     #[arg(long, env = "PDB_TOKENS_FILE")]
     tokens_file: Option<PathBuf>,
-    /// Secret for HS256 JWTs from the app's auth server.
+    /// Secret for HS256 JWTs from the app's auth server (at least 32
+    /// bytes).
     #[arg(long, env = "PDB_JWT_HS256_SECRET", hide_env_values = true)]
     jwt_hs256_secret: Option<String>,
     /// Ed25519 public key (hex) for EdDSA JWTs from the app's auth server.
     #[arg(long, env = "PDB_JWT_EDDSA_KEY")]
     jwt_eddsa_key: Option<String>,
+    /// PEM file of a public key for JWTs: RSA (RS256), EC P-256 (ES256) or
+    /// Ed25519 (EdDSA). Repeat, or separate with commas, for several.
+    #[arg(long, env = "PDB_JWT_PUBLIC_KEY_FILE", value_delimiter = ',')]
+    jwt_public_key_file: Vec<PathBuf>,
+    /// JWKS URL of the identity provider (https://, or http:// to a
+    /// loopback address); fetched, cached, refreshed on an unknown `kid`.
+    #[arg(long, env = "PDB_JWT_JWKS_URL")]
+    jwt_jwks_url: Option<String>,
+    /// Required `iss` of JWTs (unchecked when unset).
+    #[arg(long, env = "PDB_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
     /// Required `aud` of JWTs (unchecked when unset).
     #[arg(long, env = "PDB_JWT_AUDIENCE")]
     jwt_audience: Option<String>,
+    /// JWT identities are `<prefix>:<sub>`, so they never collide with
+    /// static tokens' identities; an empty prefix makes them the bare `sub`.
+    #[arg(long, env = "PDB_JWT_IDENTITY_PREFIX", default_value = "jwt")]
+    jwt_identity_prefix: String,
+    /// JSON file listing identity providers, each with its own keys,
+    /// `issuer`, `audience` and `identity_prefix` (docs/witness.md).
+    #[arg(long, env = "PDB_JWT_CONFIG")]
+    jwt_config: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(long, env = "PDB_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -140,7 +161,7 @@ impl Cli {
         let data = self.data_dir.as_path();
         match self.command {
             None => Err("no command (try --help)".into()),
-            Some(Command::Serve(args)) => serve(data, args),
+            Some(Command::Serve(args)) => serve(data, *args),
             Some(Command::CreateGroup {
                 group,
                 schema,
@@ -209,18 +230,7 @@ fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), String> {
         auth: Authenticator {
             admin_hash: token_hash,
             tokens: tokens::load(&tokens_path(data_dir, args.tokens_file.clone()))?,
-            jwt: JwtConfig {
-                hs256_secret: args.jwt_hs256_secret.clone().map(String::into_bytes),
-                eddsa_key: match &args.jwt_eddsa_key {
-                    None => None,
-                    Some(h) => Some(
-                        pdb_protocol::unhex32(h)
-                            .and_then(|k| ed25519_dalek::VerifyingKey::from_bytes(&k).ok())
-                            .ok_or("--jwt-eddsa-key must be a 32-byte Ed25519 public key in hex")?,
-                    ),
-                },
-                audience: args.jwt_audience.clone(),
-            },
+            jwt: Jwt::new(jwt_issuers(&args)?)?,
         },
         max_body_bytes: args.max_body_bytes.max(1024),
         max_page_bytes: args.max_page_bytes.max(1),
@@ -334,6 +344,43 @@ fn verify_groups(data_dir: &Path, only: Option<&str>) -> Result<(), String> {
         return Err(format!("{failed} group(s) failed verification"));
     }
     Ok(())
+}
+
+/// The identity providers the flags and the `--jwt-config` file name.
+fn jwt_issuers(args: &ServeArgs) -> Result<Vec<IssuerConfig>, String> {
+    let mut issuers = match &args.jwt_config {
+        None => Vec::new(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            serde_json::from_str::<Vec<IssuerConfig>>(&text)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+        }
+    };
+    let mut pems = Vec::new();
+    for path in &args.jwt_public_key_file {
+        pems.push(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("reading {}: {e}", path.display()))?,
+        );
+    }
+    if args.jwt_hs256_secret.is_some()
+        || args.jwt_eddsa_key.is_some()
+        || !pems.is_empty()
+        || args.jwt_jwks_url.is_some()
+    {
+        issuers.push(IssuerConfig {
+            name: "--jwt-* flags".into(),
+            identity_prefix: args.jwt_identity_prefix.clone(),
+            issuer: args.jwt_issuer.clone(),
+            audience: args.jwt_audience.clone(),
+            hs256_secret: args.jwt_hs256_secret.clone(),
+            public_keys_pem: pems,
+            eddsa_keys_hex: args.jwt_eddsa_key.iter().cloned().collect(),
+            jwks_url: args.jwt_jwks_url.clone(),
+        });
+    }
+    Ok(issuers)
 }
 
 fn tokens_path(data_dir: &Path, file: Option<PathBuf>) -> PathBuf {

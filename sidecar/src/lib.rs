@@ -12,6 +12,7 @@ pub mod cli;
 pub mod error;
 pub mod group;
 pub mod http;
+pub mod jwt;
 pub mod keys;
 pub mod projection;
 pub mod read;

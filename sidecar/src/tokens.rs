@@ -1,7 +1,7 @@
 //! The static tokens file: `[{"identity": "alice", "sha256": "<hex>"}, ...]`.
 //! Tokens are shown once when made; only their SHA-256 is stored.
 
-use crate::auth::valid_identity;
+use crate::auth::valid_token_identity;
 use crate::keys;
 use pdb_protocol::{hex, unhex32};
 use std::collections::HashMap;
@@ -11,7 +11,7 @@ use std::path::Path;
 pub fn load(path: &Path) -> Result<HashMap<[u8; 32], String>, String> {
     let mut out = HashMap::new();
     for e in entries(path)? {
-        let id = e["identity"].as_str().filter(|i| valid_identity(i));
+        let id = e["identity"].as_str().filter(|i| valid_token_identity(i));
         let hash = e["sha256"].as_str().and_then(unhex32);
         match (id, hash) {
             (Some(id), Some(h)) => {
@@ -19,7 +19,7 @@ pub fn load(path: &Path) -> Result<HashMap<[u8; 32], String>, String> {
             }
             _ => {
                 return Err(format!(
-                    "{}: each entry needs an identity and a sha256",
+                    "{}: each entry needs an identity (no spaces or ':') and a sha256",
                     path.display()
                 ))
             }
@@ -40,8 +40,11 @@ fn entries(path: &Path) -> Result<Vec<serde_json::Value>, String> {
 /// Makes a token for `identity`, appends its hash to the file and returns
 /// the token (to be shown once).
 pub fn add(path: &Path, identity: &str) -> Result<String, String> {
-    if !valid_identity(identity) {
-        return Err("identity must be 1-256 printable characters without spaces".into());
+    if !valid_token_identity(identity) {
+        return Err(
+            "a token's identity is 1-256 printable characters without spaces or ':' (':' marks JWT identities)"
+                .into(),
+        );
     }
     let mut list = entries(path)?;
     let token = keys::new_token().map_err(|e| e.to_string())?;

@@ -12,7 +12,7 @@ use serde_json::{json, Value as Json};
 use std::process::Command;
 
 const DDL: &str = "CREATE TABLE tasks(id INTEGER PRIMARY KEY, title TEXT, owner TEXT);";
-const HS_SECRET: &str = "test-hs256-secret";
+const HS_SECRET: &str = "test-hs256-secret-of-at-least-32-bytes";
 const AUD: &str = "pdb-tests";
 
 fn b64url(b: &[u8]) -> String {
@@ -74,6 +74,10 @@ fn world(label: &str) -> World {
             &key_hex,
             "--jwt-audience",
             AUD,
+            // JWT identities are the bare `sub` here (the default prefixes
+            // them with `jwt:`; tests/tests/identity.rs covers that).
+            "--jwt-identity-prefix",
+            "",
         ],
     );
     let g = w.create_group("g", DDL);

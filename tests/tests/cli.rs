@@ -53,7 +53,7 @@ fn with_no_command_the_witness_serves_with_every_default_and_environment_variabl
     // The JWT secret from the environment.
     let r = w.request(
         "PUT",
-        "/v1/groups/g/members/alice",
+        "/v1/groups/g/members/jwt:alice",
         Some(TOKEN),
         Some(&json!({"role": "reader"})),
     );

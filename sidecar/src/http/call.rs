@@ -42,12 +42,12 @@ pub struct Call {
 }
 
 impl Call {
-    pub fn new(w: Arc<Witness>, req: Request<Incoming>) -> Result<Call, ApiError> {
+    pub async fn new(w: Arc<Witness>, req: Request<Incoming>) -> Result<Call, ApiError> {
         let header = req
             .headers()
             .get(AUTHORIZATION)
             .and_then(|h| h.to_str().ok());
-        let caller = w.settings.auth.caller(header)?;
+        let caller = w.settings.auth.caller(header).await?;
         let (parts, body) = req.into_parts();
         Ok(Call {
             w,

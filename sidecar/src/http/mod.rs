@@ -142,7 +142,7 @@ async fn answer(w: Arc<Witness>, req: Request<Incoming>) -> Answer {
     if route.is_public() {
         return groups::public(&w, &route);
     }
-    let mut call = Call::new(w, req)?;
+    let mut call = Call::new(w, req).await?;
     match route {
         Route::Health | Route::Witness => groups::public(&call.w, &route),
         Route::Groups => groups::collection(&mut call).await,
