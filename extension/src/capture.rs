@@ -138,7 +138,7 @@ pub fn paused<T>(l: &Local, f: impl FnOnce() -> Result<T>) -> Result<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tables::read_table;
+    use crate::tables::read_local;
     use crate::testing::Conn;
     use pdb_protocol::Value;
 
@@ -157,7 +157,10 @@ mod tests {
     fn every_kind_of_write_logs_the_rows_base() {
         let c = Conn::memory();
         c.exec("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a');");
-        let t = read_table(&c.db(), "t").unwrap().unwrap();
+        let t = read_local(&c.db(), &["t".into()])
+            .unwrap()
+            .unwrap()
+            .remove(0);
         install(&c.db(), &t, &SyncTable::new(&t), true).unwrap();
         assert_eq!(
             log(&c),

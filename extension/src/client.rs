@@ -9,14 +9,15 @@
 //! rejection with the witness's code (`Error::Rejected`).
 
 use crate::error::{Error, Rejection, Result, Stage};
+use crate::state::Local;
+use crate::transport::Transport;
 use pdb_protocol::wire::{
     CommitRequest, CommitResponse, CommitsPage, ErrorJson, GroupJson, ProjectionList,
     ProjectionPage, SnapshotJson, WitnessJson,
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value as Json;
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::Arc;
 
 /// What the extension asks of the witness about one group.
 pub trait WitnessApi {
@@ -79,29 +80,18 @@ impl Endpoint<'_> {
     }
 }
 
-fn agent() -> &'static ureq::Agent {
-    static AGENT: OnceLock<ureq::Agent> = OnceLock::new();
-    AGENT.get_or_init(|| {
-        ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(5)))
-            .timeout_global(Some(Duration::from_secs(60)))
-            .build()
-            .into()
-    })
-}
-
 /// Largest response body read (a page of commits can be large).
 const MAX_RESPONSE: u64 = 512 * 1024 * 1024;
 
 type Response = ureq::http::Response<ureq::Body>;
 
-/// The real witness, over HTTP with a bearer token.
+/// The real witness, over HTTP(S) with a bearer token.
 #[derive(Clone)]
 pub struct HttpWitness {
     url: String,
     token: String,
     group: String,
+    agent: Arc<ureq::Agent>,
 }
 
 /// How far a failed exchange got: whether anything can have been sent.
@@ -112,6 +102,9 @@ fn stage_of(e: &ureq::Error) -> Stage {
         | ureq::Error::ConnectionFailed
         | ureq::Error::BadUri(_)
         | ureq::Error::Http(_)
+        | ureq::Error::Tls(_)
+        | ureq::Error::Pem(_)
+        | ureq::Error::Rustls(_)
         | ureq::Error::Timeout(ureq::Timeout::Resolve | ureq::Timeout::Connect) => Stage::Connect,
         ureq::Error::Io(io)
             if matches!(
@@ -126,12 +119,22 @@ fn stage_of(e: &ureq::Error) -> Stage {
 }
 
 impl HttpWitness {
-    pub fn new(url: &str, token: &str, group: &str) -> HttpWitness {
-        HttpWitness {
+    /// The witness at `url`, reached as `transport` says (which must allow
+    /// the URL).
+    pub fn new(url: &str, token: &str, group: &str, transport: &Transport) -> Result<HttpWitness> {
+        transport.check_url(url)?;
+        Ok(HttpWitness {
             url: url.trim_end_matches('/').to_string(),
             token: token.to_string(),
             group: group.to_string(),
-        }
+            agent: transport.agent()?,
+        })
+    }
+
+    /// The witness a database was opened for, reached as `pdb_open`
+    /// stored.
+    pub fn of(l: &Local) -> Result<HttpWitness> {
+        HttpWitness::new(&l.url, &l.token, &l.group, &Transport::load(&l.db)?)
     }
 
     fn url(&self, e: &Endpoint) -> String {
@@ -144,9 +147,17 @@ impl HttpWitness {
         url: &str,
         build: impl FnOnce(&ureq::Agent, &str, &str) -> std::result::Result<Response, ureq::Error>,
     ) -> Result<Response> {
-        build(agent(), url, &format!("Bearer {}", self.token)).map_err(|e| Error::Network {
-            stage: stage_of(&e),
-            message: format!("sending request to {url}: {e}"),
+        build(&self.agent, url, &format!("Bearer {}", self.token)).map_err(|e| {
+            let message = match &e {
+                ureq::Error::Rustls(_) | ureq::Error::Tls(_) => format!(
+                    "TLS with {url} failed: {e} (a private CA? give its certificate with the ca_file option)"
+                ),
+                _ => format!("sending request to {url}: {e}"),
+            };
+            Error::Network {
+                stage: stage_of(&e),
+                message,
+            }
         })
     }
 

@@ -22,6 +22,7 @@ mod sync;
 mod tables;
 #[cfg(test)]
 mod testing;
+mod transport;
 
 use sqlite_loadable::ext::{sqlite3, sqlite3_api_routines};
 use sqlite_loadable::prelude::register_entrypoint;

@@ -8,17 +8,28 @@ use crate::db::{transaction, Db};
 use crate::error::{Error, Result};
 use crate::merge::Policy;
 use crate::state::{self, Head};
-use crate::tables::{read_local, SyncTable};
+use crate::tables::{self, read_local, SyncTable};
+use crate::transport::{Transport, DEFAULT_TIMEOUT_MS};
 use crate::{bootstrap, capture, pending, pull, signed, status};
 use ed25519_dalek::VerifyingKey;
-use pdb_protocol::{genesis_hash, hex, unhex32, StateRoot, Value};
+use pdb_protocol::{genesis_hash, unhex32, StateRoot, Value};
 use serde_json::{json, Value as Json};
 
 pub struct OpenOptions {
     pub token: String,
     pub public_key: Option<String>,
     pub policy: Policy,
+    pub transport: Transport,
 }
+
+const OPTIONS: &[&str] = &[
+    "token",
+    "public_key",
+    "policy",
+    "ca_file",
+    "allow_http",
+    "timeout_ms",
+];
 
 pub fn parse_options(s: Option<&str>) -> Result<OpenOptions> {
     let v: Json = match s {
@@ -30,12 +41,37 @@ pub fn parse_options(s: Option<&str>) -> Result<OpenOptions> {
         .as_object()
         .ok_or_else(|| Error::invalid("options must be a JSON object"))?;
     for k in obj.keys() {
-        if !["token", "public_key", "policy"].contains(&k.as_str()) {
+        if !OPTIONS.contains(&k.as_str()) {
             return Err(Error::invalid(format!(
-                "unknown option {k:?} (expected token, public_key, policy)"
+                "unknown option {k:?} (expected {})",
+                OPTIONS.join(", ")
             )));
         }
     }
+    let transport = Transport {
+        ca_file: match obj.get("ca_file") {
+            None | Some(Json::Null) => None,
+            Some(Json::String(f)) if !f.is_empty() => Some(f.clone()),
+            Some(_) => return Err(Error::invalid("ca_file must be the path of a PEM file")),
+        },
+        allow_http: match obj.get("allow_http") {
+            None => false,
+            Some(Json::Bool(b)) => *b,
+            Some(Json::Number(n)) if n.as_i64() == Some(0) || n.as_i64() == Some(1) => {
+                n.as_i64() == Some(1)
+            }
+            Some(_) => return Err(Error::invalid("allow_http must be true or false")),
+        },
+        timeout_ms: match obj.get("timeout_ms") {
+            None => DEFAULT_TIMEOUT_MS,
+            Some(v) => v
+                .as_u64()
+                .filter(|t| (100..=3_600_000).contains(t))
+                .ok_or_else(|| {
+                    Error::invalid("timeout_ms must be a number of milliseconds, 100 to 3600000")
+                })?,
+        },
+    };
     let policy = match obj.get("policy") {
         None => Policy::RemoteWins,
         Some(p) => p
@@ -54,21 +90,14 @@ pub fn parse_options(s: Option<&str>) -> Result<OpenOptions> {
             .and_then(Json::as_str)
             .map(str::to_string),
         policy,
+        transport,
     })
 }
 
 /// Opens (or re-opens) a database for sync with a group.
 pub fn open(db: Db, url: &str, group: &str, opts: OpenOptions) -> Result<Json> {
-    if !url.starts_with("http://") {
-        return Err(Error::invalid("url must start with http://"));
-    }
-    open_with(
-        db,
-        &HttpWitness::new(url, &opts.token, group),
-        url,
-        group,
-        opts,
-    )
+    let w = HttpWitness::new(url, &opts.token, group, &opts.transport)?;
+    open_with(db, &w, url, group, opts)
 }
 
 /// [`open`] against the witness `w` (serving `url`).
@@ -104,40 +133,40 @@ pub fn open_with(
         .ok_or_else(|| Error::invalid("the witness's public key is malformed"))?;
     let g = w.group()?;
     let head_rec = signed::verify_head(&key, group, &g.head)?;
-    let version = g.schema.version;
-    let schema_hash =
-        unhex32(&g.schema.hash).ok_or_else(|| Error::invalid("malformed schema hash"))?;
-    if head_rec.schema_hash != schema_hash || head_rec.schema_version != version {
+    // The schema is data: checked against the grammar and its hash, which
+    // the signed head must name, before any of it is used.
+    let schema = g.schema.schema().map_err(|e| {
+        Error::invalid(format!(
+            "the witness sent a schema that is refused ({e}); nothing was created"
+        ))
+    })?;
+    let schema_hash = schema.hash();
+    if head_rec.schema_hash != schema_hash || head_rec.schema_version != schema.version {
         return Err(Error::invalid(
-            "the signed head names another schema than the group info",
+            "the group's schema is not the one its signed head names; nothing was created",
         ));
     }
-    let sql = g.schema.sql;
-    let names = g.schema.tables;
-    if names.is_empty() {
-        return Err(Error::invalid("the witness sent no table list"));
-    }
+    let names: Vec<String> = schema.tables.iter().map(|t| t.name.clone()).collect();
 
     transaction(&db, || {
-        let created = match read_local(&db, &names, version)? {
-            Some(s) if s.hash() == schema_hash => false,
+        let created = match read_local(&db, &names)? {
             Some(_) => {
-                return Err(Error::invalid(format!(
-                    "schema_mismatch: the local tables {names:?} differ from the group's schema (version {version}); migrate them or use another database"
-                )))
+                tables::check_local(&db, &schema)?;
+                false
             }
-            None => {
-                db.exec(&sql)?;
-                true
-            }
+            None => true,
         };
-        let schema = read_local(&db, &names, version)?
-            .ok_or_else(|| Error::invalid("creating the group's tables failed"))?;
-        if schema.hash() != schema_hash {
-            return Err(Error::invalid(
-                "schema_mismatch: the group's DDL does not give the group's schema here",
-            ));
+        // Tables (when new) and the group's indexes, from the structure:
+        // statements this code builds, never text from the network.
+        for t in &schema.tables {
+            if created {
+                db.exec(&t.create_sql())?;
+            }
+            for sql in t.index_sql() {
+                db.exec(&sql)?;
+            }
         }
+        tables::check_local(&db, &schema)?;
         let fresh = state::get(&db, "head_seq")?.is_none();
         for (k, v) in [
             ("url", Value::text(url)),
@@ -145,16 +174,11 @@ pub fn open_with(
             ("token", Value::text(&opts.token)),
             ("public_key", Value::text(&served)),
             ("policy", Value::text(opts.policy.name())),
-            ("schema_version", Value::Integer(version.into())),
-            ("schema_hash", Value::text(&hex(&schema_hash))),
-            ("schema_sql", Value::text(&sql)),
-            (
-                "tables",
-                Value::text(&serde_json::to_string(&names).unwrap_or_default()),
-            ),
         ] {
             state::set(&db, k, v)?;
         }
+        state::set_schema(&db, &schema)?;
+        opts.transport.save(&db)?;
         for t in &schema.tables {
             // Rows that were here before sync started are local inserts.
             capture::install(&db, t, &SyncTable::new(t), fresh && !created)?;
@@ -164,7 +188,7 @@ pub fn open_with(
                 &db,
                 &Head {
                     seq: 0,
-                    hash: genesis_hash(group, version, &schema_hash),
+                    hash: genesis_hash(group, schema.version, &schema_hash),
                     root: StateRoot::empty(),
                 },
             )?;

@@ -55,7 +55,7 @@ fn connect(db: *mut sqlite3, args: &VTabArguments) -> Result<(String, Projection
         .ok_or_else(|| Error::invalid("usage: USING pdb_projection('<projection name>')"))?;
     let l = state::load(Db::new(db))?;
     let source = Source {
-        witness: HttpWitness::new(&l.url, &l.token, &l.group),
+        witness: HttpWitness::of(&l)?,
         group: l.group,
         key: l.key,
         name,

@@ -5,9 +5,9 @@
 use crate::db::{as_blob, as_i64, as_text, Cache, Db};
 use crate::error::{Error, Result};
 use crate::merge::Policy;
-use crate::tables::{read_local, SyncTable};
+use crate::tables::{self, SyncTable};
 use ed25519_dalek::VerifyingKey;
-use pdb_protocol::{unhex32, Schema, StateRoot, Value};
+use pdb_protocol::{hex, unhex32, Schema, StateRoot, Value};
 
 /// The extension's tables (`pdb_state`, `pdb_outbox`, ...).
 pub const MIGRATION: &str = include_str!("../../sql/extension/001_local.sql");
@@ -103,17 +103,17 @@ pub fn load(db: Db) -> Result<Local> {
     let key = unhex32(&need("public_key")?)
         .and_then(|k| VerifyingKey::from_bytes(&k).ok())
         .ok_or_else(|| Error::invalid("the pinned witness key is corrupt"))?;
-    let names: Vec<String> = serde_json::from_str(&need("tables")?)
-        .map_err(|_| Error::invalid("the stored table list is corrupt"))?;
-    let version = get_i64(&db, "schema_version")?.unwrap_or(0) as u32;
-    let schema = read_local(&db, &names, version)?
-        .ok_or_else(|| Error::invalid("the group's tables are missing from this database"))?;
-    let schema_hash = unhex32(&need("schema_hash")?)
-        .ok_or_else(|| Error::invalid("the stored schema hash is corrupt"))?;
-    if schema.hash() != schema_hash {
-        return Err(Error::invalid(
-            "schema_mismatch: the local tables no longer match the group's schema",
-        ));
+    let schema = stored_schema(&db)?;
+    let schema_hash = schema.hash();
+    if get_text(&db, "schema_hash")? != Some(hex(&schema_hash)) {
+        return Err(Error::invalid("the stored schema does not match its hash"));
+    }
+    // The local tables are read in full only when the catalog changed
+    // since they were last found to match.
+    let fingerprint = tables::fingerprint(&db, &schema)?;
+    if get(&db, "schema_fingerprint")?.as_ref().and_then(as_blob) != Some(&fingerprint[..]) {
+        tables::check_local(&db, &schema)?;
+        set(&db, "schema_fingerprint", Value::Blob(fingerprint.to_vec()))?;
     }
     let tables = schema.tables.iter().map(SyncTable::new).collect();
     Ok(Local {
@@ -128,6 +128,32 @@ pub fn load(db: Db) -> Result<Local> {
         sql: Cache::new(db),
         db,
     })
+}
+
+/// The group's schema as `pdb_open` verified and stored it.
+pub fn stored_schema(db: &Db) -> Result<Schema> {
+    let again = "; call pdb_open again";
+    let text = get_text(db, "schema")?
+        .ok_or_else(|| Error::invalid(format!("sync state has no group schema{again}")))?;
+    let tables = serde_json::from_str(&text)
+        .map_err(|_| Error::invalid(format!("the stored schema is corrupt{again}")))?;
+    let version = get_i64(db, "schema_version")?.unwrap_or(0);
+    let schema = Schema::new(u32::try_from(version).unwrap_or(0), tables);
+    schema
+        .validate()
+        .map_err(|e| Error::invalid(format!("the stored schema is invalid ({e}){again}")))?;
+    Ok(schema)
+}
+
+/// Stores the group's schema (verified against a signed head), with the
+/// fingerprint of the local tables that were just found to match it.
+pub fn set_schema(db: &Db, schema: &Schema) -> Result<()> {
+    let text = serde_json::to_string(&schema.tables).map_err(|e| Error::invalid(e.to_string()))?;
+    set(db, "schema", Value::text(&text))?;
+    set(db, "schema_version", Value::Integer(schema.version.into()))?;
+    set(db, "schema_hash", Value::text(&hex(&schema.hash())))?;
+    let fingerprint = tables::fingerprint(db, schema)?;
+    set(db, "schema_fingerprint", Value::Blob(fingerprint.to_vec()))
 }
 
 impl Local {

@@ -20,7 +20,7 @@ const MAX_ROUNDS: usize = 8;
 /// A failure is kept for `pdb_status`; nothing local is lost by it.
 pub fn sync(db: Db) -> Result<Json> {
     let l = state::load(db)?;
-    let w = HttpWitness::new(&l.url, &l.token, &l.group);
+    let w = HttpWitness::of(&l)?;
     rounds(&l, &w).inspect_err(|e| state::record_error(&db, e))
 }
 
@@ -92,6 +92,7 @@ mod tests {
             token: String::new(),
             public_key: None,
             policy,
+            transport: Default::default(),
         };
         open_with(c.db(), w, "http://fake", "g", opts).unwrap()
     }

@@ -1,67 +1,70 @@
-//! The synced tables: their shape as the local database declares it, and
+//! The synced tables: their structure as the local database has it (read
+//! with the protocol's schema reader and checked against the group's), and
 //! reading and writing their rows by primary key.
 
 use crate::baselog::LogSql;
-use crate::db::{as_i64, as_text, Cache, Db};
+use crate::db::{Cache, Db};
 use crate::error::{Error, Result};
 use crate::merge::Row;
-use pdb_protocol::schema::{Affinity, COLUMNS_SQL};
-use pdb_protocol::{quote_ident, Column, RowSql, Schema, Table, Value};
+use pdb_protocol::schema::{self, Affinity, Catalog};
+use pdb_protocol::{quote_ident, RowSql, Schema, Table, Value};
 
-/// Reads one table's columns (None if it does not exist).
-pub fn read_table(db: &Db, name: &str) -> Result<Option<Table>> {
-    let exists = db.row(
-        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
-        &[Value::text(name)],
-    )?;
-    let Some(row) = exists else { return Ok(None) };
-    let real_name = row
-        .first()
-        .and_then(as_text)
-        .unwrap_or_else(|| name.to_string());
-    let mut columns = Vec::new();
-    for r in db.rows(COLUMNS_SQL, &[Value::text(&real_name)])? {
-        let text = |i: usize| r.get(i).and_then(as_text);
-        let int = |i: usize| r.get(i).and_then(as_i64).unwrap_or(0);
-        columns.push(
-            Column::from_xinfo(
-                &real_name,
-                text(0).unwrap_or_default(),
-                text(1).unwrap_or_default(),
-                int(2) != 0,
-                text(3),
-                int(4),
-                int(5),
-            )
-            .map_err(Error::Invalid)?,
-        );
+/// The local database's catalog, for the protocol's schema reader.
+struct DbCatalog<'a>(&'a Db);
+
+impl Catalog for DbCatalog<'_> {
+    fn rows(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+    ) -> std::result::Result<Vec<Vec<Value>>, String> {
+        self.0.rows(sql, params).map_err(|e| e.to_string())
     }
-    Ok(Some(Table {
-        name: real_name,
-        columns,
-    }))
 }
 
-/// The local shape of the group's tables: `Ok(None)` when none exists,
-/// an error when only some do.
-pub fn read_local(db: &Db, names: &[String], version: u32) -> Result<Option<Schema>> {
-    let mut found = Vec::new();
-    let mut missing = Vec::new();
-    for n in names {
-        match read_table(db, n)? {
-            Some(t) => found.push(t),
-            None => missing.push(n.clone()),
-        }
+/// The local structure of the group's tables: `Ok(None)` when none
+/// exists, an error when only some do.
+pub fn read_local(db: &Db, names: &[String]) -> Result<Option<Vec<Table>>> {
+    schema::read_tables(&mut DbCatalog(db), names)
+        .map_err(|e| Error::invalid(format!("schema_mismatch: {e}")))
+}
+
+/// Checks that the local tables can stand for the group's (same columns,
+/// keys, types, defaults, collations and constraints; extra non-unique
+/// local indexes are fine), naming the first difference.
+pub fn check_local(db: &Db, schema: &Schema) -> Result<()> {
+    let names: Vec<String> = schema.tables.iter().map(|t| t.name.clone()).collect();
+    let local = read_local(db, &names)?.ok_or_else(|| {
+        Error::invalid("schema_mismatch: the group's tables are missing from this database")
+    })?;
+    for (want, have) in schema.tables.iter().zip(&local) {
+        want.check_local(have).map_err(|e| {
+            Error::invalid(format!(
+                "schema_mismatch: {e} (this app changed a synced table; undo the change, or use another database)"
+            ))
+        })?;
     }
-    if found.is_empty() {
-        return Ok(None);
+    Ok(())
+}
+
+/// A digest of the catalog entries of the group's tables and their
+/// indexes: while it is unchanged, the structure checked at open still
+/// stands, so each call need not read it all again.
+pub fn fingerprint(db: &Db, schema: &Schema) -> Result<[u8; 32]> {
+    let names: Vec<String> = schema.tables.iter().map(|t| t.name.clone()).collect();
+    let names = serde_json::to_string(&names).map_err(|e| Error::invalid(e.to_string()))?;
+    let rows = db.rows(
+        "SELECT type, name, tbl_name, sql FROM sqlite_schema \
+         WHERE type IN ('table', 'index') \
+           AND tbl_name COLLATE NOCASE IN (SELECT value FROM json_each(?1)) \
+         ORDER BY type, name",
+        &[Value::text(&names)],
+    )?;
+    let mut bytes = Vec::new();
+    for r in &rows {
+        bytes.extend(pdb_protocol::value::encode_values(r));
     }
-    if !missing.is_empty() {
-        return Err(Error::invalid(format!(
-            "schema_mismatch: the database has some of the group's tables but not {missing:?}"
-        )));
-    }
-    Ok(Some(Schema::new(version, found)))
+    Ok(pdb_protocol::sha256(&bytes))
 }
 
 /// One synced table and the SQL for it, built once from its schema.

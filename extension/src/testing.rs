@@ -134,7 +134,6 @@ struct Log {
 pub struct FakeWitness {
     key: SigningKey,
     pub group: String,
-    ddl: String,
     schema: Schema,
     log: RefCell<Log>,
     pub faults: RefCell<Faults>,
@@ -157,11 +156,11 @@ impl FakeWitness {
         let scratch = Conn::memory();
         scratch.exec(ddl);
         let names: Vec<String> = tables.iter().map(|t| t.to_string()).collect();
-        let schema = read_local(&scratch.db(), &names, 1).unwrap().unwrap();
+        let schema =
+            pdb_protocol::Schema::new(1, read_local(&scratch.db(), &names).unwrap().unwrap());
         FakeWitness {
             key: SigningKey::from_bytes(&[7; 32]),
             group: group.into(),
-            ddl: ddl.into(),
             log: RefCell::new(Log {
                 entries: Vec::new(),
                 head_hash: genesis_hash(group, 1, &schema.hash()),
@@ -322,12 +321,7 @@ impl WitnessApi for FakeWitness {
     fn group(&self) -> Result<GroupJson> {
         Ok(GroupJson {
             group: self.group.clone(),
-            schema: SchemaJson {
-                version: 1,
-                hash: hex(&self.schema.hash()),
-                sql: self.ddl.clone(),
-                tables: self.schema.tables.iter().map(|t| t.name.clone()).collect(),
-            },
+            schema: SchemaJson::new(&self.schema),
             head: self.head(),
         })
     }

@@ -175,11 +175,15 @@ fn valid_name(what: &str, name: &str) -> Result<(), String> {
         return Err(format!("{what} names are 1-{MAX_NAME} bytes"));
     }
     if name.chars().any(char::is_control) {
-        return Err(format!("{what} {name:?}: control characters are not allowed"));
+        return Err(format!(
+            "{what} {name:?}: control characters are not allowed"
+        ));
     }
     let lower = name.to_ascii_lowercase();
     if let Some(p) = RESERVED_PREFIXES.iter().find(|p| lower.starts_with(*p)) {
-        return Err(format!("{what} {name:?}: names starting with {p:?} are reserved"));
+        return Err(format!(
+            "{what} {name:?}: names starting with {p:?} are reserved"
+        ));
     }
     Ok(())
 }
@@ -212,7 +216,9 @@ impl Table {
     }
 
     fn column(&self, name: &str) -> Option<&Column> {
-        self.columns.iter().find(|c| c.name.eq_ignore_ascii_case(name))
+        self.columns
+            .iter()
+            .find(|c| c.name.eq_ignore_ascii_case(name))
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -229,7 +235,10 @@ impl Table {
                 return Err(format!("table {t:?}: column {:?} twice", c.name));
             }
             if canonical_type(&c.decl_type)? != c.decl_type {
-                return Err(format!("table {t:?}, column {:?}: type is not canonical", c.name));
+                return Err(format!(
+                    "table {t:?}, column {:?}: type is not canonical",
+                    c.name
+                ));
             }
             if self.strict && !STRICT_TYPES.contains(&c.decl_type.as_str()) {
                 return Err(format!(
@@ -240,7 +249,10 @@ impl Table {
             }
             if let Some(d) = &c.default {
                 if &canonical_expr(d, &ExprContext::Default)? != d {
-                    return Err(format!("table {t:?}, column {:?}: default is not canonical", c.name));
+                    return Err(format!(
+                        "table {t:?}, column {:?}: default is not canonical",
+                        c.name
+                    ));
                 }
             }
             valid_collation(&c.collation, false)?;
@@ -257,7 +269,9 @@ impl Table {
         }
         let names = self.column_names();
         if self.checks.len() > MAX_CHECKS {
-            return Err(format!("table {t:?}: at most {MAX_CHECKS} CHECK constraints"));
+            return Err(format!(
+                "table {t:?}: at most {MAX_CHECKS} CHECK constraints"
+            ));
         }
         let mut sorted = self.checks.clone();
         sorted.sort();
@@ -270,7 +284,7 @@ impl Table {
             }
         }
         let mut sorted = self.unique.clone();
-        sorted.sort_by(|a, b| index_key(a).cmp(&index_key(b)));
+        sorted.sort_by_key(|a| index_key(a));
         if sorted != self.unique {
             return Err(format!("table {t:?}: unique constraints must be sorted"));
         }
@@ -301,11 +315,17 @@ impl Table {
                 return Err(format!("table {:?} has no column {:?}", self.name, c.name));
             };
             if col.name != c.name {
-                return Err(format!("index column {:?}: spell it as the table does", c.name));
+                return Err(format!(
+                    "index column {:?}: spell it as the table does",
+                    c.name
+                ));
             }
             valid_collation(&c.collation, col.collation.is_some())?;
             if c.collation.is_some() && c.collation == col.collation {
-                return Err(format!("index column {:?}: collation is not canonical", c.name));
+                return Err(format!(
+                    "index column {:?}: collation is not canonical",
+                    c.name
+                ));
             }
         }
         Ok(())
@@ -465,11 +485,25 @@ fn column_text(c: &Column) -> String {
     format!(
         "{} {}{}{}{}{}",
         c.name,
-        if c.decl_type.is_empty() { "(no type)" } else { &c.decl_type },
+        if c.decl_type.is_empty() {
+            "(no type)"
+        } else {
+            &c.decl_type
+        },
         if c.not_null { " NOT NULL" } else { "" },
-        c.default.as_ref().map(|d| format!(" DEFAULT {d}")).unwrap_or_default(),
-        c.collation.as_ref().map(|d| format!(" COLLATE {d}")).unwrap_or_default(),
-        if c.pk > 0 { format!(" key {}", c.pk) } else { String::new() },
+        c.default
+            .as_ref()
+            .map(|d| format!(" DEFAULT {d}"))
+            .unwrap_or_default(),
+        c.collation
+            .as_ref()
+            .map(|d| format!(" COLLATE {d}"))
+            .unwrap_or_default(),
+        if c.pk > 0 {
+            format!(" key {}", c.pk)
+        } else {
+            String::new()
+        },
     )
 }
 
@@ -562,7 +596,9 @@ pub fn read_table(cat: &mut dyn Catalog, name: &str) -> Result<Option<Table>, St
         matches!((&w[0], &w[1]), (sqltext::Token::Word(a), sqltext::Token::Word(b))
             if a.eq_ignore_ascii_case("ON") && b.eq_ignore_ascii_case("CONFLICT"))
     }) {
-        return Err(format!("table {t:?}: ON CONFLICT clauses are not supported"));
+        return Err(format!(
+            "table {t:?}: ON CONFLICT clauses are not supported"
+        ));
     }
     let mut columns = Vec::new();
     for r in cat.rows(
@@ -621,7 +657,9 @@ pub fn read_table(cat: &mut dyn Catalog, name: &str) -> Result<Option<Table>, St
     )? {
         let iname = text(idx.first()).unwrap_or_default();
         if int(idx.get(3)) != 0 {
-            return Err(format!("index {iname:?}: partial indexes are not supported"));
+            return Err(format!(
+                "index {iname:?}: partial indexes are not supported"
+            ));
         }
         let mut cols = Vec::new();
         for c in cat.rows(
@@ -659,17 +697,14 @@ pub fn read_table(cat: &mut dyn Catalog, name: &str) -> Result<Option<Table>, St
             }),
         }
     }
-    table.unique.sort_by(|a, b| index_key(a).cmp(&index_key(b)));
+    table.unique.sort_by_key(|a| index_key(a));
     table.indexes.sort_by_key(|i| i.name.to_ascii_lowercase());
     Ok(Some(table))
 }
 
 /// Reads every named table (`Ok(None)` when none exists; an error when
 /// only some do).
-pub fn read_tables(
-    cat: &mut dyn Catalog,
-    names: &[String],
-) -> Result<Option<Vec<Table>>, String> {
+pub fn read_tables(cat: &mut dyn Catalog, names: &[String]) -> Result<Option<Vec<Table>>, String> {
     let mut found = Vec::new();
     let mut missing = Vec::new();
     for n in names {

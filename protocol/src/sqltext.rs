@@ -114,7 +114,9 @@ pub fn tokenize(sql: &str) -> Result<Vec<Token>, String> {
             out.push(Token::Number(text(start, i)));
         } else if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
             let start = i;
-            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$' || b[i] >= 0x80) {
+            while i < b.len()
+                && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$' || b[i] >= 0x80)
+            {
                 i += 1;
             }
             out.push(Token::Word(text(start, i)));
@@ -448,7 +450,9 @@ pub fn table_text(sql: &str) -> Result<TableText, String> {
             .iter()
             .any(|w| word(first, w));
         let column = match first {
-            Some(Token::Word(n)) | Some(Token::Quoted(n)) | Some(Token::Str(n)) if !is_constraint => {
+            Some(Token::Word(n)) | Some(Token::Quoted(n)) | Some(Token::Str(n))
+                if !is_constraint =>
+            {
                 Some(n.clone())
             }
             _ => None,
@@ -465,7 +469,9 @@ pub fn table_text(sql: &str) -> Result<TableText, String> {
             }
             // A column's own collation stands outside any parentheses.
             if depth == 0 && word(def.get(k), "COLLATE") {
-                if let (Some(col), Some(Token::Word(c) | Token::Quoted(c))) = (&column, def.get(k + 1)) {
+                if let (Some(col), Some(Token::Word(c) | Token::Quoted(c))) =
+                    (&column, def.get(k + 1))
+                {
                     out.collations.push((col.clone(), c.clone()));
                 }
             }
@@ -571,7 +577,10 @@ mod tests {
     #[test]
     fn types_have_a_strict_grammar() {
         assert_eq!(canonical_type("varchar( 10 )").unwrap(), "VARCHAR(10)");
-        assert_eq!(canonical_type("double  precision").unwrap(), "DOUBLE PRECISION");
+        assert_eq!(
+            canonical_type("double  precision").unwrap(),
+            "DOUBLE PRECISION"
+        );
         assert_eq!(canonical_type("DECIMAL(10,-2)").unwrap(), "DECIMAL(10, -2)");
         assert_eq!(canonical_type("").unwrap(), "");
         for bad in [

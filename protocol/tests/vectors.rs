@@ -79,7 +79,10 @@ fn full_schema() -> Schema {
         vec![Table {
             name: "notes".into(),
             columns: vec![
-                Column { pk: 1, ..col("id", "TEXT") },
+                Column {
+                    pk: 1,
+                    ..col("id", "TEXT")
+                },
                 Column {
                     not_null: true,
                     collation: Some("NOCASE".into()),
@@ -92,12 +95,19 @@ fn full_schema() -> Schema {
             ],
             without_rowid: true,
             strict: true,
-            unique: vec![vec![IndexColumn { name: "title".into(), ..Default::default() }]],
+            unique: vec![vec![IndexColumn {
+                name: "title".into(),
+                ..Default::default()
+            }]],
             checks: vec!["length ( \"title\" ) <= 200".into()],
             indexes: vec![Index {
                 name: "notes_at".into(),
                 unique: false,
-                columns: vec![IndexColumn { name: "at".into(), desc: true, collation: None }],
+                columns: vec![IndexColumn {
+                    name: "at".into(),
+                    desc: true,
+                    collation: None,
+                }],
             }],
         }],
     )

@@ -6,8 +6,10 @@
 
 -- Key/value settings and state (extension/src/state.rs):
 --   set by pdb_open: url, group, token, public_key (the pinned witness key,
---     hex), policy, schema_version, schema_hash (hex), schema_sql, tables
---     (JSON array of the synced tables' names);
+--     hex), policy; the group's schema as verified against a signed head:
+--     schema (its structure, JSON), schema_version, schema_hash (hex), and
+--     schema_fingerprint (a digest of the catalog rows of the synced tables
+--     when they were last found to match it);
 --   the verified head: head_seq, head_hash (32 bytes), root (the state-root
 --     lanes, a blob);
 --   remote_seq (the newest signed head seen), last_error, last_sync_ms;

@@ -359,7 +359,8 @@ pub struct GroupRef {
     pub group: String,
     pub schema_version: u32,
     pub schema_hash: String,
-    pub schema_sql: String,
+    /// The group's schema, as the witness serves it (structured data).
+    pub schema: pdb_protocol::Schema,
 }
 
 impl GroupRef {
@@ -368,7 +369,10 @@ impl GroupRef {
             group: v["group"].as_str().expect("group").to_string(),
             schema_version: v["schema"]["version"].as_u64().expect("version") as u32,
             schema_hash: v["schema"]["hash"].as_str().expect("hash").to_string(),
-            schema_sql: v["schema"]["sql"].as_str().expect("sql").to_string(),
+            schema: serde_json::from_value::<pdb_protocol::wire::SchemaJson>(v["schema"].clone())
+                .expect("schema")
+                .schema()
+                .expect("a valid schema"),
         }
     }
 

@@ -42,7 +42,9 @@ fn check_history(w: &Witness, g: &GroupRef, tables: &[&str]) -> Vec<String> {
         "one log entry per sequence number"
     );
     let db = rusqlite::Connection::open_in_memory().unwrap();
-    db.execute_batch(&g.schema_sql).unwrap();
+    for sql in g.schema.ddl() {
+        db.execute_batch(&sql).unwrap();
+    }
     let mut prev: Option<[u8; 32]> = None;
     let mut keys = Vec::new();
     for (i, c) in commits.iter().enumerate() {

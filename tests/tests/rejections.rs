@@ -113,10 +113,13 @@ fn schema_mismatch_returns_the_expected_schema() {
     let e = f.expect_rejected(f.w.post(&f.path(), &body), 409, "schema_mismatch", &before);
     assert_eq!(e["expected_schema"]["version"], 1);
     assert_eq!(e["expected_schema"]["hash"], json!(f.g.schema_hash));
-    assert!(e["expected_schema"]["sql"]
-        .as_str()
+    // The schema as structured data, never as SQL text.
+    assert!(e["expected_schema"].get("sql").is_none(), "{e}");
+    assert!(e["expected_schema"]["tables"]
+        .as_array()
         .unwrap()
-        .contains("CREATE TABLE tasks"));
+        .iter()
+        .any(|t| t["name"] == "tasks"));
     let mut body =
         f.g.commit_body(h.seq, &h.head_hash, "k2", &task(2, "two"), Policy::Strict);
     body["schema_hash"] = json!("00".repeat(32));

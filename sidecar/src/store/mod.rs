@@ -231,11 +231,15 @@ pub fn load_info(conn: &Connection) -> Result<GroupInfo> {
     let stored_hash: Vec<u8> = meta(conn, "schema_hash")?;
     let schema_hash = schema.hash();
     if stored_hash != schema_hash {
-        return Err(corrupt("the stored schema does not match its recorded hash"));
+        return Err(corrupt(
+            "the stored schema does not match its recorded hash",
+        ));
     }
     let on_disk = schema::read(conn, version).map_err(StoreError::Corrupt)?;
     if on_disk != schema {
-        return Err(corrupt("the tables on disk do not match the group's schema"));
+        return Err(corrupt(
+            "the tables on disk do not match the group's schema",
+        ));
     }
     let tables = schema.tables.iter().map(TableSql::new).collect();
     Ok(GroupInfo {

@@ -102,9 +102,7 @@ pub fn parse(ddl: &str, version: u32) -> Result<Schema, String> {
     let rebuilt = Connection::open_in_memory().map_err(|e| e.to_string())?;
     create(&rebuilt, &schema)?;
     if read(&rebuilt, version)? != schema {
-        return Err(
-            "the schema uses something its structured form cannot express exactly".into(),
-        );
+        return Err("the schema uses something its structured form cannot express exactly".into());
     }
     Ok(schema)
 }
