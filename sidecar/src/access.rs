@@ -1,57 +1,79 @@
 //! Group access administration: members and their roles, and row-level
 //! write rules (how the write path runs them: `crate::write::rules`).
 //! Every change is versioned and logged (`pdb_access_log`). On definition
-//! a rule must compile under an authorizer that allows only reads of the
-//! group's own tables.
+//! a rule must pass the allow-lists of `crate::sandbox::allow`: reads of
+//! the group's own tables and a short list of functions only.
 
 use crate::auth::{valid_identity, Caller, Role};
 use crate::error::ApiError;
 use crate::group::Group;
-use crate::store;
-use crate::write::rules::rule_sql;
-use rusqlite::params;
+use crate::projection::valid_name;
+use crate::sandbox::allow;
+use crate::write::rules::{parse_ops, rule_sql, OPS};
+use rusqlite::{params, Connection};
 use serde_json::{json, Value as Json};
 
 const MAX_RULE: usize = 4096;
 
 pub fn members_json(g: &Group) -> Result<Json, ApiError> {
-    listing(
-        g,
-        "SELECT identity, role FROM pdb_members ORDER BY identity",
-        "members",
-        ["identity", "role"],
-    )
+    g.read("reading access", |c| {
+        let rows = (|| -> rusqlite::Result<Vec<Json>> {
+            let mut st =
+                c.prepare("SELECT identity, role, projections FROM pdb_members ORDER BY identity")?;
+            let items = st.query_map([], |r| {
+                let mut m =
+                    json!({"identity": r.get::<_, String>(0)?, "role": r.get::<_, String>(1)?});
+                if let Some(p) = r.get::<_, Option<String>>(2)? {
+                    m["projections"] = serde_json::from_str(&p).unwrap_or_default();
+                }
+                Ok(m)
+            })?;
+            items.collect()
+        })();
+        let items = rows.map_err(read_err)?;
+        Ok(json!({"members": items, "version": access_version(c)?}))
+    })
 }
 
 pub fn rules_json(g: &Group) -> Result<Json, ApiError> {
-    listing(
-        g,
-        "SELECT tbl, expr FROM pdb_rules ORDER BY tbl",
-        "rules",
-        ["table", "expr"],
-    )
+    g.read("reading access", |c| {
+        let rows = (|| -> rusqlite::Result<Vec<Json>> {
+            let mut st = c.prepare("SELECT tbl, expr, ops FROM pdb_rules ORDER BY tbl")?;
+            let items = st.query_map([], |r| {
+                let (t, expr, ops) = (
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                );
+                let mut rule = json!({"table": t});
+                match ops {
+                    None => rule["expr"] = json!(expr),
+                    Some(ops) => {
+                        for (op, e) in OPS.iter().zip(parse_ops(&ops)) {
+                            rule[*op] = json!(e);
+                        }
+                    }
+                }
+                Ok(rule)
+            })?;
+            items.collect()
+        })();
+        let items = rows.map_err(read_err)?;
+        Ok(json!({"rules": items, "version": access_version(c)?}))
+    })
 }
 
-/// `{"<list>": [{"<a>": .., "<b>": ..}], "version": <access version>}`
-/// from a query of two text columns.
-fn listing(g: &Group, query: &str, list: &str, [a, b]: [&str; 2]) -> Result<Json, ApiError> {
-    g.read("reading access", |c| {
-        let rows = (|| -> rusqlite::Result<Json> {
-            let mut st = c.prepare(query)?;
-            let items: Vec<Json> = st
-                .query_map([], |r| {
-                    Ok(json!({a: r.get::<_, String>(0)?, b: r.get::<_, String>(1)?}))
-                })?
-                .collect::<Result<_, _>>()?;
-            let version: i64 = c.query_row(
-                "SELECT coalesce(max(version), 0) FROM pdb_access_log",
-                [],
-                |r| r.get(0),
-            )?;
-            Ok(json!({ list: items, "version": version }))
-        })();
-        rows.map_err(sql)
-    })
+fn access_version(c: &Connection) -> Result<i64, ApiError> {
+    c.query_row(
+        "SELECT coalesce(max(version), 0) FROM pdb_access_log",
+        [],
+        |r| r.get(0),
+    )
+    .map_err(read_err)
+}
+
+fn read_err(e: rusqlite::Error) -> ApiError {
+    ApiError::internal("reading access", e)
 }
 
 fn bad(m: &str) -> ApiError {
@@ -59,42 +81,82 @@ fn bad(m: &str) -> ApiError {
 }
 
 fn sql(e: rusqlite::Error) -> ApiError {
-    ApiError::internal("changing access", e)
+    ApiError::sqlite("changing access", e)
 }
 
-/// The one field of a `{"<name>": ...}` body.
-fn only_field<'a>(body: &'a Json, name: &str) -> Result<&'a Json, ApiError> {
-    let shape = || ApiError::BadRequest(format!("body must be {{\"{name}\": ...}}"));
+/// The fields of a body that may have only `allowed` (at least one).
+fn fields<'a>(
+    body: &'a Json,
+    allowed: &[&str],
+) -> Result<&'a serde_json::Map<String, Json>, ApiError> {
+    let shape = || {
+        ApiError::BadRequest(format!(
+            "body must be a JSON object with {}",
+            allowed.join(" / ")
+        ))
+    };
     let obj = body.as_object().ok_or_else(shape)?;
-    if obj.keys().any(|k| k != name) {
+    if obj.is_empty() || obj.keys().any(|k| !allowed.contains(&k.as_str())) {
         return Err(shape());
     }
-    obj.get(name).ok_or_else(shape)
+    Ok(obj)
 }
 
+/// `{"role": "viewer" | "reader" | "writer" | "admin"}`, and for a viewer
+/// optionally `"projections": [names]` (the only ones it may read).
 pub fn grant(g: &Group, by: &Caller, who: &str, body: &Json) -> Result<Json, ApiError> {
     if !valid_identity(who) {
         return Err(bad(
             "identity must be 1-256 printable characters without spaces",
         ));
     }
-    let role = only_field(body, "role")?
-        .as_str()
+    let obj = fields(body, &["role", "projections"])?;
+    let role = obj
+        .get("role")
+        .and_then(Json::as_str)
         .and_then(Role::parse)
-        .ok_or_else(|| bad("role must be reader, writer or admin"))?;
-    let (v, ()) = g.change_access("member", who, Some(role.name()), &by.identity, |c, v| {
+        .ok_or_else(|| bad("role must be viewer, reader, writer or admin"))?;
+    let names: Option<Vec<String>> = match obj.get("projections") {
+        None | Some(Json::Null) => None,
+        Some(_) if role != Role::Viewer => {
+            return Err(bad("projections may only be given with the viewer role"))
+        }
+        Some(v) => {
+            let list: Vec<String> = v
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|n| n.as_str().filter(|n| valid_name(n)).map(str::to_string))
+                        .collect()
+                })
+                .filter(|l: &Vec<String>| l.len() == v.as_array().map_or(0, Vec::len))
+                .filter(|l| l.len() <= 256)
+                .ok_or_else(|| bad("projections must be a list of at most 256 projection names"))?;
+            Some(list)
+        }
+    };
+    let stored = names.as_ref().map(|n| json!(n).to_string());
+    let value = match &stored {
+        Some(n) => format!("{} {n}", role.name()),
+        None => role.name().to_string(),
+    };
+    let (v, ()) = g.change_access("member", who, Some(&value), &by.identity, |c, _, v| {
         c.execute(
-            "INSERT OR REPLACE INTO pdb_members(identity, role, version) VALUES (?1, ?2, ?3)",
-            params![who, role.name(), v],
+            "INSERT OR REPLACE INTO pdb_members(identity, role, projections, version) VALUES (?1, ?2, ?3, ?4)",
+            params![who, role.name(), stored, v],
         )
         .map(|_| ())
         .map_err(sql)
     })?;
-    Ok(json!({"identity": who, "role": role.name(), "version": v}))
+    let mut out = json!({"identity": who, "role": role.name(), "version": v});
+    if let Some(n) = names {
+        out["projections"] = json!(n);
+    }
+    Ok(out)
 }
 
 pub fn revoke(g: &Group, by: &Caller, who: &str) -> Result<Json, ApiError> {
-    let (v, ()) = g.change_access("member", who, None, &by.identity, |c, _| {
+    let (v, ()) = g.change_access("member", who, None, &by.identity, |c, _, _| {
         c.execute("DELETE FROM pdb_members WHERE identity = ?1", [who])
             .map(|_| ())
             .map_err(sql)
@@ -102,26 +164,64 @@ pub fn revoke(g: &Group, by: &Caller, who: &str) -> Result<Json, ApiError> {
     Ok(json!({"identity": who, "role": null, "version": v}))
 }
 
+/// `{"expr": E}` (one rule for every operation) or any of `{"insert": E,
+/// "update": E, "delete": E}` (one per operation; one left out is
+/// refused). Each expression is checked before anything is stored.
 pub fn set_rule(g: &Group, by: &Caller, table: &str, body: &Json) -> Result<Json, ApiError> {
-    let expr = only_field(body, "expr")?
-        .as_str()
-        .ok_or_else(|| bad("expr must be SQL text"))?;
     let t = table_name(g, table)?;
-    validate(g, &t, expr)?;
-    let (v, ()) = g.change_access("rule", &t, Some(expr), &by.identity, |c, v| {
+    let obj = fields(body, &["expr", "insert", "update", "delete"])?;
+    let text = |k: &str| -> Result<Option<String>, ApiError> {
+        match obj.get(k) {
+            None | Some(Json::Null) => Ok(None),
+            Some(Json::String(e)) => Ok(Some(e.clone())),
+            Some(_) => Err(ApiError::BadRequest(format!("{k} must be SQL text"))),
+        }
+    };
+    let (expr, ops) = match text("expr")? {
+        Some(e) => {
+            if obj.len() > 1 {
+                return Err(bad(
+                    "give either expr, or insert / update / delete, not both",
+                ));
+            }
+            validate(g, &t, "rule", &e)?;
+            (e, None)
+        }
+        None => {
+            let mut each = serde_json::Map::new();
+            for op in OPS {
+                if let Some(e) = text(op)? {
+                    validate(g, &t, &format!("{op} rule"), &e)?;
+                    each.insert(op.to_string(), Json::String(e));
+                }
+            }
+            (String::new(), Some(Json::Object(each).to_string()))
+        }
+    };
+    let logged = ops.clone().unwrap_or_else(|| expr.clone());
+    let (v, ()) = g.change_access("rule", &t, Some(&logged), &by.identity, |c, _, v| {
         c.execute(
-            "INSERT OR REPLACE INTO pdb_rules(tbl, expr, version) VALUES (?1, ?2, ?3)",
-            params![t, expr, v],
+            "INSERT OR REPLACE INTO pdb_rules(tbl, expr, ops, version) VALUES (?1, ?2, ?3, ?4)",
+            params![t, expr, ops, v],
         )
         .map(|_| ())
         .map_err(sql)
     })?;
-    Ok(json!({"table": t, "expr": expr, "version": v}))
+    let mut out = json!({"table": t, "version": v});
+    match &ops {
+        None => out["expr"] = json!(expr),
+        Some(ops) => {
+            for (op, e) in OPS.iter().zip(parse_ops(ops)) {
+                out[*op] = json!(e);
+            }
+        }
+    }
+    Ok(out)
 }
 
 pub fn remove_rule(g: &Group, by: &Caller, table: &str) -> Result<Json, ApiError> {
     let t = table_name(g, table)?;
-    let (v, ()) = g.change_access("rule", &t, None, &by.identity, |c, _| {
+    let (v, ()) = g.change_access("rule", &t, None, &by.identity, |c, _, _| {
         c.execute("DELETE FROM pdb_rules WHERE tbl = ?1", [&t])
             .map(|_| ())
             .map_err(sql)
@@ -138,19 +238,22 @@ fn table_name(g: &Group, table: &str) -> Result<String, ApiError> {
         .ok_or_else(|| bad("no such table in the group"))
 }
 
-fn validate(g: &Group, table: &str, expr: &str) -> Result<(), ApiError> {
-    if expr.is_empty() || expr.len() > MAX_RULE || expr.contains(';') {
-        return Err(bad("a rule is one SQL expression of at most 4096 bytes"));
+/// Checks one rule expression against the allow-lists.
+fn validate(g: &Group, table: &str, what: &str, expr: &str) -> Result<(), ApiError> {
+    if expr.trim().is_empty() || expr.len() > MAX_RULE || expr.contains(';') {
+        return Err(ApiError::BadRequest(format!(
+            "a {what} is one SQL expression of at most {MAX_RULE} bytes"
+        )));
     }
     let sql = rule_sql(&g.info, table, expr).ok_or_else(|| bad("no such table"))?;
-    let mut conn =
-        store::open_conn(&g.path, false).map_err(|e| ApiError::internal("opening the group", e))?;
-    conn.authorizer(Some(store::schema::read_only(None)))
-        .map_err(|e| ApiError::internal("checking a rule", e))?;
-    let prepared = conn.prepare(&sql).map(|_| ());
-    prepared.map_err(|e| {
-        ApiError::BadRequest(format!(
-            "the rule does not compile as a read-only expression: {e}"
-        ))
-    })
+    let tables: Vec<&str> = g
+        .info
+        .schema
+        .tables
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect();
+    allow::check(&mut g.check_conn()?, &sql, &tables)
+        .map(|_| ())
+        .map_err(|e| ApiError::BadRequest(format!("the {what} is refused: {e}")))
 }

@@ -11,8 +11,12 @@ use crate::jwt::Jwt;
 use crate::keys;
 use std::collections::HashMap;
 
+/// Roles in a group, each including the ones before it. A viewer reads
+/// projections only (all, or those named in its grant), never the log,
+/// changesets or snapshots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
+    Viewer = 0,
     Reader = 1,
     Writer = 2,
     Admin = 3,
@@ -21,6 +25,7 @@ pub enum Role {
 impl Role {
     pub fn parse(s: &str) -> Option<Role> {
         match s {
+            "viewer" => Some(Role::Viewer),
             "reader" => Some(Role::Reader),
             "writer" => Some(Role::Writer),
             "admin" => Some(Role::Admin),
@@ -29,6 +34,7 @@ impl Role {
     }
     pub fn name(self) -> &'static str {
         match self {
+            Role::Viewer => "viewer",
             Role::Reader => "reader",
             Role::Writer => "writer",
             Role::Admin => "admin",

@@ -3,6 +3,7 @@
 
 use crate::auth::{Authenticator, Caller};
 use crate::jwt::{IssuerConfig, Jwt};
+use crate::limits::Limits;
 use crate::witness::{self, Settings, SnapshotPolicy, Witness};
 use crate::{access, keys, store, tokens, verify};
 use clap::{Parser, Subcommand};
@@ -25,6 +26,8 @@ pub struct Cli {
     command: Option<Command>,
 }
 
+// Parsed once per process: the size of `serve`'s arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP server (the default).
@@ -144,6 +147,76 @@ pub struct ServeArgs {
     /// Log format: text or json.
     #[arg(long, env = "PDB_LOG_FORMAT", default_value = "text")]
     log_format: String,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// Bounds on connections, memory and work (docs/witness.md, "Limits").
+#[derive(clap::Args)]
+pub struct LimitArgs {
+    /// Open connections in total (more are answered 503 and closed).
+    #[arg(long, env = "PDB_MAX_CONNECTIONS", default_value_t = 4096)]
+    max_connections: usize,
+    /// Open connections from one IP address (more are answered 429).
+    #[arg(long, env = "PDB_MAX_CONNECTIONS_PER_IP", default_value_t = 512)]
+    max_connections_per_ip: usize,
+    /// Seconds a connection may take to send a request head, or stay idle
+    /// between requests, before it is closed.
+    #[arg(long, env = "PDB_IDLE_TIMEOUT_SECS", default_value_t = 30)]
+    idle_timeout_secs: u64,
+    /// Seconds a request body may take to arrive.
+    #[arg(long, env = "PDB_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    body_timeout_secs: u64,
+    /// Request body bytes held in memory at once, all requests together.
+    #[arg(long, env = "PDB_MAX_BUFFERED_BYTES", default_value_t = 256 * 1024 * 1024)]
+    max_buffered_bytes: usize,
+    /// Requests one caller may have in progress at once (429 over it).
+    #[arg(long, env = "PDB_MAX_CALLS_PER_CALLER", default_value_t = 32)]
+    max_calls_per_caller: usize,
+    /// Reads running at once against one group.
+    #[arg(long, env = "PDB_GROUP_READS", default_value_t = 4)]
+    group_reads: usize,
+    /// Blocking jobs (reads, maintenance, snapshots) running at once.
+    #[arg(long, env = "PDB_BLOCKING_JOBS", default_value_t = 64)]
+    blocking_jobs: usize,
+    /// Free disk space to keep: below it commits get storage_full (507)
+    /// and /healthz is not ready.
+    #[arg(long, env = "PDB_RESERVE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    reserve_bytes: u64,
+    /// Virtual-machine steps one unit of admin SQL may take (one commit's
+    /// rule checks, one projection's upkeep per commit, one page).
+    #[arg(long, env = "PDB_SQL_STEPS", default_value_t = 10_000_000)]
+    sql_steps: u64,
+    /// Milliseconds one unit of admin SQL may take.
+    #[arg(long, env = "PDB_SQL_MILLIS", default_value_t = 2000)]
+    sql_millis: u64,
+    /// SQLite memory one statement of admin SQL may hold.
+    #[arg(long, env = "PDB_SQL_MEMORY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    sql_memory_bytes: usize,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        let secs = |s: u64| std::time::Duration::from_secs(s.max(1));
+        Limits {
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            idle_timeout: secs(self.idle_timeout_secs),
+            body_timeout: secs(self.body_timeout_secs),
+            max_buffered_bytes: self.max_buffered_bytes,
+            max_calls_per_caller: self.max_calls_per_caller.max(1),
+            group_reads: self.group_reads.max(1),
+            blocking: self.blocking_jobs.max(2),
+            reserve_bytes: self.reserve_bytes,
+            sql: crate::sandbox::Limits {
+                steps: self.sql_steps.max(1000),
+                time: std::time::Duration::from_millis(self.sql_millis.max(1)),
+                memory: self.sql_memory_bytes.max(1024 * 1024),
+                ..crate::sandbox::Limits::default()
+            },
+            ..Limits::default()
+        }
+    }
 }
 
 impl Cli {
@@ -219,7 +292,15 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, String> {
 }
 
 fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), String> {
+    // Before SQLite is first used: count its memory per thread, so admin
+    // SQL can be held to its memory budget.
+    let counted = crate::sandbox::alloc::install();
     init_logs(&args.log_format);
+    if !counted {
+        tracing::warn!(
+            "SQLite started before its allocator could be set: admin SQL has no memory bound"
+        );
+    }
     let _lock = lock_data_dir(data_dir)?;
     let (key, created) = keys::load_or_create_key(data_dir).map_err(|e| e.to_string())?;
     let (token_hash, new_token) =
@@ -240,10 +321,13 @@ fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), String> {
             prune_log: args.prune_log,
             keep_log_commits: args.keep_log_commits,
         },
+        limits: args.limits.limits(),
     };
+    let blocking = settings.limits.blocking;
     let witness = Arc::new(Witness::open(settings, key)?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(blocking + 16)
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(async move {
@@ -273,7 +357,10 @@ fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), String> {
         crate::http::run(listener, witness, shutdown_signal())
             .await
             .map_err(|e| e.to_string())
-    })
+    })?;
+    // Whatever blocking work is left (it is being stopped) gets a bound.
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -431,6 +518,7 @@ fn offline_witness(data_dir: &Path) -> Result<Witness, String> {
         max_body_bytes: 0,
         max_page_bytes: store::log::DEFAULT_PAGE_BYTES,
         snapshots: SnapshotPolicy::default(),
+        limits: Limits::default(),
     };
     Witness::open(settings, key)
 }

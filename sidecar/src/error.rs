@@ -6,7 +6,7 @@ use hyper::StatusCode;
 use pdb_protocol::wire::{value_json, ErrorBody, ErrorJson, HeadJson, SchemaJson, SnapshotJson};
 use pdb_protocol::Value;
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum ApiError {
     /// No valid identity (401).
     Unauthorized(String),
@@ -46,6 +46,22 @@ pub enum ApiError {
         snapshot: Option<Box<SnapshotJson>>,
     },
     RangeNotSatisfiable(u64),
+    /// An admin-defined rule failed at run time (its budget ran out, or a
+    /// runtime error): the commit is refused, naming table, key and rule.
+    /// A projection whose SQL failed reads as this too.
+    RuleError {
+        table: Option<String>,
+        key: Option<Vec<Value>>,
+        message: String,
+    },
+    /// Over a limit on concurrent work: 429 when it is the caller's own
+    /// limit, 503 when it is the group's or the witness's.
+    Overloaded {
+        caller: bool,
+        message: String,
+    },
+    /// The witness's disk is full (or below its reserve): retry later.
+    StorageFull(String),
     Unavailable(String),
     /// The cause is logged where it happens; the caller sees a generic text.
     Internal(String),
@@ -55,6 +71,29 @@ impl ApiError {
     pub fn internal(context: &str, e: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %e, "{context}");
         ApiError::Internal(context.to_string())
+    }
+
+    /// A SQLite failure: a full disk is `storage_full`, anything else is
+    /// internal (logged).
+    pub fn sqlite(context: &str, e: rusqlite::Error) -> ApiError {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            tracing::error!(error = %e, "{context}: the disk is full");
+            return ApiError::StorageFull(format!(
+                "the witness's disk is full while {context}; retry later"
+            ));
+        }
+        ApiError::internal(context, e)
+    }
+
+    /// Seconds the client should wait before retrying (`Retry-After`),
+    /// for the answers that are only about load or space.
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            ApiError::Overloaded { .. } => Some(1),
+            ApiError::StorageFull(_) => Some(30),
+            ApiError::Unavailable(_) => Some(1),
+            _ => None,
+        }
     }
 
     pub fn status(&self) -> StatusCode {
@@ -70,7 +109,12 @@ impl ApiError {
             | ApiError::IdempotencyConflict(_)
             | ApiError::StaleHead { .. }
             | ApiError::ChangesetConflict { .. } => StatusCode::CONFLICT,
-            ApiError::InvalidChangeset { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::InvalidChangeset { .. } | ApiError::RuleError { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::Overloaded { caller: true, .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Overloaded { caller: false, .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::SnapshotRequired { .. } => StatusCode::GONE,
             ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -93,6 +137,9 @@ impl ApiError {
             ApiError::InvalidChangeset { .. } => "invalid_changeset",
             ApiError::SnapshotRequired { .. } => "snapshot_required",
             ApiError::RangeNotSatisfiable(_) => "range_not_satisfiable",
+            ApiError::RuleError { .. } => "rule_error",
+            ApiError::Overloaded { .. } => "overloaded",
+            ApiError::StorageFull(_) => "storage_full",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -101,7 +148,7 @@ impl ApiError {
     pub fn body(&self) -> ErrorBody {
         let mut e = ErrorJson {
             code: self.code().to_string(),
-            retryable: matches!(self, ApiError::Unavailable(_) | ApiError::Internal(_)),
+            retryable: self.retry_after().is_some() || matches!(self, ApiError::Internal(_)),
             ..ErrorJson::default()
         };
         e.message = match self {
@@ -109,6 +156,8 @@ impl ApiError {
             | ApiError::NotFound(m)
             | ApiError::BadRequest(m)
             | ApiError::IdempotencyConflict(m)
+            | ApiError::StorageFull(m)
+            | ApiError::Overloaded { message: m, .. }
             | ApiError::Unavailable(m) => m.clone(),
             ApiError::BodyTooLarge(limit) => {
                 format!("request body is larger than the {limit}-byte limit")
@@ -141,6 +190,11 @@ impl ApiError {
                 message,
             }
             | ApiError::Forbidden {
+                table,
+                key,
+                message,
+            }
+            | ApiError::RuleError {
                 table,
                 key,
                 message,

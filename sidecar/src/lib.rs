@@ -7,15 +7,19 @@
 //! `http` (the API), `cli` (the command line).
 
 pub mod access;
+pub mod admit;
 pub mod auth;
 pub mod cli;
 pub mod error;
+pub mod grant;
 pub mod group;
 pub mod http;
 pub mod jwt;
 pub mod keys;
+pub mod limits;
 pub mod projection;
 pub mod read;
+pub mod sandbox;
 pub mod snapshot;
 pub mod store;
 pub mod tokens;

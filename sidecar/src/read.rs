@@ -62,7 +62,8 @@ pub fn commits_page(
 }
 
 /// One page of a projection's rows visible to `identity` holding `role`,
-/// with the signed head they reflect.
+/// with the signed head they reflect. The page is bounded by rows, bytes
+/// and the budget of its visibility rule (`crate::projection::read_page`).
 pub fn projection_page(
     w: &Witness,
     g: &Group,
@@ -72,18 +73,17 @@ pub fn projection_page(
     after: i64,
     limit: u32,
 ) -> Result<Json, ApiError> {
-    let (head, columns, rows, next) = g.read("reading a projection", |c| {
+    let (head, columns, page) = g.read_sandboxed("reading a projection", |c, scope| {
         let p = crate::projection::load(c, &g.info, name)?
             .ok_or_else(|| ApiError::NotFound(format!("no projection {name:?}")))?;
         let head = log::head(c).map_err(sql)?;
-        let (rows, next) =
-            crate::projection::read_page(c, &p, identity, role.name(), after, limit)?;
-        Ok((head, p.columns, rows, next))
+        let page = crate::projection::read_page(c, scope, &p, identity, role.name(), after, limit)?;
+        Ok((head, p.columns, page))
     })?;
     Ok(json!({
         "columns": columns,
-        "rows": rows,
-        "next_after": next,
+        "rows": page.rows,
+        "next_after": page.next_after,
         "head": g.info.sign_head(&w.key, &head),
     }))
 }

@@ -1,9 +1,12 @@
 //! The witness's shared state: its key, its settings and the registry of
 //! live groups; creating groups; the snapshot policy.
 
+use crate::admit::Admission;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::group::Group;
+use crate::group::{Env, Group};
+use crate::limits::Limits;
+use crate::sandbox::Sandbox;
 use crate::store;
 use ed25519_dalek::SigningKey;
 use pdb_protocol::wire::SnapshotJson;
@@ -19,6 +22,7 @@ pub struct Settings {
     /// The byte bound of a catch-up page (see `store::log::PageBound`).
     pub max_page_bytes: u64,
     pub snapshots: SnapshotPolicy,
+    pub limits: Limits,
 }
 
 /// When snapshots are made on their own, and whether the log before the
@@ -50,9 +54,16 @@ impl Default for SnapshotPolicy {
 pub struct Witness {
     pub settings: Settings,
     pub key: Arc<SigningKey>,
+    /// What every group shares (budgets, reserve, read slots).
+    env: Env,
+    pub admission: Admission,
     groups: RwLock<HashMap<String, Arc<Group>>>,
     creating: Mutex<()>,
 }
+
+/// A writer busy with one batch or maintenance write for longer than this
+/// is reported stuck by `/healthz` (budgets bound a batch far below it).
+pub const STUCK_AFTER: Duration = Duration::from_secs(60);
 
 pub fn groups_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("groups")
@@ -64,6 +75,15 @@ impl Witness {
         let dir = groups_dir(&settings.data_dir);
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let key = Arc::new(key);
+        let limits = &settings.limits;
+        let env = Env {
+            sandbox: Sandbox::new(crate::sandbox::Limits {
+                value_bytes: limits.sql.value_bytes.max(settings.max_body_bytes),
+                ..limits.sql
+            }),
+            reserve_bytes: limits.reserve_bytes,
+            reads: limits.group_reads,
+        };
         let mut groups = HashMap::new();
         let entries =
             std::fs::read_dir(&dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
@@ -75,7 +95,7 @@ impl Witness {
             if !store::valid_id(id) {
                 continue;
             }
-            let g = Group::open(&entry.path(), key.clone())
+            let g = Group::open(&entry.path(), key.clone(), &env)
                 .map_err(|e| format!("opening group {id}: {e}"))?;
             if g.info.id != id {
                 return Err(format!("{name} holds group {:?}", g.info.id));
@@ -83,8 +103,10 @@ impl Witness {
             groups.insert(id.to_string(), Arc::new(g));
         }
         Ok(Witness {
+            admission: Admission::new(settings.limits.clone(), settings.max_body_bytes),
             settings,
             key,
+            env,
             groups: RwLock::new(groups),
             creating: Mutex::new(()),
         })
@@ -120,7 +142,7 @@ impl Witness {
     pub fn visible_groups(&self, caller: &Caller) -> Result<Vec<String>, ApiError> {
         let mut ids = Vec::new();
         for g in self.groups() {
-            if caller.operator || g.role_of(&caller.identity)?.is_some() {
+            if caller.operator || g.grant_of(&caller.identity)?.is_some() {
                 ids.push(g.info.id.clone());
             }
         }
@@ -143,7 +165,7 @@ impl Witness {
         let schema = store::schema::parse(ddl, version).map_err(ApiError::BadRequest)?;
         store::create(&dir, id, ddl, &schema)
             .map_err(|e| ApiError::internal("creating a group", e))?;
-        let g = Group::open(&dir.join(store::file_name(id)), self.key.clone())
+        let g = Group::open(&dir.join(store::file_name(id)), self.key.clone(), &self.env)
             .map_err(|e| ApiError::internal("opening a new group", e))?;
         let g = Arc::new(g);
         self.groups
@@ -232,10 +254,47 @@ impl Witness {
         }
     }
 
-    /// Stops every writer once its queued commits are durable.
+    /// Stops every writer (the batch in progress is made durable; admin
+    /// SQL still running is stopped; commits still queued are answered
+    /// `unavailable`).
     pub fn shutdown(&self) {
+        self.env.sandbox.stop();
         for g in self.groups() {
             g.shutdown();
         }
+    }
+
+    /// Whether the witness can take commits now: `Ok` with what it checked,
+    /// or the first reason it cannot (a full disk, a writer that cannot
+    /// commit or has been busy too long).
+    pub fn health(&self) -> Result<serde_json::Value, ApiError> {
+        let reserve = self.settings.limits.reserve_bytes;
+        let free = store::disk::free_bytes(&groups_dir(&self.settings.data_dir));
+        if let Some(free) = free.filter(|f| *f < reserve) {
+            return Err(ApiError::StorageFull(format!(
+                "the witness's disk has {free} bytes free, below its reserve of {reserve}"
+            )));
+        }
+        let groups = self.groups();
+        for g in &groups {
+            let stats = g.stats();
+            if stats
+                .storage_full
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                return Err(ApiError::StorageFull(format!(
+                    "group {:?} could not commit: the disk is full",
+                    g.info.id
+                )));
+            }
+            if let Some(busy) = stats.busy_for().filter(|b| *b > STUCK_AFTER) {
+                return Err(ApiError::Unavailable(format!(
+                    "the writer of group {:?} has been busy for {} s",
+                    g.info.id,
+                    busy.as_secs()
+                )));
+            }
+        }
+        Ok(serde_json::json!({"ok": true, "groups": groups.len(), "free_bytes": free}))
     }
 }

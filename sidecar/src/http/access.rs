@@ -1,7 +1,7 @@
 //! `/v1/groups/<g>/members` and `/rules`: who may do what (admins only).
 //! Both are a list (GET) and items set with PUT and removed with DELETE.
 
-use super::call::{blocking, get_only, Answer, Call, Reply};
+use super::call::{get_only, Answer, Call, Reply};
 use crate::access;
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
@@ -32,7 +32,8 @@ pub async fn rule(call: &mut Call, id: &str, table: &str) -> Answer {
 async fn list(call: &Call, id: &str, read: List) -> Answer {
     get_only(call)?;
     let g = call.group(id, Role::Admin).await?;
-    ok(blocking(move || read(&g)).await)
+    let g2 = g.clone();
+    ok(call.read(&g, move || read(&g2)).await)
 }
 
 async fn item(call: &mut Call, id: &str, subject: &str, set: Set, remove: Remove) -> Answer {
@@ -41,11 +42,11 @@ async fn item(call: &mut Call, id: &str, subject: &str, set: Set, remove: Remove
         Method::PUT => {
             let g = call.group(id, Role::Admin).await?;
             let body: Json = call.json_body().await?;
-            ok(blocking(move || set(&g, &by, &subject, &body)).await)
+            ok(call.blocking(move || set(&g, &by, &subject, &body)).await)
         }
         Method::DELETE => {
             let g = call.group(id, Role::Admin).await?;
-            ok(blocking(move || remove(&g, &by, &subject)).await)
+            ok(call.blocking(move || remove(&g, &by, &subject)).await)
         }
         _ => Err(ApiError::MethodNotAllowed),
     }

@@ -1,15 +1,19 @@
 //! One authenticated call: who is calling, its group access check, its
-//! bounded JSON body and query, and what an endpoint answers with.
+//! bounded JSON body and query, the admission of its blocking work, and
+//! what an endpoint answers with.
 
+use crate::admit::{BodyBytes, CallerSlot};
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
+use crate::grant::Grant;
 use crate::group::Group;
 use crate::witness::Witness;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_LENGTH};
 use hyper::{Method, Request, StatusCode};
 use serde::Serialize;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// What an endpoint answers with.
@@ -39,15 +43,30 @@ pub struct Call {
     pub method: Method,
     parts: hyper::http::request::Parts,
     body: Option<Incoming>,
+    /// The caller's slot among its calls in progress (none for the
+    /// operator), and the body bytes this call holds in memory.
+    _slot: Option<CallerSlot>,
+    held: Option<BodyBytes>,
+    peer: IpAddr,
 }
 
 impl Call {
-    pub async fn new(w: Arc<Witness>, req: Request<Incoming>) -> Result<Call, ApiError> {
+    /// `peer` is the client's address.
+    pub async fn new(
+        w: Arc<Witness>,
+        req: Request<Incoming>,
+        peer: IpAddr,
+    ) -> Result<Call, ApiError> {
         let header = req
             .headers()
             .get(AUTHORIZATION)
             .and_then(|h| h.to_str().ok());
         let caller = w.settings.auth.caller(header).await?;
+        let slot = if caller.operator {
+            None
+        } else {
+            Some(w.admission.caller(&caller.identity)?)
+        };
         let (parts, body) = req.into_parts();
         Ok(Call {
             w,
@@ -55,6 +74,9 @@ impl Call {
             method: parts.method.clone(),
             parts,
             body: Some(body),
+            _slot: slot,
+            held: None,
+            peer,
         })
     }
 
@@ -69,8 +91,13 @@ impl Call {
     /// The group, if the caller holds at least `need` in it. A caller with
     /// no role gets the same answer whether or not the group exists.
     pub async fn group(&self, id: &str, need: Role) -> Result<Arc<Group>, ApiError> {
+        self.access(id, need).await.map(|(g, _)| g)
+    }
+
+    /// The group and the caller's grant in it, if it holds at least `need`.
+    pub async fn access(&self, id: &str, need: Role) -> Result<(Arc<Group>, Grant), ApiError> {
         if self.caller.operator {
-            return self.w.group(id);
+            return Ok((self.w.group(id)?, operator()));
         }
         let no_access = || ApiError::Forbidden {
             table: None,
@@ -80,31 +107,52 @@ impl Call {
         let Ok(g) = self.w.group(id) else {
             return Err(no_access());
         };
-        match self.role_in(&g).await? {
+        match self.grant_in(&g).await? {
             None => Err(no_access()),
-            Some(role) if role < need => Err(ApiError::Forbidden {
+            Some(grant) if grant.role < need => Err(ApiError::Forbidden {
                 table: None,
                 key: None,
                 message: format!(
                     "role {} may not do this here (needs {})",
-                    role.name(),
+                    grant.role.name(),
                     need.name()
                 ),
             }),
-            Some(_) => Ok(g),
+            Some(grant) => Ok((g, grant)),
         }
     }
 
-    /// The caller's role in `g` (admin for the operator).
-    pub async fn role_in(&self, g: &Arc<Group>) -> Result<Option<Role>, ApiError> {
+    /// The caller's grant in `g` (admin of everything for the operator).
+    pub async fn grant_in(&self, g: &Arc<Group>) -> Result<Option<Grant>, ApiError> {
         if self.caller.operator {
-            return Ok(Some(Role::Admin));
+            return Ok(Some(operator()));
         }
-        let (g, who) = (g.clone(), self.caller.identity.clone());
-        blocking(move || g.role_of(&who)).await
+        let (g2, who) = (g.clone(), self.caller.identity.clone());
+        self.read(g, move || g2.grant_of(&who)).await
     }
 
-    /// The JSON body, read up to the configured limit.
+    /// Runs a read of `g` off the async workers, within the group's and
+    /// the witness's bounds on concurrent work.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        g: &Group,
+        f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        self.w.admission.read(g, f).await
+    }
+
+    /// Runs other blocking work (maintenance, files, group creation) off
+    /// the async workers, within the witness's bound.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        self.w.admission.blocking(f).await
+    }
+
+    /// The JSON body, read up to the configured size, within the body
+    /// deadline, and within the witness's bound on bodies held in memory
+    /// (the bytes stay counted until the call ends).
     pub async fn json_body<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, ApiError> {
         let limit = self.w.settings.max_body_bytes;
         let declared = self
@@ -116,38 +164,47 @@ impl Call {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(ApiError::BodyTooLarge(limit));
         }
-        let body = self
+        let mut body = self
             .body
             .take()
             .ok_or_else(|| ApiError::internal("reading the request body", "read twice"))?;
-        let bytes = Limited::new(body, limit)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some()
-                {
-                    ApiError::BodyTooLarge(limit)
-                } else {
-                    ApiError::BadRequest(format!("reading the request body: {e}"))
+        let deadline = self.w.admission.limits().body_timeout;
+        let (w, held, peer) = (self.w.clone(), &mut self.held, self.peer);
+        let read = async move {
+            let mut bytes = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame
+                    .map_err(|e| ApiError::BadRequest(format!("reading the request body: {e}")))?;
+                if let Ok(data) = frame.into_data() {
+                    if bytes.len() + data.len() > limit {
+                        return Err(ApiError::BodyTooLarge(limit));
+                    }
+                    w.admission.body_bytes(held, peer, data.len())?;
+                    bytes.extend_from_slice(&data);
                 }
-            })?
-            .to_bytes();
+            }
+            Ok(bytes)
+        };
+        let bytes = tokio::time::timeout(deadline, read).await.map_err(|_| {
+            ApiError::BadRequest(format!(
+                "the request body did not arrive within {} s",
+                deadline.as_secs()
+            ))
+        })??;
         serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
     }
 }
 
-/// Runs blocking work (SQLite, files, signing loops) off the async workers.
-pub async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal("running a blocking task", e))?
+fn operator() -> Grant {
+    Grant {
+        role: Role::Admin,
+        projections: None,
+    }
 }
 
-/// `after` and `limit` of a paged read (`limit` 1..=`max`).
+/// `after` and `limit` of a paged read: `after` a position from 0 to
+/// 2^63-1 (SQLite's integers), `limit` from 1 to `max`.
 pub fn page_query(q: &str, default: u32, max: u32) -> Result<(u64, u32), ApiError> {
     let (mut after, mut limit) = (0u64, default);
     for pair in q.split('&').filter(|p| !p.is_empty()) {
@@ -155,8 +212,16 @@ pub fn page_query(q: &str, default: u32, max: u32) -> Result<(u64, u32), ApiErro
         match k {
             "after" => {
                 after = v
-                    .parse()
-                    .map_err(|_| ApiError::BadRequest("after must be a sequence number".into()))?
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| *n >= 0)
+                    .map(|n| n as u64)
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!(
+                            "after must be a whole number from 0 to {}",
+                            i64::MAX
+                        ))
+                    })?
             }
             "limit" => {
                 limit = v
@@ -183,5 +248,34 @@ pub fn get_only(call: &Call) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::MethodNotAllowed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::page_query;
+
+    #[test]
+    fn positions_are_sqlite_integers_and_never_wrap() {
+        assert_eq!(page_query("", 100, 1000).unwrap(), (0, 100));
+        assert_eq!(
+            page_query("after=9223372036854775807&limit=5", 100, 1000).unwrap(),
+            (i64::MAX as u64, 5)
+        );
+        for bad in [
+            "after=9223372036854775808",
+            "after=18446744073709551615",
+            "after=-1",
+            "after=1e3",
+            "after=",
+            "after=+1x",
+            "limit=0",
+            "limit=1001",
+            "limit=4294967297",
+            "limit=-1",
+            "nope=1",
+        ] {
+            assert!(page_query(bad, 100, 1000).is_err(), "accepted {bad}");
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! `/v1/groups/<g>/commits`: submitting a commit (queued to the group's
 //! writer, answered once durable) and reading the log in pages.
 
-use super::call::{blocking, json, page_query, Answer, Call};
+use super::call::{json, page_query, Answer, Call};
 use crate::auth::Role;
 use crate::error::ApiError;
 use crate::read;
@@ -19,8 +19,10 @@ pub async fn handle(call: &mut Call, id: &str) -> Answer {
         Method::GET => {
             let g = call.group(id, Role::Reader).await?;
             let (after, limit) = page_query(call.query(), DEFAULT_PAGE, MAX_PAGE)?;
-            let w = call.w.clone();
-            let page = blocking(move || read::commits_page(&w, &g, after, limit)).await?;
+            let (w, g2) = (call.w.clone(), g.clone());
+            let page = call
+                .read(&g, move || read::commits_page(&w, &g2, after, limit))
+                .await?;
             json(StatusCode::OK, &page)
         }
         Method::POST => {

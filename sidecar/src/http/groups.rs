@@ -1,7 +1,7 @@
 //! The witness and its groups: `/healthz`, `/v1/witness`, `/v1/groups`,
 //! `/v1/groups/<g>`, its head and its writer's counters.
 
-use super::call::{blocking, get_only, json, Answer, Call, Reply};
+use super::call::{get_only, json, Answer, Call, Reply};
 use super::route::Route;
 use crate::auth::Role;
 use crate::error::ApiError;
@@ -10,11 +10,19 @@ use crate::witness::Witness;
 use hyper::{Method, StatusCode};
 use pdb_protocol::hex;
 use pdb_protocol::wire::{CreateGroupRequest, WitnessJson};
+use std::sync::Arc;
 
 /// The endpoints that need no token.
-pub fn public(w: &Witness, route: &Route) -> Answer {
+pub async fn public(w: &Arc<Witness>, route: &Route) -> Answer {
     match route {
-        Route::Health => Ok(Reply::Json(StatusCode::OK, serde_json::json!({"ok": true}))),
+        Route::Health => {
+            let w = w.clone();
+            let health = w.admission.blocking({
+                let w = w.clone();
+                move || w.health()
+            });
+            Ok(Reply::Json(StatusCode::OK, health.await?))
+        }
         _ => json(
             StatusCode::OK,
             &WitnessJson {
@@ -32,7 +40,7 @@ pub async fn collection(call: &mut Call) -> Answer {
     match call.method {
         Method::GET => {
             let (w, caller) = (call.w.clone(), call.caller.clone());
-            let ids = blocking(move || w.visible_groups(&caller)).await?;
+            let ids = call.blocking(move || w.visible_groups(&caller)).await?;
             Ok(Reply::Json(
                 StatusCode::OK,
                 serde_json::json!({ "groups": ids }),
@@ -48,15 +56,16 @@ pub async fn collection(call: &mut Call) -> Answer {
             }
             let body: CreateGroupRequest = call.json_body().await?;
             let w = call.w.clone();
-            let info = blocking(move || {
-                let g = w.create_group(
-                    &body.group,
-                    &body.schema_sql,
-                    body.schema_version.unwrap_or(1),
-                )?;
-                read::group(&w, &g)
-            })
-            .await?;
+            let info = call
+                .blocking(move || {
+                    let g = w.create_group(
+                        &body.group,
+                        &body.schema_sql,
+                        body.schema_version.unwrap_or(1),
+                    )?;
+                    read::group(&w, &g)
+                })
+                .await?;
             json(StatusCode::CREATED, &info)
         }
         _ => Err(ApiError::MethodNotAllowed),
@@ -66,22 +75,25 @@ pub async fn collection(call: &mut Call) -> Answer {
 pub async fn one(call: &Call, id: &str) -> Answer {
     get_only(call)?;
     let g = call.group(id, Role::Reader).await?;
-    let w = call.w.clone();
+    let (w, g2) = (call.w.clone(), g.clone());
     json(
         StatusCode::OK,
-        &blocking(move || read::group(&w, &g)).await?,
+        &call.read(&g, move || read::group(&w, &g2)).await?,
     )
 }
 
 pub async fn head(call: &Call, id: &str) -> Answer {
     get_only(call)?;
     let g = call.group(id, Role::Reader).await?;
-    let w = call.w.clone();
-    json(StatusCode::OK, &blocking(move || read::head(&w, &g)).await?)
+    let (w, g2) = (call.w.clone(), g.clone());
+    json(
+        StatusCode::OK,
+        &call.read(&g, move || read::head(&w, &g2)).await?,
+    )
 }
 
 pub async fn stats(call: &Call, id: &str) -> Answer {
     get_only(call)?;
     let g = call.group(id, Role::Admin).await?;
-    Ok(Reply::Json(StatusCode::OK, g.stats.json()))
+    Ok(Reply::Json(StatusCode::OK, g.stats().json()))
 }

@@ -1,11 +1,16 @@
-//! HTTP transport: the accept loop with graceful shutdown, routing each
-//! request to its resource's file, and turning answers and errors into
-//! responses. A call's context (caller, bounded body, query) is `call`.
+//! HTTP transport: the accept loop with connection bounds and graceful
+//! shutdown, routing each request to its resource's file, and turning
+//! answers and errors into responses. A call's context (caller, bounded
+//! body, query, admission of its work) is `call`; bounds on connections
+//! are `connections`; JSON bodies for hyper's own error answers are
+//! `own_errors`.
 
 mod access;
 mod call;
 mod commits;
+mod connections;
 mod groups;
+mod own_errors;
 mod projections;
 pub mod route;
 mod snapshots;
@@ -15,20 +20,25 @@ use crate::witness::Witness;
 use call::{Answer, Call, Reply};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, CONTENT_RANGE, CONTENT_TYPE};
-use hyper::{Request, Response, StatusCode};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_RANGE, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use own_errors::{OwnErrors, REQUEST_ID};
 use route::Route;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// hyper's read buffer per connection and the largest request head (which
+/// bounds the memory an idle connection can make the witness hold).
+const READ_BUFFER: usize = 64 * 1024;
 
 /// Accepts connections until `shutdown` resolves, then stops accepting,
-/// lets open requests finish (bounded), and stops the group writers after
-/// their queued commits are durable.
+/// lets open requests finish (bounded), and stops the group writers.
 pub async fn run(
     listener: tokio::net::TcpListener,
     witness: Arc<Witness>,
@@ -36,6 +46,9 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let policy = tokio::spawn(witness.clone().run_snapshot_policy());
+    let limits = witness.admission.limits().clone();
+    let conns =
+        connections::Connections::new(limits.max_connections, limits.max_connections_per_ip);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -48,15 +61,27 @@ pub async fn run(
                         continue;
                     }
                 };
+                let open = match conns.admit(peer.ip()) {
+                    Ok(open) => open,
+                    Err(e) => {
+                        tracing::debug!(%peer, code = e.code(), "connection refused");
+                        tokio::spawn(connections::refuse(stream, e));
+                        continue;
+                    }
+                };
                 let _ = stream.set_nodelay(true);
                 let w = witness.clone();
-                let service = hyper::service::service_fn(move |req| handle(w.clone(), req));
+                let ip = peer.ip();
+                let service = hyper::service::service_fn(move |req| handle(w.clone(), req, ip));
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(30))
-                    .serve_connection(TokioIo::new(stream), service);
+                    .header_read_timeout(limits.idle_timeout)
+                    .max_buf_size(READ_BUFFER)
+                    .max_header_size(READ_BUFFER)
+                    .serve_connection(TokioIo::new(OwnErrors::new(stream)), service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
+                    let _open = open;
                     if let Err(e) = conn.await {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
@@ -80,14 +105,40 @@ pub async fn run(
     Ok(())
 }
 
+/// A request id: the client's `x-request-id` when it is a sensible one,
+/// else a fresh one. It goes back in the answer and into the log line.
+fn request_id(req: &Request<Incoming>) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let given = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        });
+    match given {
+        Some(v) => v.to_string(),
+        None => format!(
+            "{:08x}-{:x}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ),
+    }
+}
+
 async fn handle(
     w: Arc<Witness>,
     req: Request<Incoming>,
+    peer: IpAddr,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let (status, resp) = match answer(w, req).await {
+    let id = request_id(&req);
+    let (status, mut resp) = match answer(w, req, peer).await {
         Ok(Reply::Json(status, body)) => (status, json_response(status, &body)),
         Ok(Reply::Range {
             body,
@@ -109,10 +160,24 @@ async fn handle(
         }
         Err(e) => {
             let body = serde_json::to_value(e.body()).unwrap_or_default();
-            (e.status(), json_response(e.status(), &body))
+            let mut resp = json_response(e.status(), &body);
+            if let Some(secs) = e.retry_after() {
+                resp.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(secs));
+            }
+            (e.status(), resp)
         }
     };
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static(REQUEST_ID), v);
+    }
+    if method == Method::HEAD {
+        // No body goes with a HEAD answer; say so in its length too.
+        *resp.body_mut() = Full::new(Bytes::new());
+    }
     tracing::info!(
+        request_id = %id,
         %method,
         path = %path,
         status = status.as_u16(),
@@ -132,7 +197,7 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<
 
 /// Routes a request: unknown paths first, then the caller (deny by
 /// default), then the resource's handler.
-async fn answer(w: Arc<Witness>, req: Request<Incoming>) -> Answer {
+async fn answer(w: Arc<Witness>, req: Request<Incoming>, peer: IpAddr) -> Answer {
     let Some(route) = Route::parse(req.method(), req.uri().path()) else {
         return Err(ApiError::NotFound(format!(
             "no such endpoint: {}",
@@ -140,11 +205,11 @@ async fn answer(w: Arc<Witness>, req: Request<Incoming>) -> Answer {
         )));
     };
     if route.is_public() {
-        return groups::public(&w, &route);
+        return groups::public(&w, &route).await;
     }
-    let mut call = Call::new(w, req).await?;
+    let mut call = Call::new(w, req, peer).await?;
     match route {
-        Route::Health | Route::Witness => groups::public(&call.w, &route),
+        Route::Health | Route::Witness => groups::public(&call.w, &route).await,
         Route::Groups => groups::collection(&mut call).await,
         Route::Group(g) => groups::one(&call, &g).await,
         Route::Head(g) => groups::head(&call, &g).await,

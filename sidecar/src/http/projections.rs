@@ -1,7 +1,8 @@
 //! `/v1/groups/<g>/projections`: listing, defining and dropping them
-//! (admins), and reading the rows visible to the caller.
+//! (admins), and reading the rows visible to the caller. Viewers see and
+//! read only the projections their grant names (all when it names none).
 
-use super::call::{blocking, get_only, page_query, Answer, Call, Reply};
+use super::call::{get_only, page_query, Answer, Call, Reply};
 use crate::auth::Role;
 use crate::error::ApiError;
 use crate::read;
@@ -10,13 +11,16 @@ use hyper::{Method, StatusCode};
 
 pub async fn list(call: &Call, id: &str) -> Answer {
     get_only(call)?;
-    let g = call.group(id, Role::Reader).await?;
-    let v = blocking(move || {
-        g.read("reading projections", |c| {
-            crate::projection::list_json(c, &g.info)
+    let (g, grant) = call.access(id, Role::Viewer).await?;
+    let only = grant.projections.filter(|_| grant.role == Role::Viewer);
+    let g2 = g.clone();
+    let v = call
+        .read(&g, move || {
+            g2.read("reading projections", |c| {
+                crate::projection::list_json(c, &g2.info, only.as_deref())
+            })
         })
-    })
-    .await?;
+        .await?;
     Ok(Reply::Json(StatusCode::OK, v))
 }
 
@@ -24,15 +28,23 @@ pub async fn one(call: &mut Call, id: &str, name: &str) -> Answer {
     let name = name.to_string();
     match call.method {
         Method::GET => {
-            let g = call.group(id, Role::Reader).await?;
-            let role = call.role_in(&g).await?.unwrap_or(Role::Reader);
+            let (g, grant) = call.access(id, Role::Viewer).await?;
+            if !grant.may_read_projection(&name) {
+                return Err(ApiError::Forbidden {
+                    table: None,
+                    key: None,
+                    message: format!("your grant does not include projection {name:?}"),
+                });
+            }
             let (after, limit) = page_query(call.query(), DEFAULT_PAGE, MAX_PAGE)?;
             let after = i64::try_from(after)
                 .map_err(|_| ApiError::BadRequest("after is too large".into()))?;
-            let (w, who) = (call.w.clone(), call.caller.identity.clone());
-            let v =
-                blocking(move || read::projection_page(&w, &g, &name, &who, role, after, limit))
-                    .await?;
+            let (w, g2, who) = (call.w.clone(), g.clone(), call.caller.identity.clone());
+            let v = call
+                .read(&g, move || {
+                    read::projection_page(&w, &g2, &name, &who, grant.role, after, limit)
+                })
+                .await?;
             Ok(Reply::Json(StatusCode::OK, v))
         }
         Method::PUT => {
@@ -44,13 +56,15 @@ pub async fn one(call: &mut Call, id: &str, name: &str) -> Answer {
             }
             let def: serde_json::Value = call.json_body().await?;
             let by = call.caller.identity.clone();
-            let p = blocking(move || g.define_projection(&name, &def, &by)).await?;
+            let p = call
+                .blocking(move || g.define_projection(&name, &def, &by))
+                .await?;
             Ok(Reply::Json(StatusCode::OK, p.summary_json()))
         }
         Method::DELETE => {
             let g = call.group(id, Role::Admin).await?;
             let by = call.caller.identity.clone();
-            let v = blocking(move || g.drop_projection(&name, &by)).await?;
+            let v = call.blocking(move || g.drop_projection(&name, &by)).await?;
             Ok(Reply::Json(
                 StatusCode::OK,
                 serde_json::json!({ "version": v }),

@@ -1,7 +1,7 @@
 //! `/v1/groups/<g>/snapshots`: making one (admin), the newest manifest,
 //! and the data in byte ranges so a broken download resumes.
 
-use super::call::{blocking, get_only, json, Answer, Call, Reply};
+use super::call::{get_only, json, Answer, Call, Reply};
 use crate::auth::Role;
 use crate::error::ApiError;
 use hyper::header::RANGE;
@@ -15,7 +15,7 @@ pub async fn make(call: &Call, id: &str) -> Answer {
     let w = call.w.clone();
     json(
         StatusCode::CREATED,
-        &blocking(move || w.snapshot_now(&g)).await?,
+        &call.blocking(move || w.snapshot_now(&g)).await?,
     )
 }
 
@@ -23,7 +23,7 @@ pub async fn latest(call: &Call, id: &str) -> Answer {
     get_only(call)?;
     let g = call.group(id, Role::Reader).await?;
     let dir = call.w.snapshots_dir(&g);
-    match blocking(move || crate::snapshot::latest(&dir)).await? {
+    match call.read(&g, move || crate::snapshot::latest(&dir)).await? {
         Some(m) => json(StatusCode::OK, &m),
         None => Err(ApiError::NotFound("the group has no snapshot yet".into())),
     }
@@ -55,8 +55,11 @@ pub async fn data(call: &Call, id: &str, seq: u64) -> Answer {
         }
     };
     let dir = call.w.snapshots_dir(&g);
-    let (body, start, end, size) =
-        blocking(move || crate::snapshot::read_range(&dir, seq, start, end)).await?;
+    let (body, start, end, size) = call
+        .read(&g, move || {
+            crate::snapshot::read_range(&dir, seq, start, end)
+        })
+        .await?;
     Ok(Reply::Range {
         body,
         start,

@@ -3,6 +3,7 @@
 //! file — creating it atomically, opening and migrating it, its fixed
 //! info, its rows by key, its log and head — and nothing of threads.
 
+pub mod disk;
 mod error;
 pub mod log;
 pub mod schema;
@@ -25,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../sql/witness/001_group.sql"),
     include_str!("../../../sql/witness/002_access.sql"),
     include_str!("../../../sql/witness/003_projections.sql"),
+    include_str!("../../../sql/witness/004_isolation.sql"),
 ];
 pub const MAX_GROUP_ID: usize = 64;
 

@@ -10,7 +10,9 @@
 //! it was before and as SQLite stored it after, both read by key (so
 //! affinity conversions are what gets hashed).
 
+use super::rules::Rule;
 use crate::error::ApiError;
+use crate::sandbox::Scope;
 use crate::store::value::Bind;
 use crate::store::{GroupInfo, TableSql};
 use pdb_protocol::{Change, Changeset, Op, StateRoot, Value};
@@ -24,10 +26,12 @@ fn conflict(table: &str, key: &[Value], message: impl Into<String>) -> ApiError 
     }
 }
 
-/// Who is writing, and the write rules in force (by lower-cased table).
+/// Who is writing, the write rules in force (by lower-cased table), and
+/// the budget they run under for this commit.
 pub struct Writer<'a> {
     pub caller: &'a str,
-    pub rules: &'a std::collections::HashMap<String, String>,
+    pub rules: &'a std::collections::HashMap<String, Rule>,
+    pub scope: &'a Scope<'a>,
 }
 
 pub fn apply(
@@ -43,14 +47,7 @@ pub fn apply(
             .ok_or_else(|| ApiError::internal("finding a validated table", &t.name))?;
         let rule = who.rules.get(&ts.name.to_ascii_lowercase());
         for c in &t.changes {
-            apply_one(
-                conn,
-                ts,
-                &t.pk_flags,
-                c,
-                root,
-                rule.map(|r| (r.as_str(), who.caller)),
-            )?;
+            apply_one(conn, ts, &t.pk_flags, c, root, rule.map(|r| (r, who)))?;
         }
     }
     Ok(())
@@ -62,14 +59,23 @@ fn apply_one(
     pk_flags: &[u8],
     c: &Change,
     root: &mut StateRoot,
-    rule: Option<(&str, &str)>,
+    rule: Option<(&Rule, &Writer<'_>)>,
 ) -> Result<(), ApiError> {
     let key = c.pk(pk_flags);
     let current = ts
         .fetch(conn, &key)
-        .map_err(|e| ApiError::internal("reading a replica row", e))?;
-    if let Some((sql, caller)) = rule {
-        super::rules::check(conn, sql, caller, ts, &key, c, current.as_deref())?;
+        .map_err(|e| ApiError::sqlite("reading a replica row", e))?;
+    if let Some((rule, who)) = rule {
+        super::rules::check(
+            conn,
+            who.scope,
+            rule,
+            who.caller,
+            ts,
+            &key,
+            c,
+            current.as_deref(),
+        )?;
     }
     let stored = match (c.op, &current) {
         (Op::Insert, Some(_)) => {
@@ -162,7 +168,7 @@ fn write(
         return Ok(Some(expected));
     }
     ts.fetch(conn, key)
-        .map_err(|e| ApiError::internal("reading a written row", e))
+        .map_err(|e| ApiError::sqlite("reading a written row", e))
 }
 
 fn sql_conflict(ts: &TableSql, key: &[Value], e: rusqlite::Error) -> ApiError {
@@ -172,6 +178,6 @@ fn sql_conflict(ts: &TableSql, key: &[Value], e: rusqlite::Error) -> ApiError {
             key,
             format!("the change violates a constraint: {e}"),
         ),
-        _ => ApiError::internal("writing a replica row", e),
+        _ => ApiError::sqlite("writing a replica row", e),
     }
 }

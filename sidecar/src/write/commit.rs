@@ -4,8 +4,8 @@
 //! rolls that savepoint back, so a rejected commit changes nothing.
 
 use super::apply;
+use super::batch::Batch;
 use crate::error::ApiError;
-use crate::projection::Projection;
 use crate::store::log::{self, HeadState};
 use crate::store::GroupInfo;
 use ed25519_dalek::SigningKey;
@@ -14,23 +14,6 @@ use pdb_protocol::value::encode_values;
 use pdb_protocol::wire::{CommitResponse, Policy};
 use pdb_protocol::{genesis_hash, now_ms, sha256, Changeset, CommitRecord, Invalid, Value};
 use rusqlite::{params, Connection, OptionalExtension};
-
-/// What every commit of one batch is checked and maintained against:
-/// loaded once per batch, inside its transaction.
-pub struct Batch {
-    /// Write rules by lower-cased table.
-    pub rules: std::collections::HashMap<String, String>,
-    pub projections: Vec<Projection>,
-}
-
-impl Batch {
-    pub fn load(conn: &Connection, info: &GroupInfo) -> rusqlite::Result<Batch> {
-        Ok(Batch {
-            rules: super::rules::load(conn, info)?,
-            projections: crate::projection::load_all(conn, info)?,
-        })
-    }
-}
 
 pub struct CommitInput {
     pub author: String,
@@ -60,7 +43,7 @@ fn stale(info: &GroupInfo, key: &SigningKey, head: &HeadState, message: String) 
 }
 
 fn db(context: &'static str) -> impl Fn(rusqlite::Error) -> ApiError {
-    move |e| ApiError::internal(context, e)
+    move |e| ApiError::sqlite(context, e)
 }
 
 /// Validates and applies one commit in the order docs/witness.md gives:
@@ -71,7 +54,7 @@ pub fn process(
     key: &SigningKey,
     head: &mut HeadState,
     input: &CommitInput,
-    batch: &Batch,
+    batch: &Batch<'_>,
 ) -> Result<CommitResponse, ApiError> {
     if input.schema_version != info.schema.version || input.schema_hash != info.schema_hash {
         return Err(ApiError::SchemaMismatch {
@@ -153,14 +136,18 @@ pub fn process(
     }
 
     let mut root = head.root.clone();
-    let who = apply::Writer {
-        caller: &input.author,
-        rules: &batch.rules,
-    };
-    apply::apply(conn, info, &cs, &mut root, &who)?;
-    super::projections::maintain(conn, &batch.projections, &touched)?;
-
     let seq = head.seq + 1;
+    {
+        let scope = batch.budget.scope(batch.limits);
+        let who = apply::Writer {
+            caller: &input.author,
+            rules: &batch.rules,
+            scope: &scope,
+        };
+        apply::apply(conn, info, &cs, &mut root, &who)?;
+    }
+    super::projections::maintain(conn, batch, seq, &touched)?;
+
     let record = CommitRecord {
         group: info.id.clone(),
         seq,
@@ -228,8 +215,10 @@ fn row_version(conn: &Connection, table: &str, key: &[Value]) -> Result<Option<u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sandbox::Limits;
     use crate::store;
     use pdb_protocol::{Change, Op, TableChanges};
+    use std::collections::BTreeMap;
 
     /// A group file in a fresh temporary directory, opened as the writer
     /// opens it: no thread, no `Group`.
@@ -281,7 +270,11 @@ mod tests {
     fn accepts_replays_and_rejects_in_the_documented_order() {
         let (dir, conn, info, mut head) = group("order");
         let key = SigningKey::from_bytes(&[7; 32]);
-        let batch = Batch::load(&conn, &info).unwrap();
+        let mut conn = conn;
+        let budget = crate::sandbox::Sandbox::default()
+            .budget(&mut conn)
+            .unwrap();
+        let batch = Batch::load(&conn, &info, &budget, Limits::default(), BTreeMap::new()).unwrap();
         let genesis = head.clone();
 
         let first = input(&info, &head, "k1", insert(1, "a"));

@@ -4,6 +4,7 @@
 //! in step (`projections`) — all inside one transaction per batch.
 
 pub mod apply;
+pub mod batch;
 pub mod commit;
 pub mod projections;
 pub mod rules;

@@ -1,20 +1,61 @@
 //! Row-level write rules, as the write path checks them on every row.
 //!
-//! A rule is a SQL boolean expression over `new.<column>`, `old.<column>`
-//! (NULLs where the row does not exist), `:caller` (the identity) and `:op`
-//! (`insert`, `update`, `delete`). It runs as
-//! `SELECT CASE WHEN (<rule>) THEN 1 ELSE 0 END FROM (SELECT :n0 AS c0, ...)
-//! AS new, (SELECT :o0 AS c0, ...) AS old` with every value bound. Defining
-//! and removing rules is admin work (`crate::access`).
+//! A table's rule has one of two forms: one expression for every operation
+//! (`{"expr": ...}`), or one per operation (`{"insert", "update",
+//! "delete"}`; an operation without one is refused). Each expression is a
+//! SQL boolean over `new.<column>`, `old.<column>` (NULLs where the row
+//! does not exist), `:caller` (the identity) and `:op` (`insert`,
+//! `update`, `delete`). It runs as `SELECT CASE WHEN (<rule>) THEN 1 ELSE
+//! 0 END FROM (SELECT :n0 AS c0, ...) AS new, (SELECT :o0 AS c0, ...) AS
+//! old` with every value bound, under the commit's budget
+//! (`crate::sandbox`): a rule that runs out of it, or fails, refuses the
+//! commit with `rule_error`. Defining rules is admin work (`crate::access`).
 
 use crate::error::ApiError;
+use crate::sandbox::{Exceeded, Failure, Scope};
 use crate::store::value::{named, Bind};
 use crate::store::{GroupInfo, TableSql};
 use pdb_protocol::{quote_ident, Change, Op, Value};
 use rusqlite::Connection;
 use std::collections::HashMap;
 
-/// The statement a rule runs as, for a table of the group.
+/// The operations a per-operation rule names, in the order stored.
+pub const OPS: [&str; 3] = ["insert", "update", "delete"];
+
+/// A table's rule, as ready-to-run statements.
+pub enum Rule {
+    /// One expression for every operation.
+    All(String),
+    /// One per operation (`None`: that operation is refused).
+    PerOp([Option<String>; 3]),
+}
+
+impl Rule {
+    fn sql(&self, op: Op) -> Option<&str> {
+        match self {
+            Rule::All(sql) => Some(sql),
+            Rule::PerOp(each) => each[op_index(op)].as_deref(),
+        }
+    }
+
+    /// How messages name the rule that decided.
+    fn name(&self, op: Op, table: &str) -> String {
+        match self {
+            Rule::All(_) => format!("the write rule of table {table:?}"),
+            Rule::PerOp(_) => format!("the {} rule of table {table:?}", OPS[op_index(op)]),
+        }
+    }
+}
+
+fn op_index(op: Op) -> usize {
+    match op {
+        Op::Insert => 0,
+        Op::Update => 1,
+        Op::Delete => 2,
+    }
+}
+
+/// The statement a rule expression runs as, for a table of the group.
 pub fn rule_sql(info: &GroupInfo, table: &str, expr: &str) -> Option<String> {
     let t = info.schema.table(table)?;
     let side = |prefix: &str| -> String {
@@ -32,62 +73,81 @@ pub fn rule_sql(info: &GroupInfo, table: &str, expr: &str) -> Option<String> {
     ))
 }
 
-/// The rules in force, by lower-cased table, as ready-to-run statements.
-pub fn load(conn: &Connection, info: &GroupInfo) -> rusqlite::Result<HashMap<String, String>> {
-    let mut st = conn.prepare_cached("SELECT tbl, expr FROM pdb_rules")?;
-    let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+/// The per-operation expressions stored in `pdb_rules.ops`.
+pub fn parse_ops(ops: &str) -> [Option<String>; 3] {
+    let v: serde_json::Value = serde_json::from_str(ops).unwrap_or_default();
+    OPS.map(|op| v.get(op).and_then(|e| e.as_str()).map(str::to_string))
+}
+
+/// The rules in force, by lower-cased table.
+pub fn load(conn: &Connection, info: &GroupInfo) -> rusqlite::Result<HashMap<String, Rule>> {
+    let mut st = conn.prepare_cached("SELECT tbl, expr, ops FROM pdb_rules")?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, Option<String>>(2)?,
+        ))
+    })?;
     let mut out = HashMap::new();
     for row in rows {
-        let (t, expr) = row?;
-        if let Some(sql) = rule_sql(info, &t, &expr) {
-            out.insert(t.to_ascii_lowercase(), sql);
+        let (t, expr, ops) = row?;
+        let rule = match ops {
+            None => rule_sql(info, &t, &expr).map(Rule::All),
+            Some(ops) => Some(Rule::PerOp(
+                parse_ops(&ops).map(|e| e.and_then(|e| rule_sql(info, &t, &e))),
+            )),
+        };
+        if let Some(rule) = rule {
+            out.insert(t.to_ascii_lowercase(), rule);
         }
     }
     Ok(out)
 }
 
-fn op_name(op: Op) -> &'static str {
-    match op {
-        Op::Insert => "insert",
-        Op::Update => "update",
-        Op::Delete => "delete",
-    }
-}
-
-/// Checks a table's rule (`sql`, from [`load`]) for one row change by
-/// `caller`; `current` is the row as stored before the change.
+/// Checks a table's rule for one row change by `caller`, under `scope`;
+/// `current` is the row as stored before the change.
+#[allow(clippy::too_many_arguments)]
 pub fn check(
     conn: &Connection,
-    sql: &str,
+    scope: &Scope<'_>,
+    rule: &Rule,
     caller: &str,
     ts: &TableSql,
     key: &[Value],
     c: &Change,
     current: Option<&[Value]>,
 ) -> Result<(), ApiError> {
-    let new = c.row_after(current);
-    let op = op_name(c.op);
-    let ok = allows(
-        conn,
-        sql,
-        caller,
-        op,
-        current,
-        new.as_deref(),
-        ts.columns.len(),
-    )
-    .map_err(|e| ApiError::internal("running a write rule", e))?;
-    if ok {
-        return Ok(());
-    }
-    Err(ApiError::Forbidden {
+    let op = OPS[op_index(c.op)];
+    let name = rule.name(c.op, &ts.name);
+    let refused = |message: String| ApiError::Forbidden {
         table: Some(ts.name.clone()),
         key: Some(key.to_vec()),
-        message: format!(
-            "the write rule of table {:?} refuses this {op} by {caller:?}",
+        message,
+    };
+    let Some(sql) = rule.sql(c.op) else {
+        return Err(refused(format!(
+            "table {:?} has no {op} rule, so every {op} is refused",
             ts.name
-        ),
-    })
+        )));
+    };
+    let new = c.row_after(current);
+    let n_cols = ts.columns.len();
+    let ok = scope.run(conn, || {
+        allows(conn, sql, caller, op, current, new.as_deref(), n_cols)
+    });
+    match ok {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(refused(format!("{name} refuses this {op} by {caller:?}"))),
+        Err(Failure::Exceeded(Exceeded::Stopping)) => Err(ApiError::Unavailable(
+            "the witness is shutting down; retry".into(),
+        )),
+        Err(f) => Err(ApiError::RuleError {
+            table: Some(ts.name.clone()),
+            key: Some(key.to_vec()),
+            message: format!("{name} {f} while checking this {op} by {caller:?}"),
+        }),
+    }
 }
 
 /// Whether the rule allows this row change.

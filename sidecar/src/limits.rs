@@ -1,0 +1,53 @@
+//! The bounds the witness keeps on connections, memory and concurrent
+//! work, as configured (each has a `serve` flag; defaults here). See
+//! docs/witness.md, "Limits".
+
+use crate::sandbox;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Open connections in total; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Open connections from one IP address; more are answered 429.
+    pub max_connections_per_ip: usize,
+    /// A connection that sends no complete request head for this long
+    /// (a new one, or an idle keep-alive one) is closed.
+    pub idle_timeout: Duration,
+    /// A request body must arrive completely within this long.
+    pub body_timeout: Duration,
+    /// Request bodies held in memory at once, all requests together.
+    pub max_buffered_bytes: usize,
+    /// Requests one caller (identity) may have in progress at once.
+    pub max_calls_per_caller: usize,
+    /// Reads running at once against one group.
+    pub group_reads: usize,
+    /// Blocking jobs (SQLite reads, snapshots, maintenance) at once.
+    pub blocking: usize,
+    /// How long a request may wait for a group's or the witness's slot
+    /// before it is answered `overloaded`.
+    pub queue_wait: Duration,
+    /// Free disk space kept in reserve: below it, commits get
+    /// `storage_full` and `/healthz` is not ready.
+    pub reserve_bytes: u64,
+    /// The budget of each unit of admin SQL.
+    pub sql: sandbox::Limits,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 4096,
+            max_connections_per_ip: 512,
+            idle_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+            max_buffered_bytes: 256 * 1024 * 1024,
+            max_calls_per_caller: 32,
+            group_reads: 4,
+            blocking: 64,
+            queue_wait: Duration::from_secs(2),
+            reserve_bytes: 64 * 1024 * 1024,
+            sql: sandbox::Limits::default(),
+        }
+    }
+}
