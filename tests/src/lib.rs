@@ -727,3 +727,98 @@ fn relay(
     stream.write_all(&bytes)?;
     stream.flush()
 }
+
+/// An answer read off a raw connection: status, headers (names lower
+/// case) and body.
+#[derive(Debug)]
+pub struct RawReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl RawReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Json {
+        serde_json::from_str(&self.body).unwrap_or(Json::Null)
+    }
+}
+
+/// A TCP connection to `port` on 127.0.0.1 from the loopback address
+/// `from` (127.0.0.x), so tests can act as several client addresses.
+pub fn connect_from(from: [u8; 4], port: u16) -> std::net::TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    s.bind(&std::net::SocketAddr::from((from, 0)).into())
+        .expect("bind source address");
+    s.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .expect("connect");
+    s.into()
+}
+
+/// Reads one HTTP/1.1 answer (with a content-length, or up to EOF) off a
+/// raw stream.
+pub fn read_answer(stream: &mut impl std::io::Read) -> std::io::Result<RawReply> {
+    read_answer_to(stream, false)
+}
+
+/// Reads one answer; `to_head` is true for an answer to HEAD, which has
+/// no body whatever its headers say.
+pub fn read_answer_to(stream: &mut impl std::io::Read, to_head: bool) -> std::io::Result<RawReply> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_string();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let len = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok());
+    let mut body = Vec::new();
+    match len {
+        _ if to_head => {}
+        Some(n) => {
+            body.resize(n, 0);
+            stream.read_exact(&mut body)?;
+        }
+        None => {
+            stream.read_to_end(&mut body)?;
+        }
+    }
+    Ok(RawReply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).to_string(),
+    })
+}
+
+/// Sends `request` (raw bytes) on a fresh connection to the witness and
+/// reads the answer.
+pub fn raw_request(port: u16, request: &[u8]) -> RawReply {
+    use std::io::Write;
+    let mut s = connect_from([127, 0, 0, 1], port);
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    s.write_all(request).expect("send");
+    read_answer(&mut s).expect("answer")
+}

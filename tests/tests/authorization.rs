@@ -49,6 +49,8 @@ struct World {
     _dir: TempDir,
     w: Witness,
     g: GroupRef,
+    viewer: String,
+    viewer_of_other: String,
     reader: String,
     writer: String,
     admin: String,
@@ -62,6 +64,8 @@ fn world(label: &str) -> World {
     let data = dir.path().join("data");
     let reader = add_token(&data, "rita");
     let outsider = add_token(&data, "otto");
+    let viewer = add_token(&data, "vera");
+    let viewer_of_other = add_token(&data, "nina");
     let eddsa = SigningKey::from_bytes(&[42u8; 32]);
     let key_hex = hex(eddsa.verifying_key().as_bytes());
     let w = Witness::start_with(
@@ -82,17 +86,23 @@ fn world(label: &str) -> World {
     );
     let g = w.create_group("g", DDL);
     w.create_group("h", DDL);
-    for (group, who, role) in [
-        ("g", "rita", "reader"),
-        ("g", "wendy", "writer"),
-        ("g", "ada", "admin"),
-        ("h", "otto", "writer"),
+    for (group, who, grant) in [
+        ("g", "vera", json!({"role": "viewer"})),
+        (
+            "g",
+            "nina",
+            json!({"role": "viewer", "projections": ["other"]}),
+        ),
+        ("g", "rita", json!({"role": "reader"})),
+        ("g", "wendy", json!({"role": "writer"})),
+        ("g", "ada", json!({"role": "admin"})),
+        ("h", "otto", json!({"role": "writer"})),
     ] {
         let r = w.request(
             "PUT",
             &format!("/v1/groups/{group}/members/{who}"),
             Some(TOKEN),
-            Some(&json!({"role": role})),
+            Some(&grant),
         );
         assert_eq!(r.status, 200, "{r:?}");
     }
@@ -103,6 +113,8 @@ fn world(label: &str) -> World {
         wrong_audience: jwt_hs256(
             json!({"sub": "wendy", "exp": now() + 600, "aud": "someone-else"}),
         ),
+        viewer,
+        viewer_of_other,
         reader,
         outsider,
         g,
@@ -127,6 +139,8 @@ fn commit_body(w: &World, key: &str, id: i64, owner: &str) -> Json {
 
 #[derive(Clone, Copy, PartialEq, PartialOrd, Debug)]
 enum Need {
+    /// Projections only (all of them, unless the grant names others).
+    Viewer,
     Reader,
     Writer,
     Admin,
@@ -253,14 +267,14 @@ fn every_endpoint_answers_every_caller_exactly_as_documented() {
             "GET",
             "/v1/groups/{g}/projections".into(),
             Box::new(|_| None),
-            Need::Reader,
+            Need::Viewer,
             200,
         ),
         (
             "GET",
             "/v1/groups/{g}/projections/p1".into(),
             Box::new(|_| None),
-            Need::Reader,
+            Need::Viewer,
             200,
         ),
         (
@@ -299,6 +313,8 @@ fn every_endpoint_answers_every_caller_exactly_as_documented() {
             200,
         ),
     ];
+    // The viewer of "other" holds the viewer role, but its grant does not
+    // name p1: it may list projections, not read p1.
     let callers: Vec<(&str, Option<String>, Option<Need>)> = vec![
         ("no token", None, None),
         ("bad token", Some("not-a-token".into()), None),
@@ -312,6 +328,12 @@ fn every_endpoint_answers_every_caller_exactly_as_documented() {
             "no role here (writer elsewhere)",
             Some(w.outsider.clone()),
             Some(Need::AnyIdentity),
+        ),
+        ("viewer", Some(w.viewer.clone()), Some(Need::Viewer)),
+        (
+            "viewer of other projections",
+            Some(w.viewer_of_other.clone()),
+            Some(Need::Viewer),
         ),
         ("reader", Some(w.reader.clone()), Some(Need::Reader)),
         ("writer", Some(w.writer.clone()), Some(Need::Writer)),
@@ -327,8 +349,11 @@ fn every_endpoint_answers_every_caller_exactly_as_documented() {
             match has {
                 None => assert_eq!((r.status, r.code()), (401, "unauthorized"), "{what}"),
                 Some(role) => {
+                    let named_elsewhere =
+                        *who == "viewer of other projections" && p.ends_with("/p1");
                     let allowed = *role == Need::Operator
                         || (*need != Need::Operator
+                            && !named_elsewhere
                             && (*need == Need::AnyIdentity
                                 || (*role != Need::AnyIdentity && *role >= *need)));
                     if allowed {
@@ -358,6 +383,56 @@ fn every_endpoint_answers_every_caller_exactly_as_documented() {
     // The group list shows a caller only their groups.
     let r = w.w.request("GET", "/v1/groups", Some(&w.reader), None);
     assert_eq!(r.body["groups"], json!(["g"]));
+    let r = w.w.request("GET", "/v1/groups", Some(&w.viewer), None);
+    assert_eq!(r.body["groups"], json!(["g"]));
+    // A viewer of named projections sees only those in the listing, and
+    // the members list says what each grant names.
+    let p = json!({"table": "tasks", "columns": ["id"]});
+    for name in ["other", "p2"] {
+        let r = w.w.request(
+            "PUT",
+            &format!("/v1/groups/g/projections/{name}"),
+            Some(TOKEN),
+            Some(&p),
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let r = w.w.request(
+        "GET",
+        "/v1/groups/g/projections",
+        Some(&w.viewer_of_other),
+        None,
+    );
+    let names: Vec<&str> = r.body["projections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["other"], "{r:?}");
+    let r = w.w.request(
+        "GET",
+        "/v1/groups/g/projections/other",
+        Some(&w.viewer_of_other),
+        None,
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let m = w.w.get("/v1/groups/g/members");
+    let nina = m.body["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["identity"] == "nina")
+        .unwrap();
+    assert_eq!(nina["projections"], json!(["other"]), "{m:?}");
+    // projections only go with the viewer role.
+    let r = w.w.request(
+        "PUT",
+        "/v1/groups/g/members/zed",
+        Some(TOKEN),
+        Some(&json!({"role": "reader", "projections": ["p2"]})),
+    );
+    assert_eq!((r.status, r.code()), (400, "bad_request"), "{r:?}");
     let (ok, out) = w.w.verify_cli();
     assert!(ok, "{out}");
 }
@@ -448,10 +523,10 @@ fn row_rules_are_checked_for_every_row_and_refusals_change_nothing() {
     d.exec("UPDATE tasks SET owner = 'wendy' WHERE id = 10");
     d.exec("DELETE FROM pdb_outbox");
     assert_eq!(d.sync().unwrap()["pushed"], 1);
-    // Access changes are versioned and logged: three grants, one rule.
+    // Access changes are versioned and logged: five grants, one rule.
     let m =
         w.w.request("GET", "/v1/groups/g/members", Some(&w.admin), None);
-    assert_eq!(m.body["version"], 4, "{m:?}");
+    assert_eq!(m.body["version"], 6, "{m:?}");
     let r =
         w.w.request("GET", "/v1/groups/g/rules", Some(&w.admin), None);
     assert_eq!(r.body["rules"][0]["table"], "tasks", "{r:?}");
@@ -506,4 +581,162 @@ fn roles_can_be_granted_and_revoked_from_the_command_line() {
             .status,
         403
     );
+}
+
+/// An update of row `id`'s (title, owner): the columns given new values,
+/// stating their old ones.
+fn update(id: i64, old: (&str, &str), new: (Option<&str>, Option<&str>)) -> pdb_protocol::Change {
+    pdb_protocol::Change {
+        op: pdb_protocol::Op::Update,
+        indirect: false,
+        old: vec![
+            Some(Value::Integer(id)),
+            new.0.map(|_| Value::text(old.0)),
+            new.1.map(|_| Value::text(old.1)),
+        ],
+        new: vec![None, new.0.map(Value::text), new.1.map(Value::text)],
+    }
+}
+
+fn delete(id: i64, title: &str, owner: &str) -> pdb_protocol::Change {
+    pdb_protocol::Change {
+        op: pdb_protocol::Op::Delete,
+        indirect: false,
+        old: vec![
+            Some(Value::Integer(id)),
+            Some(Value::text(title)),
+            Some(Value::text(owner)),
+        ],
+        new: vec![],
+    }
+}
+
+#[test]
+fn per_operation_rules_protect_ownership() {
+    let dir = TempDir::new("ownership");
+    let data = dir.path().join("data");
+    let alice = add_token(&data, "alice");
+    let bob = add_token(&data, "bob");
+    let w = Witness::start(dir.path());
+    let g = w.create_group("g", DDL);
+    for who in ["alice", "bob"] {
+        let r = w.request(
+            "PUT",
+            &format!("/v1/groups/g/members/{who}"),
+            Some(TOKEN),
+            Some(&json!({"role": "writer"})),
+        );
+        assert_eq!(r.status, 200);
+    }
+    // The documented example: owners write their own rows, nobody takes
+    // or changes another's, owners delete their own.
+    let rule = json!({
+        "insert": "new.owner = :caller",
+        "update": "old.owner = :caller AND new.owner = :caller",
+        "delete": "old.owner = :caller",
+    });
+    let r = w.request("PUT", "/v1/groups/g/rules/tasks", Some(TOKEN), Some(&rule));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["update"], rule["update"]);
+    let listed = w.get("/v1/groups/g/rules");
+    assert_eq!(
+        listed.body["rules"][0]["delete"], rule["delete"],
+        "{listed:?}"
+    );
+    let send = |token: &str, key: &str, c: pdb_protocol::Change| {
+        let h = w.head("g");
+        let cs = changeset("tasks", &[1, 0, 0], vec![c]);
+        w.request(
+            "POST",
+            "/v1/groups/g/commits",
+            Some(token),
+            Some(&g.commit_body(h.seq, &h.head_hash, key, &cs, Policy::Strict)),
+        )
+    };
+    let row = |id, title: &str, owner: &str| {
+        insert(vec![
+            Value::Integer(id),
+            Value::text(title),
+            Value::text(owner),
+        ])
+    };
+    assert_eq!(send(&bob, "b1", row(1, "bob's", "bob")).status, 201);
+    assert_eq!(send(&alice, "a1", row(2, "alice's", "alice")).status, 201);
+    let before = w.head("g");
+    let refused = |r: Reply, rule: &str| {
+        assert_eq!((r.status, r.code()), (403, "unauthorized"), "{r:?}");
+        assert_eq!(r.body["error"]["table"], "tasks");
+        assert!(
+            r.body["error"]["message"].as_str().unwrap().contains(rule),
+            "{r:?}"
+        );
+    };
+    refused(send(&alice, "a2", row(3, "for bob", "bob")), "insert rule");
+    refused(
+        send(
+            &alice,
+            "a3",
+            update(1, ("bob's", "bob"), (None, Some("alice"))),
+        ),
+        "update rule",
+    );
+    refused(
+        send(
+            &alice,
+            "a4",
+            update(1, ("bob's", "bob"), (Some("mine now"), None)),
+        ),
+        "update rule",
+    );
+    refused(send(&alice, "a5", delete(1, "bob's", "bob")), "delete rule");
+    // Bob cannot give his row away either.
+    refused(
+        send(
+            &bob,
+            "b2",
+            update(1, ("bob's", "bob"), (None, Some("alice"))),
+        ),
+        "update rule",
+    );
+    assert_eq!(w.head("g").head_hash, before.head_hash, "nothing changed");
+    assert_eq!(
+        send(
+            &bob,
+            "b3",
+            update(1, ("bob's", "bob"), (Some("renamed"), None))
+        )
+        .status,
+        201
+    );
+    assert_eq!(
+        send(&alice, "a6", delete(2, "alice's", "alice")).status,
+        201
+    );
+    // An operation without an expression is refused, saying so.
+    let r = w.request(
+        "PUT",
+        "/v1/groups/g/rules/tasks",
+        Some(TOKEN),
+        Some(&json!({"insert": "new.owner = :caller"})),
+    );
+    assert_eq!(r.status, 200);
+    let r = send(&bob, "b4", delete(1, "renamed", "bob"));
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no delete rule"),
+        "{r:?}"
+    );
+    // Both forms together are refused.
+    let r = w.request(
+        "PUT",
+        "/v1/groups/g/rules/tasks",
+        Some(TOKEN),
+        Some(&json!({"expr": "1", "insert": "1"})),
+    );
+    assert_eq!((r.status, r.code()), (400, "bad_request"), "{r:?}");
+    let (ok, out) = w.verify_cli();
+    assert!(ok, "{out}");
 }

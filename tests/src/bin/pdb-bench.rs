@@ -3,6 +3,7 @@
 //! noisy machine.
 //!
 //!   cargo run --release -p pdb-e2e --bin pdb-bench [-- --seconds 3 --rows 100000]
+//!   cargo run --release -p pdb-e2e --bin pdb-bench -- --only isolation
 //!
 //! 1. Durable commits: 1-row changesets on one group with 1, 8 and 64
 //!    concurrent clients (commits/s, p50, p99, commits per fsync), against
@@ -13,7 +14,10 @@
 //!    SQLite's own session apply of the same changeset.
 //! 4. Projections: commit throughput with 0, 1 and 5 projections on the
 //!    group (8 clients), and projection read latency beside a head read.
-//! 5. Bootstrapping a fresh device from a snapshot of a B-row group
+//! 5. Isolation: a second group's commit p50/p99 (8 clients) while 4
+//!    clients commit to a first group whose write rule exceeds its budget
+//!    on every commit, beside the same figures with no hostile group.
+//! 6. Bootstrapping a fresh device from a snapshot of a B-row group
 //!    (`--bootstrap-rows`, default 1,000,000, about 100 MB) against `cp` of
 //!    the same database and against replaying the whole log; peak memory of
 //!    client and witness, at B/10 rows and at B rows.
@@ -33,8 +37,13 @@ fn main() {
     let mut seconds = 3.0f64;
     let mut rows = 100_000i64;
     let mut boot_rows = 1_000_000i64;
+    let mut only: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
+        if a == "--only" {
+            only = Some(args.next().unwrap_or_else(|| usage()));
+            continue;
+        }
         let mut val = || {
             args.next()
                 .and_then(|s| s.parse::<f64>().ok())
@@ -60,12 +69,22 @@ fn main() {
         "--snapshot-every-bytes",
         "0",
     ];
+    let runs = |section: &str| only.as_deref().is_none_or(|o| o == section);
     let w = Arc::new(Witness::start_with(dir.path(), 0, &manual));
-    commits(&w, dir.path(), run_for);
-    extension(&w, dir.path(), rows);
-    projections(&w, run_for);
+    if runs("commits") {
+        commits(&w, dir.path(), run_for);
+    }
+    if runs("extension") {
+        extension(&w, dir.path(), rows);
+    }
+    if runs("projections") {
+        projections(&w, run_for);
+    }
+    if runs("isolation") {
+        isolation(&w, run_for);
+    }
     drop(w);
-    if boot_rows > 0 {
+    if boot_rows > 0 && runs("bootstrap") {
         println!();
         println!("== bootstrap of a fresh device (python3 host), baselines in the same run ==");
         for n in [boot_rows / 10, boot_rows] {
@@ -81,7 +100,9 @@ fn main() {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: pdb-bench [--seconds S] [--rows N] [--bootstrap-rows B]");
+    eprintln!(
+        "usage: pdb-bench [--seconds S] [--rows N] [--bootstrap-rows B] [--only commits|extension|projections|isolation|bootstrap]"
+    );
     std::process::exit(2)
 }
 
@@ -482,4 +503,89 @@ fn projections(w: &Arc<Witness>, run_for: Duration) {
     println!(
         "read 100 rows of a projection: p50 {p50:.2} ms, p99 {p99:.2} ms; beside a signed head read: p50 {h50:.2} ms, p99 {h99:.2} ms"
     );
+}
+
+/// Never ends on its own: every commit under it runs out of its budget.
+const SPIN: &str =
+    "(WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c) > 0";
+
+fn isolation(w: &Arc<Witness>, run_for: Duration) {
+    println!();
+    println!(
+        "== isolation: a group's commits (8 clients) beside a group whose rule exceeds its budget on every commit (4 clients) =="
+    );
+    let calm = w.create_group("calm", DDL);
+    let hostile = w.create_group("hostile", DDL);
+    let r = w.request(
+        "PUT",
+        "/v1/groups/hostile/rules/items",
+        Some(TOKEN),
+        Some(&serde_json::json!({ "expr": SPIN })),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let mut next_id = 0i64;
+    let (rate0, p50_0, p99_0) = witness_commits(w, &calm, 8, run_for, &mut next_id);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attackers: Vec<_> = (0..4)
+        .map(|c| {
+            let (w, g, stop) = (w.clone(), hostile.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut lat = Vec::new();
+                let mut i = 0i64;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    i += 1;
+                    let cs = changeset(
+                        "items",
+                        &[1, 0, 0, 0],
+                        vec![insert(vec![
+                            Value::Integer(c * 1_000_000_000 + i),
+                            Value::Integer(c),
+                            Value::Integer(i),
+                            Value::text("x"),
+                        ])],
+                    );
+                    let t = Instant::now();
+                    let r = w.commit_at_head(&g, &format!("h{c}-{i}"), &cs, Policy::RebaseIfClean);
+                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                    assert_eq!(r.code(), "rule_error", "{r:?}");
+                }
+                lat
+            })
+        })
+        .collect();
+    // Let the attack reach its stride before measuring beside it.
+    std::thread::sleep(Duration::from_millis(500));
+    let (rate1, p50_1, p99_1) = witness_commits(w, &calm, 8, run_for, &mut next_id);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut refused: Vec<f64> = attackers
+        .into_iter()
+        .flat_map(|t| t.join().expect("attacker"))
+        .collect();
+    refused.sort_by(f64::total_cmp);
+    println!(
+        "{:>28} {:>12} {:>10} {:>10}",
+        "", "commits/s", "p50 ms", "p99 ms"
+    );
+    println!(
+        "{:>28} {rate0:>12.0} {p50_0:>10.2} {p99_0:>10.2}",
+        "alone (baseline)"
+    );
+    println!(
+        "{:>28} {rate1:>12.0} {p50_1:>10.2} {p99_1:>10.2}",
+        "beside the hostile group"
+    );
+    println!(
+        "{:>28} {:>12.2} {:>10.2} {:>10.2}",
+        "ratio (beside / alone)",
+        rate1 / rate0,
+        p50_1 / p50_0,
+        p99_1 / p99_0
+    );
+    if !refused.is_empty() {
+        println!(
+            "hostile commits refused with rule_error: {}, each after p50 {:.0} ms (its budget)",
+            refused.len(),
+            refused[refused.len() / 2]
+        );
+    }
 }
