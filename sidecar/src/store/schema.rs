@@ -1,6 +1,6 @@
 //! Turning an admin's DDL into a group's structured schema safely, creating
-//! tables from the structure, reading it back, and the authorizer
-//! admin-defined queries run under.
+//! tables from the structure, and reading it back. (Admin-defined queries
+//! are checked by `crate::sandbox::allow`.)
 //!
 //! An admin's DDL only ever runs in a scratch in-memory database, under an
 //! authorizer that allows only CREATE TABLE and CREATE INDEX (no ATTACH,
@@ -33,25 +33,6 @@ fn authorize(ctx: AuthContext<'_>) -> Authorization {
         Authorization::Allow
     } else {
         Authorization::Deny
-    }
-}
-
-/// An authorizer for SQL that may only read the group's own tables (and
-/// `extra`, when given): write rules and projection queries.
-pub fn read_only(
-    extra: Option<String>,
-) -> impl FnMut(AuthContext<'_>) -> Authorization + Send + 'static {
-    move |ctx: AuthContext<'_>| match ctx.action {
-        AuthAction::Select | AuthAction::Function { .. } | AuthAction::Recursive => {
-            Authorization::Allow
-        }
-        AuthAction::Read { table_name, .. }
-            if (!table_name.starts_with("pdb_") && !table_name.starts_with("sqlite_"))
-                || extra.as_deref() == Some(table_name) =>
-        {
-            Authorization::Allow
-        }
-        _ => Authorization::Deny,
     }
 }
 
