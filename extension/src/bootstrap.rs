@@ -10,7 +10,7 @@
 
 use crate::capture;
 use crate::client::WitnessApi;
-use crate::db::{as_text, transaction};
+use crate::db::transaction;
 use crate::error::{Error, Result};
 use crate::pending;
 use crate::state::{self, Head, Local};
@@ -26,19 +26,9 @@ use std::path::PathBuf;
 const RANGE: u64 = 1024 * 1024;
 
 fn db_file(l: &Local) -> Result<PathBuf> {
-    let rows = l.db.rows(
-        "SELECT file FROM pragma_database_list WHERE name = 'main'",
-        &[],
-    )?;
-    let file = rows
-        .first()
-        .and_then(|r| r.first())
-        .and_then(as_text)
-        .unwrap_or_default();
-    Ok(if file.is_empty() {
-        std::env::temp_dir().join(format!("pdb-{}-{}", l.group, std::process::id()))
-    } else {
-        PathBuf::from(file)
+    Ok(match l.db.file()? {
+        Some(f) => PathBuf::from(f),
+        None => std::env::temp_dir().join(format!("pdb-{}-{}", l.group, std::process::id())),
     })
 }
 
@@ -85,7 +75,7 @@ fn verify_manifest(l: &Local, m: &SnapshotJson) -> Result<SnapshotRecord> {
         .to_signed()
         .ok_or_else(|| Error::invalid("malformed snapshot manifest"))?
         .snapshot(&l.key)
-        .map_err(|e| Error::invalid(format!("the snapshot manifest was rejected ({e})")))?;
+        .map_err(|e| Error::untrusted(format!("the snapshot manifest was rejected ({e})")))?;
     let ok = rec.group == l.group
         && rec.schema_hash == l.schema_hash
         && rec.schema_version == l.schema.version

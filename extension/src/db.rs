@@ -158,6 +158,30 @@ impl Db {
         Ok(unsafe { f(self.0) } == 0)
     }
 
+    /// The main database's file, `None` when it has none (in memory, or a
+    /// temporary database).
+    pub fn file(&self) -> Result<Option<String>> {
+        let rows = self.rows(
+            "SELECT file FROM pragma_database_list WHERE name = 'main'",
+            &[],
+        )?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.first())
+            .and_then(as_text)
+            .filter(|f| !f.is_empty()))
+    }
+
+    /// A name for this connection's database that other connections to
+    /// the same file share: its path, or the connection's address for a
+    /// database without a file.
+    pub fn identity(&self) -> Result<String> {
+        Ok(match self.file()? {
+            Some(f) => format!("file:{f}"),
+            None => format!("conn:{:p}", self.0),
+        })
+    }
+
     pub fn sqlite_version(&self) -> Result<String> {
         let f = api!(libversion);
         // SAFETY: returns a static NUL-terminated string.

@@ -22,8 +22,13 @@ pub enum Error {
     /// The witness answered with a typed error.
     Rejected(Box<Rejection>),
     /// Something the extension will not accept: a bad argument, corrupt
-    /// sync state, an answer that breaks the protocol or does not verify.
+    /// sync state, an answer that breaks the protocol.
     Invalid(String),
+    /// An answer whose signature does not verify with the keys this
+    /// database trusts, or that a trusted record contradicts (a tampered or
+    /// replayed answer; or a key rotation not yet seen): nothing of it was
+    /// used.
+    Untrusted(String),
     /// An error of any kind above, told with what was being done: the
     /// message is the whole text shown, the cause keeps the kind.
     Context { message: String, cause: Box<Error> },
@@ -61,6 +66,15 @@ impl Rejection {
 impl Error {
     pub fn invalid(message: impl Into<String>) -> Error {
         Error::Invalid(message.into())
+    }
+
+    pub fn untrusted(message: impl Into<String>) -> Error {
+        Error::Untrusted(message.into())
+    }
+
+    /// Whether an answer failed verification.
+    pub fn is_untrusted(&self) -> bool {
+        matches!(self.root(), Error::Untrusted(_))
     }
 
     /// The same error, its message rewritten by `f` (which gets the
@@ -143,6 +157,7 @@ impl fmt::Display for Error {
             Error::Sqlite { message, .. }
             | Error::Network { message, .. }
             | Error::Invalid(message)
+            | Error::Untrusted(message)
             | Error::Context { message, .. } => f.write_str(message),
             Error::Rejected(r) if r.is_server_trouble() => {
                 write!(f, "{}: {}: {}", r.endpoint, r.body.code, r.body.message)

@@ -62,6 +62,12 @@ fn open_fn(db: Db, args: &[*mut sqlite3_value]) -> Result<String, Error> {
     Ok(open::open(db, &url, &group, opts)?.to_string())
 }
 
+fn set_token(db: Db, args: &[*mut sqlite3_value]) -> Result<String, Error> {
+    let token = text_arg(args, 0, "bearer token, or NULL to forget it")?;
+    crate::token::set(&db, token.as_deref())?;
+    Ok(serde_json::json!({ "token": if token.is_some() { "set" } else { "forgotten" }, "scope": "this process" }).to_string())
+}
+
 fn sync_fn(db: Db, _: &[*mut sqlite3_value]) -> Result<String, Error> {
     Ok(sync::sync(db)?.to_string())
 }
@@ -90,6 +96,7 @@ pub fn register(db: *mut sqlite3) -> sqlite_loadable::Result<()> {
         ("pdb_debug", 0, debug, FunctionFlags::UTF8),
         ("pdb_open", 2, open_fn, stateful),
         ("pdb_open", 3, open_fn, stateful),
+        ("pdb_set_token", 1, set_token, stateful),
         ("pdb_sync", 0, sync_fn, stateful),
         ("pdb_commit", 0, commit, stateful),
         ("pdb_head", 0, head, stateful),

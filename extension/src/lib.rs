@@ -9,6 +9,7 @@ mod client;
 mod db;
 mod error;
 mod functions;
+mod keys;
 mod merge;
 mod open;
 mod pending;
@@ -22,6 +23,7 @@ mod sync;
 mod tables;
 #[cfg(test)]
 mod testing;
+mod token;
 mod transport;
 
 use sqlite_loadable::ext::{sqlite3, sqlite3_api_routines};

@@ -10,9 +10,8 @@ use crate::merge::Policy;
 use crate::state::{self, Head};
 use crate::tables::{self, read_local, SyncTable};
 use crate::transport::{Transport, DEFAULT_TIMEOUT_MS};
-use crate::{bootstrap, capture, pending, pull, signed, status};
-use ed25519_dalek::VerifyingKey;
-use pdb_protocol::{genesis_hash, unhex32, StateRoot, Value};
+use crate::{bootstrap, capture, keys, pending, pull, signed, status};
+use pdb_protocol::{genesis_hash, StateRoot, Value};
 use serde_json::{json, Value as Json};
 
 pub struct OpenOptions {
@@ -20,6 +19,12 @@ pub struct OpenOptions {
     pub public_key: Option<String>,
     pub policy: Policy,
     pub transport: Transport,
+    /// A signed head older than the device's clock by more than this is
+    /// refused (0: no bound).
+    pub max_head_age_ms: u64,
+    /// Whether the token is stored in the database (for SQL-only
+    /// workflows and other processes) or held by this process only.
+    pub store_token: bool,
 }
 
 const OPTIONS: &[&str] = &[
@@ -29,6 +34,8 @@ const OPTIONS: &[&str] = &[
     "ca_file",
     "allow_http",
     "timeout_ms",
+    "max_head_age_ms",
+    "store_token",
 ];
 
 pub fn parse_options(s: Option<&str>) -> Result<OpenOptions> {
@@ -91,11 +98,25 @@ pub fn parse_options(s: Option<&str>) -> Result<OpenOptions> {
             .map(str::to_string),
         policy,
         transport,
+        store_token: match obj.get("store_token") {
+            None => true,
+            Some(Json::Bool(b)) => *b,
+            Some(_) => return Err(Error::invalid("store_token must be true or false")),
+        },
+        max_head_age_ms: match obj.get("max_head_age_ms") {
+            None => signed::DEFAULT_MAX_HEAD_AGE_MS,
+            Some(v) => v.as_u64().ok_or_else(|| {
+                Error::invalid("max_head_age_ms must be a number of milliseconds (0: no bound)")
+            })?,
+        },
     })
 }
 
 /// Opens (or re-opens) a database for sync with a group.
 pub fn open(db: Db, url: &str, group: &str, opts: OpenOptions) -> Result<Json> {
+    if !opts.store_token {
+        crate::token::set(&db, Some(&opts.token))?;
+    }
     let w = HttpWitness::new(url, &opts.token, group, &opts.transport)?;
     open_with(db, &w, url, group, opts)
 }
@@ -116,23 +137,19 @@ pub fn open_with(
             )));
         }
     }
-    let served = w.witness()?.public_key;
-    let expected = opts
+    let info = w.witness()?;
+    // The pinned key: the one given, the one pinned before, or (first use)
+    // the one the witness serves; the rotations must lead from it to the
+    // served key.
+    let pinned = opts
         .public_key
         .clone()
-        .or(state::get_text(&db, "public_key")?);
-    if let Some(pinned) = expected {
-        if pinned != served {
-            return Err(Error::invalid(format!(
-                "the witness's key {served} is not the pinned key {pinned}; refusing to sync"
-            )));
-        }
-    }
-    let key = unhex32(&served)
-        .and_then(|k| VerifyingKey::from_bytes(&k).ok())
-        .ok_or_else(|| Error::invalid("the witness's public key is malformed"))?;
+        .or(state::get_text(&db, "public_key")?)
+        .unwrap_or_else(|| info.public_key.clone());
+    let key = keys::chain_to_served(&pinned, &info)?;
     let g = w.group()?;
     let head_rec = signed::verify_head(&key, group, &g.head)?;
+    signed::check_fresh(&db, &head_rec, opts.max_head_age_ms)?;
     // The schema is data: checked against the grammar and its hash, which
     // the signed head must name, before any of it is used.
     let schema = g.schema.schema().map_err(|e| {
@@ -171,14 +188,23 @@ pub fn open_with(
         for (k, v) in [
             ("url", Value::text(url)),
             ("group", Value::text(group)),
-            ("token", Value::text(&opts.token)),
-            ("public_key", Value::text(&served)),
             ("policy", Value::text(opts.policy.name())),
         ] {
             state::set(&db, k, v)?;
         }
         state::set_schema(&db, &schema)?;
+        keys::save(&db, &pinned, &info)?;
+        if opts.store_token {
+            state::set(&db, "token", Value::text(&opts.token))?;
+        } else {
+            state::delete(&db, "token")?;
+        }
         opts.transport.save(&db)?;
+        state::set(
+            &db,
+            "max_head_age_ms",
+            Value::Integer(i64::try_from(opts.max_head_age_ms).unwrap_or(i64::MAX)),
+        )?;
         for t in &schema.tables {
             // Rows that were here before sync started are local inserts.
             capture::install(&db, t, &SyncTable::new(t), fresh && !created)?;

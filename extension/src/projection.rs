@@ -14,7 +14,7 @@ use crate::error::guard;
 use crate::error::{Error, Result};
 use crate::signed::verify_head;
 use crate::state;
-use ed25519_dalek::VerifyingKey;
+use pdb_protocol::KeyChain;
 use pdb_protocol::quote_ident;
 use serde_json::Value as Json;
 use sqlite_loadable::api;
@@ -34,7 +34,7 @@ const PAGE: u32 = 1000;
 struct Source {
     witness: HttpWitness,
     group: String,
-    key: VerifyingKey,
+    key: KeyChain,
     name: String,
 }
 

@@ -58,6 +58,7 @@ pub fn pull(l: &Local, w: &dyn WitnessApi) -> Result<Pulled> {
             Err(e) => return Err(state::call_failed(&l.db, e)),
         };
         let signed_head = verify_head(&l.key, &l.group, &page.head)?;
+        crate::signed::check_fresh(&l.db, &signed_head, crate::signed::max_head_age(&l.db)?)?;
         state::set(&l.db, "remote_seq", Value::Integer(signed_head.seq as i64))?;
         if signed_head.seq < after {
             return Err(Error::invalid(format!(
@@ -124,7 +125,7 @@ impl Page<'_> {
     /// then applies it; returns the conflicts met.
     fn apply_entry(&mut self, seq: u64, changeset: &[u8], cert: &Signed) -> Result<usize> {
         let l = self.l;
-        let fail = |m: &str| Error::invalid(format!("commit {seq}: {m}; nothing was applied"));
+        let fail = |m: &str| Error::untrusted(format!("commit {seq}: {m}; nothing was applied"));
         let rec = cert
             .commit(&l.key)
             .map_err(|e| fail(&format!("certificate rejected ({e})")))?;

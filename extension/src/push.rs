@@ -142,7 +142,7 @@ pub fn send(l: &Local, w: &dyn WitnessApi, o: &Outbox) -> Result<Sent> {
         .to_signed()
         .ok_or_else(|| Error::invalid("the witness sent a malformed certificate"))?
         .commit(&l.key)
-        .map_err(|e| Error::invalid(format!("the witness's certificate was rejected ({e})")))?;
+        .map_err(|e| Error::untrusted(format!("the witness's certificate was rejected ({e})")))?;
     if rec.changeset_digest != sha256(&o.changeset)
         || rec.idempotency_key != o.key
         || rec.group != l.group

@@ -6,8 +6,7 @@ use crate::db::{as_blob, as_i64, as_text, Cache, Db};
 use crate::error::{Error, Result};
 use crate::merge::Policy;
 use crate::tables::{self, SyncTable};
-use ed25519_dalek::VerifyingKey;
-use pdb_protocol::{hex, unhex32, Schema, StateRoot, Value};
+use pdb_protocol::{hex, KeyChain, Schema, StateRoot, Value};
 
 /// The extension's tables (`pdb_state`, `pdb_outbox`, ...).
 pub const MIGRATION: &str = include_str!("../../sql/extension/001_local.sql");
@@ -30,7 +29,8 @@ pub struct Local {
     pub url: String,
     pub group: String,
     pub token: String,
-    pub key: VerifyingKey,
+    /// The witness keys this database trusts.
+    pub key: KeyChain,
     pub policy: Policy,
     pub schema: Schema,
     pub schema_hash: [u8; 32],
@@ -100,9 +100,7 @@ pub fn load(db: Db) -> Result<Local> {
             Error::invalid(format!("sync state is missing {k:?}; call pdb_open again"))
         })
     };
-    let key = unhex32(&need("public_key")?)
-        .and_then(|k| VerifyingKey::from_bytes(&k).ok())
-        .ok_or_else(|| Error::invalid("the pinned witness key is corrupt"))?;
+    let key = crate::keys::load(&db)?;
     let schema = stored_schema(&db)?;
     let schema_hash = schema.hash();
     if get_text(&db, "schema_hash")? != Some(hex(&schema_hash)) {
@@ -119,7 +117,10 @@ pub fn load(db: Db) -> Result<Local> {
     Ok(Local {
         url: need("url")?,
         group: need("group")?,
-        token: get_text(&db, "token")?.unwrap_or_default(),
+        token: match crate::token::get(&db)? {
+            Some(t) => t,
+            None => get_text(&db, "token")?.unwrap_or_default(),
+        },
         key,
         policy: Policy::parse(&need("policy")?).unwrap_or(Policy::RemoteWins),
         schema,

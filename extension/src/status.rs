@@ -47,6 +47,11 @@ pub fn status(db: Db) -> Result<Json> {
         "last_error": state::get_text(&db, "last_error")?,
         "last_sync_ms": state::get_i64(&db, "last_sync_ms")?,
         "lag": (remote - h.seq as i64).max(0),
+        // The witness's time on the newest signed head this database
+        // verified, and how long ago that was by this device's clock.
+        "head_time_ms": state::get_i64(&db, "head_time_ms")?,
+        "head_age_ms": state::get_i64(&db, "head_time_ms")?
+            .map(|t| (pdb_protocol::now_ms() as i64 - t).max(0)),
         "bootstrap": crate::bootstrap::progress(&l),
         "conflicts": conflicts,
     }))

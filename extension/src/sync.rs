@@ -17,11 +17,20 @@ use serde_json::{json, Value as Json};
 
 const MAX_ROUNDS: usize = 8;
 
-/// A failure is kept for `pdb_status`; nothing local is lost by it.
+/// A failure is kept for `pdb_status`; nothing local is lost by it. An
+/// answer that does not verify may be signed by a key the witness rotated
+/// to since: the rotations are followed (from the pinned key) and the sync
+/// tried once more.
 pub fn sync(db: Db) -> Result<Json> {
     let l = state::load(db)?;
     let w = HttpWitness::of(&l)?;
-    rounds(&l, &w).inspect_err(|e| state::record_error(&db, e))
+    let result = match rounds(&l, &w) {
+        Err(e) if e.is_untrusted() && crate::keys::follow(&db, &w)? => {
+            rounds(&state::load(db)?, &w)
+        }
+        result => result,
+    };
+    result.inspect_err(|e| state::record_error(&db, e))
 }
 
 pub fn rounds(l: &Local, w: &dyn WitnessApi) -> Result<Json> {
@@ -93,6 +102,8 @@ mod tests {
             public_key: None,
             policy,
             transport: Default::default(),
+            max_head_age_ms: 0,
+            store_token: true,
         };
         open_with(c.db(), w, "http://fake", "g", opts).unwrap()
     }

@@ -225,7 +225,7 @@ impl FakeWitness {
             state_root: log.root.digest(),
             schema_version: 1,
             schema_hash: self.schema.hash(),
-            time_ms: 0,
+            time_ms: pdb_protocol::now_ms(),
         };
         let signed = Signed::sign(&self.key, rec.encode());
         HeadJson {
@@ -235,7 +235,7 @@ impl FakeWitness {
             state_root: hex(&rec.state_root),
             schema_version: 1,
             schema_hash: hex(&rec.schema_hash),
-            time_ms: 0,
+            time_ms: rec.time_ms,
             signed: SignedJson::from(&signed),
         }
     }
@@ -315,6 +315,7 @@ impl WitnessApi for FakeWitness {
             public_key: self.public_key(),
             version: "fake".into(),
             limits: None,
+            rotations: Vec::new(),
         })
     }
 

@@ -3,6 +3,7 @@
 
 pub mod changeset;
 mod hash;
+pub mod keys;
 pub mod records;
 pub mod schema;
 pub mod sql;
@@ -14,7 +15,11 @@ pub mod wire;
 
 pub use changeset::{Change, Changeset, Invalid, Op, TableChanges};
 pub use hash::sha256;
-pub use records::{genesis_hash, CommitRecord, HeadRecord, Signed, SnapshotRecord};
+pub use keys::KeyChain;
+pub use records::{
+    genesis_hash, CommitRecord, HeadRecord, Rotation, RotationRecord, Signed, SnapshotRecord,
+    Verifier,
+};
 pub use schema::{Catalog, Column, Index, IndexColumn, Schema, Table};
 pub use sql::{quote_ident, RowSql};
 pub use state_root::StateRoot;

@@ -21,6 +21,7 @@ pub const COMMIT_TAG: &str = "personaldb/commit-certificate";
 pub const HEAD_TAG: &str = "personaldb/head";
 pub const GENESIS_TAG: &str = "personaldb/genesis";
 pub const SNAPSHOT_TAG: &str = "personaldb/snapshot-manifest";
+pub const ROTATION_TAG: &str = "personaldb/key-rotation";
 pub const FORMAT: u8 = 1;
 
 /// What the witness certifies about one accepted commit.
@@ -150,19 +151,117 @@ impl Signed {
             .map_err(|_| VerifyError::BadSignature)
     }
 
-    pub fn commit(&self, key: &VerifyingKey) -> Result<CommitRecord, VerifyError> {
-        self.verify(key)?;
-        CommitRecord::decode(&self.bytes).map_err(VerifyError::Malformed)
+    /// A commit certificate, verified by `keys` (the key in force at the
+    /// record's time, for a key chain).
+    pub fn commit(&self, keys: &impl Verifier) -> Result<CommitRecord, VerifyError> {
+        let rec = CommitRecord::decode(&self.bytes).map_err(VerifyError::Malformed)?;
+        keys.verify_at(self, rec.time_ms)?;
+        Ok(rec)
     }
 
-    pub fn head(&self, key: &VerifyingKey) -> Result<HeadRecord, VerifyError> {
-        self.verify(key)?;
-        HeadRecord::decode(&self.bytes).map_err(VerifyError::Malformed)
+    pub fn head(&self, keys: &impl Verifier) -> Result<HeadRecord, VerifyError> {
+        let rec = HeadRecord::decode(&self.bytes).map_err(VerifyError::Malformed)?;
+        keys.verify_at(self, rec.time_ms)?;
+        Ok(rec)
     }
 
-    pub fn snapshot(&self, key: &VerifyingKey) -> Result<SnapshotRecord, VerifyError> {
-        self.verify(key)?;
-        SnapshotRecord::decode(&self.bytes).map_err(VerifyError::Malformed)
+    pub fn snapshot(&self, keys: &impl Verifier) -> Result<SnapshotRecord, VerifyError> {
+        let rec = SnapshotRecord::decode(&self.bytes).map_err(VerifyError::Malformed)?;
+        keys.verify_at(self, rec.time_ms)?;
+        Ok(rec)
+    }
+}
+
+/// What checks a signed record's signature: one key, or a chain of keys
+/// each in force from its start time.
+pub trait Verifier {
+    fn verify_at(&self, signed: &Signed, time_ms: u64) -> Result<(), VerifyError>;
+}
+
+impl Verifier for VerifyingKey {
+    fn verify_at(&self, signed: &Signed, _time_ms: u64) -> Result<(), VerifyError> {
+        signed.verify(self)
+    }
+}
+
+/// A change of the witness's signing key: the `index`-th rotation, from
+/// `prev_key` to `new_key`, in force from `start_ms`. Both keys sign it:
+/// the old one vouches for the new (a device that pinned the old key
+/// follows it), the new one for the old (a device that pinned the new key
+/// can still check what the old one signed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RotationRecord {
+    pub index: u32,
+    pub prev_key: [u8; 32],
+    pub new_key: [u8; 32],
+    pub start_ms: u64,
+}
+
+impl RotationRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new(ROTATION_TAG);
+        w.u32(self.index);
+        w.hash(&self.prev_key);
+        w.hash(&self.new_key);
+        w.u64(self.start_ms);
+        w.0
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<RotationRecord, DecodeError> {
+        let mut r = RecordReader::new(bytes, ROTATION_TAG)?;
+        let rec = RotationRecord {
+            index: r.u32()?,
+            prev_key: r.hash()?,
+            new_key: r.hash()?,
+            start_ms: r.u64()?,
+        };
+        r.finish()?;
+        Ok(rec)
+    }
+}
+
+/// A rotation record with both signatures.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rotation {
+    pub bytes: Vec<u8>,
+    /// By the previous key.
+    pub old_signature: [u8; 64],
+    /// By the new key.
+    pub new_signature: [u8; 64],
+}
+
+impl Rotation {
+    /// Makes the rotation from `old` to `new`, signed by both.
+    pub fn sign(index: u32, old: &SigningKey, new: &SigningKey, start_ms: u64) -> Rotation {
+        let bytes = RotationRecord {
+            index,
+            prev_key: old.verifying_key().to_bytes(),
+            new_key: new.verifying_key().to_bytes(),
+            start_ms,
+        }
+        .encode();
+        Rotation {
+            old_signature: old.sign(&bytes).to_bytes(),
+            new_signature: new.sign(&bytes).to_bytes(),
+            bytes,
+        }
+    }
+
+    /// The record, once both named keys' signatures verify.
+    pub fn verify(&self) -> Result<RotationRecord, VerifyError> {
+        let rec = RotationRecord::decode(&self.bytes).map_err(VerifyError::Malformed)?;
+        for (key, sig) in [
+            (&rec.prev_key, &self.old_signature),
+            (&rec.new_key, &self.new_signature),
+        ] {
+            let key = VerifyingKey::from_bytes(key).map_err(|_| VerifyError::BadSignature)?;
+            Signed {
+                bytes: self.bytes.clone(),
+                signature: *sig,
+            }
+            .verify(&key)?;
+        }
+        Ok(rec)
     }
 }
 

@@ -2,7 +2,7 @@
 //! base64 (changesets, record bytes, signatures) or lowercase hex (hashes,
 //! keys). Requests reject unknown fields.
 
-use crate::records::Signed;
+use crate::records::{Rotation, Signed};
 use crate::schema::{Schema, Table};
 use crate::value::Value;
 use base64::Engine;
@@ -189,6 +189,40 @@ pub struct WitnessJson {
     /// witnesses that predate it (clients then assume the defaults).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitsJson>,
+    /// Every rotation of the witness's signing key, in order: the chain
+    /// from its first key to `public_key`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rotations: Vec<RotationJson>,
+}
+
+/// A key rotation on the wire: the record's bytes and both signatures,
+/// base64.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RotationJson {
+    pub record: String,
+    pub old_signature: String,
+    pub new_signature: String,
+}
+
+impl From<&Rotation> for RotationJson {
+    fn from(r: &Rotation) -> Self {
+        RotationJson {
+            record: b64(&r.bytes),
+            old_signature: b64(&r.old_signature),
+            new_signature: b64(&r.new_signature),
+        }
+    }
+}
+
+impl RotationJson {
+    pub fn to_rotation(&self) -> Option<Rotation> {
+        Some(Rotation {
+            bytes: unb64(&self.record)?,
+            old_signature: unb64(&self.old_signature)?.try_into().ok()?,
+            new_signature: unb64(&self.new_signature)?.try_into().ok()?,
+        })
+    }
 }
 
 /// The limits a witness advertises in `GET /v1/witness`, so clients size

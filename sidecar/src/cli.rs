@@ -52,6 +52,10 @@ enum Command {
     },
     /// Print the witness's public key (hex).
     PublicKey,
+    /// Replace the signing key with a new one (witness stopped). The
+    /// rotation is signed by both keys; devices that pinned the old key
+    /// follow it. The old private key is gone afterwards.
+    RotateKey,
     /// Make a static bearer token for an identity: printed once, only its
     /// hash is stored (in the tokens file; restart the witness to use it).
     AddToken {
@@ -144,6 +148,13 @@ pub struct ServeArgs {
     /// `issuer`, `audience` and `identity_prefix` (docs/witness.md).
     #[arg(long, env = "PDB_JWT_CONFIG")]
     jwt_config: Option<PathBuf>,
+    /// PEM certificate chain: the witness terminates TLS itself and serves
+    /// https:// (with --tls-key).
+    #[arg(long, env = "PDB_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "PDB_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(long, env = "PDB_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -251,6 +262,7 @@ impl Cli {
                 role,
             }) => change_role(data, &group, &identity, Some(&role)),
             Some(Command::Revoke { group, identity }) => change_role(data, &group, &identity, None),
+            Some(Command::RotateKey) => rotate_key(data),
             Some(Command::PublicKey) => keys::load_key(data)
                 .map(|k| println!("{}", hex(k.verifying_key().as_bytes())))
                 .map_err(|e| e.to_string()),
@@ -303,6 +315,7 @@ fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), String> {
     }
     let _lock = lock_data_dir(data_dir)?;
     let (key, created) = keys::load_or_create_key(data_dir).map_err(|e| e.to_string())?;
+    let (rotations, _) = keys::chain(data_dir, &key).map_err(|e| e.to_string())?;
     let (token_hash, new_token) =
         keys::admin_token(data_dir, args.admin_token.as_deref()).map_err(|e| e.to_string())?;
     let public_key = hex(key.verifying_key().as_bytes());
@@ -322,8 +335,14 @@ fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), String> {
             keep_log_commits: args.keep_log_commits,
         },
         limits: args.limits.limits(),
+        rotations,
     };
     let blocking = settings.limits.blocking;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::http::tls::acceptor(cert, key)?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let witness = Arc::new(Witness::open(settings, key)?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -336,7 +355,7 @@ fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), String> {
             .await
             .map_err(|e| format!("binding {addr}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let url = format!("http://{addr}");
+        let url = format!("{scheme}://{addr}");
         println!("PersonalDB witness listening on {url}");
         println!("  data directory: {}", data_dir.display());
         println!(
@@ -354,7 +373,7 @@ fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), String> {
         );
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        crate::http::run(listener, witness, shutdown_signal())
+        crate::http::run(listener, witness, tls, shutdown_signal())
             .await
             .map_err(|e| e.to_string())
     })?;
@@ -392,9 +411,8 @@ fn create_group(data_dir: &Path, id: &str, schema: &Path, version: u32) -> Resul
 }
 
 fn verify_groups(data_dir: &Path, only: Option<&str>) -> Result<(), String> {
-    let vk = keys::load_key(data_dir)
-        .map_err(|e| e.to_string())?
-        .verifying_key();
+    let key = keys::load_key(data_dir).map_err(|e| e.to_string())?;
+    let (_, vk) = keys::chain(data_dir, &key).map_err(|e| e.to_string())?;
     let dir = witness::groups_dir(data_dir);
     let mut ids: Vec<String> = match only {
         Some(g) => vec![g.to_string()],
@@ -509,6 +527,20 @@ fn change_role(
     Ok(())
 }
 
+fn rotate_key(data_dir: &Path) -> Result<(), String> {
+    let _lock = lock_data_dir(data_dir)?;
+    let r = keys::rotate(data_dir).map_err(|e| e.to_string())?;
+    let rec = r.verify().map_err(|e| e.to_string())?;
+    println!("{}", hex(&rec.new_key));
+    eprintln!(
+        "rotation {} made: {} -> {} (start the witness to sign with the new key)",
+        rec.index,
+        hex(&rec.prev_key),
+        hex(&rec.new_key)
+    );
+    Ok(())
+}
+
 /// The witness's groups, opened for a command run while it is stopped.
 fn offline_witness(data_dir: &Path) -> Result<Witness, String> {
     let (key, _) = keys::load_or_create_key(data_dir).map_err(|e| e.to_string())?;
@@ -519,6 +551,7 @@ fn offline_witness(data_dir: &Path) -> Result<Witness, String> {
         max_page_bytes: store::log::DEFAULT_PAGE_BYTES,
         snapshots: SnapshotPolicy::default(),
         limits: Limits::default(),
+        rotations: Vec::new(),
     };
     Witness::open(settings, key)
 }

@@ -4,7 +4,7 @@
 //! from-scratch root of the replica itself.
 
 use crate::store::{self, full_root, log, schema, GroupInfo};
-use ed25519_dalek::VerifyingKey;
+use pdb_protocol::KeyChain as Keys;
 use pdb_protocol::records::Signed;
 use pdb_protocol::Value;
 use pdb_protocol::{genesis_hash, hex, sha256, Changeset, StateRoot};
@@ -23,7 +23,7 @@ pub struct Report {
 
 /// `snapshots` is the group's snapshot directory: a pruned log is replayed
 /// from the first snapshot at or after its pruning point.
-pub fn verify_file(path: &Path, snapshots: &Path, key: &VerifyingKey) -> Result<Report, String> {
+pub fn verify_file(path: &Path, snapshots: &Path, key: &Keys) -> Result<Report, String> {
     let conn =
         store::open_conn(path, false).map_err(|e| format!("opening {}: {e}", path.display()))?;
     conn.execute_batch("BEGIN").map_err(|e| e.to_string())?;
@@ -37,7 +37,7 @@ fn verify_conn(
     conn: &Connection,
     info: &GroupInfo,
     snapshots: &Path,
-    key: &VerifyingKey,
+    key: &Keys,
 ) -> Result<Report, String> {
     let fail = |seq: u64, what: &str| format!("group {:?}, commit {seq}: {what}", info.id);
     let replica = Connection::open_in_memory().map_err(|e| e.to_string())?;
@@ -226,7 +226,7 @@ fn load_snapshot(
     seq: u64,
     head_hash: &[u8; 32],
     certified_root: &[u8; 32],
-    key: &VerifyingKey,
+    key: &Keys,
 ) -> Result<StateRoot, String> {
     let m = crate::snapshot::manifest(dir, seq)
         .map_err(|e| e.to_string())?

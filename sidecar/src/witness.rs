@@ -23,6 +23,9 @@ pub struct Settings {
     pub max_page_bytes: u64,
     pub snapshots: SnapshotPolicy,
     pub limits: Limits,
+    /// The signing key's rotations, in order (served to clients, which
+    /// follow them from the key they pinned).
+    pub rotations: Vec<pdb_protocol::Rotation>,
 }
 
 /// When snapshots are made on their own, and whether the log before the

@@ -29,6 +29,7 @@ pub async fn public(w: &Arc<Witness>, route: &Route) -> Answer {
                 public_key: hex(w.key.verifying_key().as_bytes()),
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 limits: Some(w.limits()),
+                rotations: w.settings.rotations.iter().map(Into::into).collect(),
             },
         ),
     }

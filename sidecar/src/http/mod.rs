@@ -14,6 +14,7 @@ mod own_errors;
 mod projections;
 pub mod route;
 mod snapshots;
+pub mod tls;
 
 use crate::error::ApiError;
 use crate::witness::Witness;
@@ -37,11 +38,16 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// bounds the memory an idle connection can make the witness hold).
 const READ_BUFFER: usize = 64 * 1024;
 
+/// How long a client has to finish the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Accepts connections until `shutdown` resolves, then stops accepting,
-/// lets open requests finish (bounded), and stops the group writers.
+/// lets open requests finish (bounded), and stops the group writers. With
+/// `tls`, every connection is TLS.
 pub async fn run(
     listener: tokio::net::TcpListener,
     witness: Arc<Witness>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -70,20 +76,19 @@ pub async fn run(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let w = witness.clone();
-                let ip = peer.ip();
-                let service = hyper::service::service_fn(move |req| handle(w.clone(), req, ip));
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(limits.idle_timeout)
-                    .max_buf_size(READ_BUFFER)
-                    .max_header_size(READ_BUFFER)
-                    .serve_connection(TokioIo::new(OwnErrors::new(stream)), service);
-                let conn = graceful.watch(conn);
+                let (w, watcher, tls) = (witness.clone(), graceful.watcher(), tls.clone());
+                let limits = limits.clone();
                 tokio::spawn(async move {
                     let _open = open;
-                    if let Err(e) = conn.await {
-                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    match tls {
+                        None => serve(w, watcher, stream, peer, &limits).await,
+                        Some(tls) => {
+                            match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
+                                Ok(Ok(stream)) => serve(w, watcher, stream, peer, &limits).await,
+                                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                            }
+                        }
                     }
                 });
             }
@@ -103,6 +108,30 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || w.shutdown()).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves HTTP/1.1 on one connection until it closes or the witness
+/// shuts down.
+async fn serve<S>(
+    w: Arc<Witness>,
+    watcher: hyper_util::server::graceful::Watcher,
+    stream: S,
+    peer: std::net::SocketAddr,
+    limits: &crate::limits::Limits,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let ip = peer.ip();
+    let service = hyper::service::service_fn(move |req| handle(w.clone(), req, ip));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.idle_timeout)
+        .max_buf_size(READ_BUFFER)
+        .max_header_size(READ_BUFFER)
+        .serve_connection(TokioIo::new(OwnErrors::new(stream)), service);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
 }
 
 /// A request id: the client's `x-request-id` when it is a sensible one,

@@ -1,0 +1,79 @@
+//! The witness keys this database trusts: the key pinned at `pdb_open`
+//! (given as `public_key`, or the one first seen) and the chain of
+//! rotations leading from it to the witness's current key, each rotation
+//! signed by the key before and the key after it. A key no rotation from
+//! the pinned one vouches for is refused.
+
+use crate::client::WitnessApi;
+use crate::db::Db;
+use crate::error::{Error, Result};
+use crate::state;
+use ed25519_dalek::VerifyingKey;
+use pdb_protocol::wire::{RotationJson, WitnessJson};
+use pdb_protocol::{unhex32, KeyChain, Rotation, Value};
+
+fn key(hex: &str, what: &str) -> Result<VerifyingKey> {
+    unhex32(hex)
+        .and_then(|k| VerifyingKey::from_bytes(&k).ok())
+        .ok_or_else(|| Error::invalid(format!("{what} is not an Ed25519 public key in hex")))
+}
+
+fn rotations(list: &[RotationJson]) -> Result<Vec<Rotation>> {
+    list.iter()
+        .map(|r| {
+            r.to_rotation()
+                .ok_or_else(|| Error::untrusted("the witness sent a malformed key rotation"))
+        })
+        .collect()
+}
+
+/// The chain from `pinned` (hex) to the key the witness serves, or why it
+/// cannot be trusted.
+pub fn chain_to_served(pinned: &str, info: &WitnessJson) -> Result<KeyChain> {
+    let pinned = key(pinned, "the pinned key")?;
+    let served = key(&info.public_key, "the witness's public key")?;
+    let chain = KeyChain::from_rotations(&pinned, &rotations(&info.rotations)?)
+        .map_err(|e| Error::untrusted(format!("the witness's key rotations are refused: {e}")))?;
+    if chain.current() != &served {
+        return Err(Error::untrusted(format!(
+            "the witness's key {} is not vouched for by the pinned key {} (no key rotation leads to it); refusing to sync",
+            info.public_key,
+            pdb_protocol::hex(pinned.as_bytes())
+        )));
+    }
+    Ok(chain)
+}
+
+/// The chain this database stored.
+pub fn load(db: &Db) -> Result<KeyChain> {
+    let pinned = state::get_text(db, "public_key")?
+        .ok_or_else(|| Error::invalid("sync state has no pinned key; call pdb_open again"))?;
+    let list: Vec<RotationJson> = match state::get_text(db, "key_rotations")? {
+        None => Vec::new(),
+        Some(t) => serde_json::from_str(&t)
+            .map_err(|_| Error::invalid("the stored key rotations are corrupt"))?,
+    };
+    KeyChain::from_rotations(&key(&pinned, "the pinned key")?, &rotations(&list)?)
+        .map_err(|e| Error::invalid(format!("the stored key rotations are refused: {e}")))
+}
+
+/// Stores the pinned key and the rotations that lead from it.
+pub fn save(db: &Db, pinned: &str, info: &WitnessJson) -> Result<()> {
+    state::set(db, "public_key", Value::text(pinned))?;
+    let text = serde_json::to_string(&info.rotations).map_err(|e| Error::invalid(e.to_string()))?;
+    state::set(db, "key_rotations", Value::text(&text))
+}
+
+/// Asks the witness for its key and rotations, and stores them when they
+/// extend the chain from the pinned key. Whether the chain grew.
+pub fn follow(db: &Db, w: &dyn WitnessApi) -> Result<bool> {
+    let before = load(db)?;
+    let pinned = state::get_text(db, "public_key")?.unwrap_or_default();
+    let info = w.witness()?;
+    let chain = chain_to_served(&pinned, &info)?;
+    if chain == before {
+        return Ok(false);
+    }
+    save(db, &pinned, &info)?;
+    Ok(true)
+}
