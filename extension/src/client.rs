@@ -94,8 +94,36 @@ pub struct HttpWitness {
     agent: Arc<ureq::Agent>,
 }
 
+/// The TLS failure inside an error, if the handshake is what failed (a
+/// certificate not trusted, or not for this host name).
+fn tls_failure(e: &ureq::Error) -> Option<String> {
+    match e {
+        ureq::Error::Rustls(t) => Some(t.to_string()),
+        ureq::Error::Tls(t) => Some(t.to_string()),
+        ureq::Error::Io(io) => rustls_in(io).map(|t| t.to_string()),
+        _ => None,
+    }
+}
+
+/// A rustls error anywhere inside an I/O error (layers may wrap it).
+fn rustls_in<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(t) = e.downcast_ref::<rustls::Error>() {
+        return Some(t);
+    }
+    if let Some(inner) = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(std::io::Error::get_ref)
+    {
+        return rustls_in(inner);
+    }
+    e.source().and_then(rustls_in)
+}
+
 /// How far a failed exchange got: whether anything can have been sent.
 fn stage_of(e: &ureq::Error) -> Stage {
+    if tls_failure(e).is_some() {
+        return Stage::Connect;
+    }
     use std::io::ErrorKind;
     match e {
         ureq::Error::HostNotFound
@@ -148,11 +176,11 @@ impl HttpWitness {
         build: impl FnOnce(&ureq::Agent, &str, &str) -> std::result::Result<Response, ureq::Error>,
     ) -> Result<Response> {
         build(&self.agent, url, &format!("Bearer {}", self.token)).map_err(|e| {
-            let message = match &e {
-                ureq::Error::Rustls(_) | ureq::Error::Tls(_) => format!(
-                    "TLS with {url} failed: {e} (a private CA? give its certificate with the ca_file option)"
+            let message = match tls_failure(&e) {
+                Some(t) => format!(
+                    "TLS with {url} failed: {t} (a private CA? give its certificate with the ca_file option)"
                 ),
-                _ => format!("sending request to {url}: {e}"),
+                None => format!("sending request to {url}: {e}"),
             };
             Error::Network {
                 stage: stage_of(&e),

@@ -14,8 +14,8 @@ use crate::error::guard;
 use crate::error::{Error, Result};
 use crate::signed::verify_head;
 use crate::state;
-use pdb_protocol::KeyChain;
 use pdb_protocol::quote_ident;
+use pdb_protocol::KeyChain;
 use serde_json::Value as Json;
 use sqlite_loadable::api;
 use sqlite_loadable::ext::{

@@ -10,7 +10,7 @@ use pdb_protocol::wire::HeadJson;
 use pdb_protocol::{now_ms, HeadRecord, KeyChain, Value};
 
 /// The witness's clock may step back this much between two heads.
-const CLOCK_ALLOWANCE_MS: u64 = 5_000;
+const CLOCK_ALLOWANCE_MS: u64 = 1_000;
 /// By default a head older than the device's clock by an hour is refused.
 pub const DEFAULT_MAX_HEAD_AGE_MS: u64 = 3_600_000;
 

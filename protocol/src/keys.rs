@@ -162,7 +162,9 @@ mod tests {
             let old = Signed::sign(&k1, head(500));
             let mid = Signed::sign(&k2, head(1_500));
             let new = Signed::sign(&k3, head(2_500));
-            assert!(old.head(&chain).is_ok() && mid.head(&chain).is_ok() && new.head(&chain).is_ok());
+            assert!(
+                old.head(&chain).is_ok() && mid.head(&chain).is_ok() && new.head(&chain).is_ok()
+            );
             // A retired key cannot sign for a time after its period.
             assert!(Signed::sign(&k1, head(2_500)).head(&chain).is_err());
         }

@@ -25,7 +25,7 @@ const LEEWAY_SECS: u64 = 30;
 /// A JWKS is fetched again when older than this...
 const JWKS_MAX_AGE: Duration = Duration::from_secs(3600);
 /// ... or on an unknown `kid`, but not more often than this.
-const JWKS_MIN_INTERVAL: Duration = Duration::from_secs(10);
+const JWKS_MIN_INTERVAL: Duration = Duration::from_secs(2);
 const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
 const JWKS_MAX_BYTES: u64 = 1024 * 1024;
 

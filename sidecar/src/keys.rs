@@ -56,7 +56,7 @@ pub fn load_key(data_dir: &Path) -> std::io::Result<SigningKey> {
 }
 
 fn read_seed(path: &Path) -> std::io::Result<SigningKey> {
-    let s = std::fs::read_to_string(&path).map_err(|e| {
+    let s = std::fs::read_to_string(path).map_err(|e| {
         std::io::Error::new(
             e.kind(),
             format!(
@@ -93,7 +93,9 @@ pub fn load_rotations(data_dir: &Path) -> std::io::Result<Vec<Rotation>> {
     };
     let bad = || std::io::Error::other(format!("{} is corrupt", path.display()));
     let list: Vec<RotationJson> = serde_json::from_str(&text).map_err(|_| bad())?;
-    list.iter().map(|r| r.to_rotation().ok_or_else(bad)).collect()
+    list.iter()
+        .map(|r| r.to_rotation().ok_or_else(bad))
+        .collect()
 }
 
 /// The chain from the first key to `key`, checked: what the verifier and

@@ -4,8 +4,8 @@
 //! from-scratch root of the replica itself.
 
 use crate::store::{self, full_root, log, schema, GroupInfo};
-use pdb_protocol::KeyChain as Keys;
 use pdb_protocol::records::Signed;
+use pdb_protocol::KeyChain as Keys;
 use pdb_protocol::Value;
 use pdb_protocol::{genesis_hash, hex, sha256, Changeset, StateRoot};
 use rusqlite::session::ConflictAction;

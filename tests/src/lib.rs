@@ -126,7 +126,13 @@ impl Witness {
     /// Starts a prepared `pdb-witness` command whose data directory is
     /// `dir/data`: its log goes to `dir/witness.log`, and the URL it
     /// prints first is where it is reached.
-    pub fn launch(dir: &Path, mut cmd: Command) -> Witness {
+    pub fn launch(dir: &Path, cmd: Command) -> Witness {
+        Self::launch_with(dir, cmd, agent())
+    }
+
+    /// [`Witness::launch`], talking to it with `agent` (one that trusts
+    /// the witness's TLS certificate, for a witness serving https).
+    pub fn launch_with(dir: &Path, mut cmd: Command, agent: ureq::Agent) -> Witness {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -157,7 +163,6 @@ impl Witness {
             .next()
             .and_then(|p| p.parse().ok())
             .expect("port");
-        let agent = agent();
         let info: Json = agent
             .get(format!("{url}/v1/witness"))
             .call()
@@ -568,6 +573,11 @@ pub enum ProxyMode {
     DataThenDrop(usize),
     /// Flip one byte in every snapshot data answer.
     TamperData,
+    /// Relay, and keep each GET answer by path (see `Replay`).
+    Record,
+    /// Answer GETs with the answers kept under `Record` (an attacker
+    /// replaying old, genuinely signed answers); relay the rest.
+    Replay,
 }
 
 /// A fake witness: relays HTTP to a real one and can lose or tamper with
@@ -578,6 +588,15 @@ pub struct Proxy {
     pub relayed_commits: std::sync::Arc<AtomicU64>,
     /// The Range header of every snapshot data request seen.
     pub ranges: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    target: String,
+}
+
+/// GET answers kept by `ProxyMode::Record`: path → (status, body).
+type Recorded = std::sync::Mutex<std::collections::HashMap<String, (u16, Vec<u8>)>>;
+
+fn recorded() -> &'static Recorded {
+    static R: std::sync::OnceLock<Recorded> = std::sync::OnceLock::new();
+    R.get_or_init(Default::default)
 }
 
 impl Proxy {
@@ -587,7 +606,7 @@ impl Proxy {
         let mode = std::sync::Arc::new(std::sync::Mutex::new(ProxyMode::Pass));
         let relayed = std::sync::Arc::new(AtomicU64::new(0));
         let ranges = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (m, r, g, target) = (
+        let (m, r, g, to) = (
             mode.clone(),
             relayed.clone(),
             ranges.clone(),
@@ -595,7 +614,7 @@ impl Proxy {
         );
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (m, r, g, target) = (m.clone(), r.clone(), g.clone(), target.clone());
+                let (m, r, g, target) = (m.clone(), r.clone(), g.clone(), to.clone());
                 std::thread::spawn(move || {
                     let _ = relay(stream, &target, &m, &r, &g);
                 });
@@ -606,10 +625,19 @@ impl Proxy {
             mode,
             relayed_commits: relayed,
             ranges,
+            target: target.to_string(),
         }
     }
 
+    /// Switches the mode; `Record` starts from nothing kept.
     pub fn set(&self, mode: ProxyMode) {
+        if matches!(mode, ProxyMode::Record) {
+            let prefix = format!("{}/", self.target);
+            recorded()
+                .lock()
+                .expect("recorded")
+                .retain(|k, _| !k.starts_with(&prefix));
+        }
         *self.mode.lock().expect("mode") = mode;
     }
 }
@@ -653,6 +681,19 @@ fn relay(
     let current = mode.lock().expect("mode").clone();
     if matches!(current, ProxyMode::Down) {
         return Ok(());
+    }
+    let key = format!("{target}{path}");
+    if matches!(current, ProxyMode::Replay) && method == "GET" {
+        let kept = recorded().lock().expect("recorded").get(&key).cloned();
+        if let Some((status, bytes)) = kept {
+            write!(
+                stream,
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                bytes.len()
+            )?;
+            stream.write_all(&bytes)?;
+            return Ok(());
+        }
     }
     let agent = agent();
     let url = format!("{target}{path}");
@@ -698,6 +739,12 @@ fn relay(
         .limit(512 * 1024 * 1024)
         .read_to_vec()
         .unwrap_or_default();
+    if matches!(current, ProxyMode::Record) && method == "GET" {
+        recorded()
+            .lock()
+            .expect("recorded")
+            .insert(key, (status, bytes.clone()));
+    }
     let is_commit = method == "POST" && path.ends_with("/commits");
     if is_commit {
         relayed.fetch_add(1, Ordering::SeqCst);
