@@ -30,13 +30,18 @@ fn rotations(list: &[RotationJson]) -> Result<Vec<Rotation>> {
 /// The chain from `pinned` (hex) to the key the witness serves, or why it
 /// cannot be trusted.
 pub fn chain_to_served(pinned: &str, info: &WitnessJson) -> Result<KeyChain> {
-    let pinned = key(pinned, "the pinned key")?;
+    let Ok(pinned) = key(pinned, "the pinned key") else {
+        return Err(Error::untrusted(format!(
+            "the witness's key {} is not the pinned key {pinned} (which is not an Ed25519 public key); refusing to sync",
+            info.public_key
+        )));
+    };
     let served = key(&info.public_key, "the witness's public key")?;
     let chain = KeyChain::from_rotations(&pinned, &rotations(&info.rotations)?)
         .map_err(|e| Error::untrusted(format!("the witness's key rotations are refused: {e}")))?;
     if chain.current() != &served {
         return Err(Error::untrusted(format!(
-            "the witness's key {} is not vouched for by the pinned key {} (no key rotation leads to it); refusing to sync",
+            "the witness's key {} is not the pinned key {}, and no key rotation leads from one to the other; refusing to sync",
             info.public_key,
             pdb_protocol::hex(pinned.as_bytes())
         )));

@@ -3,7 +3,7 @@
 //! vouches for is refused; each key in the chain checks the records whose
 //! time falls in its period.
 
-use crate::records::{Rotation, Signed, Verifier, VerifyError};
+use crate::records::{Period, Rotation, Signed, Verifier, VerifyError};
 use ed25519_dalek::VerifyingKey;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,29 +99,17 @@ impl KeyChain {
     pub fn current(&self) -> &VerifyingKey {
         &self.keys[self.keys.len() - 1].0
     }
-
-    /// The key in force at `time_ms`.
-    pub fn key_at(&self, time_ms: u64) -> &VerifyingKey {
-        self.keys
-            .iter()
-            .rev()
-            .find(|(_, since)| *since <= time_ms)
-            .map_or(&self.keys[0].0, |(k, _)| k)
-    }
-
-    pub fn keys(&self) -> impl Iterator<Item = (&VerifyingKey, u64)> {
-        self.keys.iter().map(|(k, s)| (k, *s))
-    }
-
-    /// Whether `key` is one of the chain's keys.
-    pub fn contains(&self, key: &VerifyingKey) -> bool {
-        self.keys.iter().any(|(k, _)| k == key)
-    }
 }
 
 impl Verifier for KeyChain {
-    fn verify_at(&self, signed: &Signed, time_ms: u64) -> Result<(), VerifyError> {
-        signed.verify(self.key_at(time_ms))
+    fn verify_signed(&self, signed: &Signed) -> Result<Option<Period>, VerifyError> {
+        for (i, (key, from)) in self.keys.iter().enumerate().rev() {
+            if signed.verify(key).is_ok() {
+                let until = self.keys.get(i + 1).map_or(u64::MAX, |(_, s)| *s);
+                return Ok(Some((*from, until)));
+            }
+        }
+        Err(VerifyError::BadSignature)
     }
 }
 

@@ -126,6 +126,9 @@ pub struct Signed {
 pub enum VerifyError {
     BadSignature,
     Malformed(DecodeError),
+    /// Signed by a key of the chain, but for a time outside that key's
+    /// period (a retired key cannot sign for later times).
+    OutsideKeyPeriod,
 }
 
 impl std::fmt::Display for VerifyError {
@@ -133,6 +136,9 @@ impl std::fmt::Display for VerifyError {
         match self {
             VerifyError::BadSignature => f.write_str("signature does not verify"),
             VerifyError::Malformed(e) => write!(f, "malformed record: {e}"),
+            VerifyError::OutsideKeyPeriod => {
+                f.write_str("signed by a witness key outside the period it was in force")
+            }
         }
     }
 }
@@ -151,36 +157,54 @@ impl Signed {
             .map_err(|_| VerifyError::BadSignature)
     }
 
-    /// A commit certificate, verified by `keys` (the key in force at the
-    /// record's time, for a key chain).
+    /// A commit certificate, verified by `keys`: the signature first, then
+    /// (for a key chain) that the record's time is in the signing key's
+    /// period.
     pub fn commit(&self, keys: &impl Verifier) -> Result<CommitRecord, VerifyError> {
+        let period = keys.verify_signed(self)?;
         let rec = CommitRecord::decode(&self.bytes).map_err(VerifyError::Malformed)?;
-        keys.verify_at(self, rec.time_ms)?;
+        in_period(rec.time_ms, period)?;
         Ok(rec)
     }
 
     pub fn head(&self, keys: &impl Verifier) -> Result<HeadRecord, VerifyError> {
+        let period = keys.verify_signed(self)?;
         let rec = HeadRecord::decode(&self.bytes).map_err(VerifyError::Malformed)?;
-        keys.verify_at(self, rec.time_ms)?;
+        in_period(rec.time_ms, period)?;
         Ok(rec)
     }
 
     pub fn snapshot(&self, keys: &impl Verifier) -> Result<SnapshotRecord, VerifyError> {
+        let period = keys.verify_signed(self)?;
         let rec = SnapshotRecord::decode(&self.bytes).map_err(VerifyError::Malformed)?;
-        keys.verify_at(self, rec.time_ms)?;
+        in_period(rec.time_ms, period)?;
         Ok(rec)
     }
 }
 
-/// What checks a signed record's signature: one key, or a chain of keys
-/// each in force from its start time.
+/// The time a verifying key is in force: `[from, until)`.
+pub type Period = (u64, u64);
+
+fn in_period(time_ms: u64, period: Option<Period>) -> Result<(), VerifyError> {
+    match period {
+        Some((from, until)) if time_ms < from || time_ms >= until => {
+            Err(VerifyError::OutsideKeyPeriod)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// What checks a signed record's signature: one key (in force always), or
+/// a chain of keys each in force for a period.
 pub trait Verifier {
-    fn verify_at(&self, signed: &Signed, time_ms: u64) -> Result<(), VerifyError>;
+    /// Verifies the signature; the period of the key that verified it
+    /// (`None`: any time).
+    fn verify_signed(&self, signed: &Signed) -> Result<Option<Period>, VerifyError>;
 }
 
 impl Verifier for VerifyingKey {
-    fn verify_at(&self, signed: &Signed, _time_ms: u64) -> Result<(), VerifyError> {
-        signed.verify(self)
+    fn verify_signed(&self, signed: &Signed) -> Result<Option<Period>, VerifyError> {
+        signed.verify(self).map(|()| None)
     }
 }
 
