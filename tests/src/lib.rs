@@ -5,6 +5,9 @@
 //! README's test command runs it). It is looked up next to the test
 //! executable, so a `--release` test run uses the release witness.
 
+pub mod jwt;
+pub mod pki;
+
 use ed25519_dalek::VerifyingKey;
 use pdb_protocol::records::Signed;
 use pdb_protocol::wire::{b64, BaseRef, CommitRequest, HeadJson, Policy, SignedJson};

@@ -8,57 +8,40 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use pdb_e2e::*;
 use serde_json::{json, Value as Json};
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 const ISS: &str = "https://idp.test";
 const AUD: &str = "personaldb";
-const SECRET: &str = "an-hs256-secret-that-is-long-enough-0123456789";
+const SECRET: &str = jwt::HS256_SECRET;
 
-fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fixtures/jwt")
-            .join(name),
-    )
-    .unwrap()
-}
-
-fn encoding_key(alg: Algorithm) -> EncodingKey {
-    match alg {
-        Algorithm::RS256 => EncodingKey::from_rsa_pem(&fixture("rs256.key.pem")).unwrap(),
-        Algorithm::ES256 => EncodingKey::from_ec_pem(&fixture("es256.key.pem")).unwrap(),
-        Algorithm::EdDSA => EncodingKey::from_ed_pem(&fixture("eddsa.key.pem")).unwrap(),
-        Algorithm::HS256 => EncodingKey::from_secret(SECRET.as_bytes()),
-        _ => unreachable!(),
-    }
+fn token(alg: Algorithm, claims: Json) -> String {
+    jwt::token(alg, &claims)
 }
 
 fn kid(alg: Algorithm) -> String {
-    format!("key-{alg:?}").to_lowercase()
+    jwt::kid(alg)
 }
 
-/// The public JWK of each test key, with its `kid`.
 fn jwk(alg: Algorithm) -> Jwk {
-    let mut j = Jwk::from_encoding_key(&encoding_key(alg), alg).unwrap();
-    j.common.key_id = Some(kid(alg));
-    j
+    jwt::jwk(alg)
+}
+
+fn encoding_key(alg: Algorithm) -> EncodingKey {
+    jwt::encoding_key(alg)
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(jwt::fixture(name)).unwrap()
 }
 
 fn now() -> u64 {
-    pdb_protocol::now_ms() / 1000
-}
-
-fn token(alg: Algorithm, claims: Json) -> String {
-    let mut h = Header::new(alg);
-    h.kid = Some(kid(alg));
-    jsonwebtoken::encode(&h, &claims, &encoding_key(alg)).unwrap()
+    jwt::now_secs()
 }
 
 fn claims(sub: &str) -> Json {
-    json!({"sub": sub, "iss": ISS, "aud": AUD, "exp": now() + 600})
+    jwt::claims(sub, ISS, AUD)
 }
 
 /// A JWKS document served on loopback; `fetches` counts its requests.
@@ -106,12 +89,6 @@ impl Jwks {
     fn set(&self, keys: Vec<Jwk>) {
         *self.body.lock().unwrap() = serde_json::to_string(&JwkSet { keys }).unwrap();
     }
-}
-
-fn public_pem(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/jwt")
-        .join(name)
 }
 
 struct World {
@@ -346,7 +323,6 @@ fn weak_or_ambiguous_jwt_settings_stop_the_witness_at_start() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let _ = public_pem("rs256.pub.pem");
 }
 
 #[test]

@@ -191,52 +191,11 @@ fn plain_http_is_refused_except_to_loopback() {
     open(&d, &w.url, json!({})).unwrap();
 }
 
-struct Pki {
-    ca_pem: String,
-    cert: std::path::PathBuf,
-    key: std::path::PathBuf,
-}
-
-/// A CA made for this test, and a server certificate it signs for `names`.
-fn pki(dir: &Path, label: &str, names: &[&str]) -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(DnType::CommonName, format!("PersonalDB test CA {label}"));
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let leaf =
-        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf_cert = leaf.signed_by(&leaf_key, &ca_cert, &ca_key).unwrap();
-    let cert = dir.join(format!("{label}.crt.pem"));
-    let key = dir.join(format!("{label}.key.pem"));
-    std::fs::write(&cert, leaf_cert.pem()).unwrap();
-    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
-    let ca_pem = ca_cert.pem();
-    std::fs::write(dir.join(format!("{label}.ca.pem")), &ca_pem).unwrap();
-    Pki { ca_pem, cert, key }
-}
-
-fn tls_agent(ca_pem: &str) -> ureq::Agent {
-    let ca = ureq::tls::Certificate::from_pem(ca_pem.as_bytes()).unwrap();
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .tls_config(
-            ureq::tls::TlsConfig::builder()
-                .root_certs(ureq::tls::RootCerts::new_with_certs(&[ca]))
-                .build(),
-        )
-        .build()
-        .into()
-}
-
 #[test]
 fn tls_end_to_end_with_the_right_ca_and_refused_with_a_wrong_one_or_name() {
     let dir = TempDir::new("tls");
-    let ours = pki(dir.path(), "ours", &["127.0.0.1"]);
-    let theirs = pki(dir.path(), "theirs", &["127.0.0.1"]);
+    let ours = pki::make(dir.path(), "ours", &["127.0.0.1"]);
+    let theirs = pki::make(dir.path(), "theirs", &["127.0.0.1"]);
     let mut cmd = Command::new(target_binary("pdb-witness"));
     cmd.arg("--data-dir")
         .arg(dir.path().join("data"))
@@ -245,36 +204,31 @@ fn tls_end_to_end_with_the_right_ca_and_refused_with_a_wrong_one_or_name() {
         .arg("--tls-key")
         .arg(&ours.key)
         .env("PDB_ADMIN_TOKEN", TOKEN);
-    let w = Witness::launch_with(dir.path(), cmd, tls_agent(&ours.ca_pem));
+    let w = Witness::launch_with(dir.path(), cmd, pki::agent(&ours.ca_pem));
     assert!(w.url.starts_with("https://127.0.0.1:"), "{}", w.url);
     let r = w.post("/v1/groups", &json!({"group": "g", "schema_sql": DDL}));
     assert_eq!(r.status, 201, "{r:?}");
     let url = format!("https://127.0.0.1:{}", w.port());
-    let ca = |label: &str| {
-        dir.path()
-            .join(format!("{label}.ca.pem"))
-            .display()
-            .to_string()
-    };
+    let ca = |p: &pki::Pki| p.ca_file.display().to_string();
 
     // The right CA: open, write, sync, a second device sees the row.
     let a = Device::new(&dir.path().join("a.db"));
-    open(&a, &url, json!({"ca_file": ca("ours")})).unwrap();
+    open(&a, &url, json!({"ca_file": ca(&ours)})).unwrap();
     a.exec("INSERT INTO notes VALUES ('x', 'over TLS', 1)");
     a.sync().unwrap();
     let b = Device::new(&dir.path().join("b.db"));
-    open(&b, &url, json!({"ca_file": ca("ours")})).unwrap();
+    open(&b, &url, json!({"ca_file": ca(&ours)})).unwrap();
     assert_eq!(b.dump(&["notes"]), a.dump(&["notes"]));
 
     // The system's roots do not know the test CA; a wrong CA; a name the
     // certificate does not have: each refused, saying it is TLS.
     for (what, url, options) in [
         ("system roots", url.clone(), json!({})),
-        ("wrong CA", url.clone(), json!({"ca_file": ca("theirs")})),
+        ("wrong CA", url.clone(), json!({"ca_file": ca(&theirs)})),
         (
             "wrong host name",
             format!("https://localhost:{}", w.port()),
-            json!({"ca_file": ca("ours")}),
+            json!({"ca_file": ca(&ours)}),
         ),
     ] {
         let d = Device::new(&dir.path().join(format!("{what}.db")));
@@ -285,7 +239,6 @@ fn tls_end_to_end_with_the_right_ca_and_refused_with_a_wrong_one_or_name() {
     // Plain HTTP to the TLS port gets nothing usable either.
     let d = Device::new(&dir.path().join("plain.db"));
     assert!(open(&d, &format!("http://127.0.0.1:{}", w.port()), json!({})).is_err());
-    drop(theirs);
 }
 
 fn pdb_witness(data: &Path, args: &[&str]) -> std::process::Output {

@@ -17,7 +17,10 @@
 //! 5. Isolation: a second group's commit p50/p99 (8 clients) while 4
 //!    clients commit to a first group whose write rule exceeds its budget
 //!    on every commit, beside the same figures with no hostile group.
-//! 6. Bootstrapping a fresh device from a snapshot of a B-row group
+//! 6. Trust: 1-row `pdb_sync()` round trips over TLS beside plain HTTP
+//!    (loopback), and signed-head reads with a JWT of each algorithm
+//!    beside the same read with a static token.
+//! 7. Bootstrapping a fresh device from a snapshot of a B-row group
 //!    (`--bootstrap-rows`, default 1,000,000, about 100 MB) against `cp` of
 //!    the same database and against replaying the whole log; peak memory of
 //!    client and witness, at B/10 rows and at B rows.
@@ -84,6 +87,9 @@ fn main() {
         isolation(&w, run_for);
     }
     drop(w);
+    if runs("trust") {
+        trust(dir.path(), &manual);
+    }
     if boot_rows > 0 && runs("bootstrap") {
         println!();
         println!("== bootstrap of a fresh device (python3 host), baselines in the same run ==");
@@ -101,7 +107,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: pdb-bench [--seconds S] [--rows N] [--bootstrap-rows B] [--only commits|extension|projections|isolation|bootstrap]"
+        "usage: pdb-bench [--seconds S] [--rows N] [--bootstrap-rows B] [--only commits|extension|projections|isolation|trust|bootstrap]"
     );
     std::process::exit(2)
 }
@@ -586,6 +592,128 @@ fn isolation(w: &Arc<Witness>, run_for: Duration) {
             "hostile commits refused with rule_error: {}, each after p50 {:.0} ms (its budget)",
             refused.len(),
             refused[refused.len() / 2]
+        );
+    }
+}
+
+fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let n = v.len().max(1);
+    (
+        v.get(n / 2).copied().unwrap_or(0.0),
+        v.get((n * 99 / 100).min(n - 1)).copied().unwrap_or(0.0),
+    )
+}
+
+/// 1-row `pdb_sync()` round trips from one device: ms each.
+fn sync_times(d: &Device, n: i64) -> Vec<f64> {
+    (0..n)
+        .map(|i| {
+            d.exec(&format!("INSERT INTO items VALUES ({i}, 1, {i}, 'x')"));
+            let t = Instant::now();
+            d.sync().expect("sync");
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect()
+}
+
+fn trust(dir: &Path, manual: &[&str]) {
+    use jsonwebtoken::Algorithm;
+    println!();
+    println!("== trust: pdb_sync() over TLS beside plain HTTP (loopback, 1-row commits), JWT verification per request ==");
+    let n = 200;
+    let plain_dir = dir.join("plain");
+    std::fs::create_dir_all(&plain_dir).expect("dir");
+    let plain = Witness::start_with(&plain_dir, 0, manual);
+    plain.create_group("g", DDL);
+    let tls_dir = dir.join("tls");
+    std::fs::create_dir_all(&tls_dir).expect("dir");
+    let pki = pki::make(&tls_dir, "bench", &["127.0.0.1"]);
+    let mut cmd = std::process::Command::new(target_binary("pdb-witness"));
+    cmd.arg("--data-dir")
+        .arg(tls_dir.join("data"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(&pki.cert)
+        .arg("--tls-key")
+        .arg(&pki.key)
+        .args(manual)
+        .env("PDB_ADMIN_TOKEN", TOKEN);
+    let tls = Witness::launch_with(&tls_dir, cmd, pki::agent(&pki.ca_pem));
+    tls.create_group("g", DDL);
+    let a = Device::new(&plain_dir.join("a.db"));
+    a.open(&plain, "g", "remote_wins").expect("open");
+    let b = Device::new(&tls_dir.join("b.db"));
+    b.call(&format!(
+        "pdb_open('{}', 'g', json_object('token', '{TOKEN}', 'ca_file', '{}'))",
+        tls.url,
+        pki.ca_file.display()
+    ))
+    .expect("open over TLS");
+    let (h50, h99) = percentiles(sync_times(&a, n));
+    let (t50, t99) = percentiles(sync_times(&b, n));
+    println!("{:>26} {:>10} {:>10}", "", "p50 ms", "p99 ms");
+    println!("{:>26} {h50:>10.2} {h99:>10.2}", "http (baseline)");
+    println!("{:>26} {t50:>10.2} {t99:>10.2}", "https");
+    println!("{:>26} {:>10.2} {:>10.2}", "ratio", t50 / h50, t99 / h99);
+    drop((plain, tls));
+
+    // A witness that knows a key for every algorithm; signed-head reads,
+    // each with a static token (baseline) and a JWT of each algorithm.
+    let jwt_dir = dir.join("jwt");
+    std::fs::create_dir_all(&jwt_dir).expect("dir");
+    let keys = [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA]
+        .map(|a| jwt::public_pem(a).display().to_string())
+        .join(",");
+    let mut args: Vec<&str> = manual.to_vec();
+    args.extend([
+        "--jwt-public-key-file",
+        &keys,
+        "--jwt-hs256-secret",
+        jwt::HS256_SECRET,
+        "--jwt-audience",
+        "bench",
+    ]);
+    let w = Witness::start_with(&jwt_dir, 0, &args);
+    w.create_group("g", DDL);
+    let r = w.request(
+        "PUT",
+        "/v1/groups/g/members/jwt:reader",
+        Some(TOKEN),
+        Some(&serde_json::json!({"role": "reader"})),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let reads = |token: &str| {
+        let lat: Vec<f64> = (0..300)
+            .map(|_| {
+                let t = Instant::now();
+                let r = w.request("GET", "/v1/groups/g/head", Some(token), None);
+                assert_eq!(r.status, 200, "{r:?}");
+                t.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect();
+        percentiles(lat)
+    };
+    let (s50, s99) = reads(TOKEN);
+    println!(
+        "{:>26} {:>10} {:>10} {:>18}",
+        "head read with", "p50 ms", "p99 ms", "p50 - baseline µs"
+    );
+    println!(
+        "{:>26} {s50:>10.3} {s99:>10.3} {:>18}",
+        "admin token (baseline)", ""
+    );
+    for alg in [
+        Algorithm::HS256,
+        Algorithm::EdDSA,
+        Algorithm::ES256,
+        Algorithm::RS256,
+    ] {
+        let t = jwt::token(alg, &jwt::claims("reader", "", "bench"));
+        let (p50, p99) = reads(&t);
+        println!(
+            "{:>26} {p50:>10.3} {p99:>10.3} {:>18.0}",
+            format!("{alg:?} JWT"),
+            (p50 - s50) * 1000.0
         );
     }
 }
