@@ -49,6 +49,8 @@ pub struct LogSql {
     pub pending: String,
     /// How many keys are pending.
     pub count: String,
+    /// The newest entry's pdb_seq for one key (the key as parameters).
+    pub newest: String,
 }
 
 impl LogSql {
@@ -97,6 +99,15 @@ impl LogSql {
                 join.join(" AND ")
             ),
             count: format!("SELECT count(*) FROM (SELECT 1 FROM {base} GROUP BY {key_list})"),
+            newest: format!(
+                "SELECT max({SEQ}) FROM {base} WHERE {}",
+                key_cols
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| format!("{c} IS ?{}", i + 1))
+                    .collect::<Vec<_>>()
+                    .join(" AND ")
+            ),
             table: base,
         }
     }

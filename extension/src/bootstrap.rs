@@ -4,21 +4,29 @@
 //! The manifest is verified before any byte is used; the data is fetched
 //! in byte ranges into a file next to the database (a broken download
 //! resumes where it stopped), checked against the signed digest, then
-//! installed chunk by chunk in one local transaction, in bounded memory.
-//! The rows must give the signed state root. Local changes are never
-//! dropped: with any pending, bootstrapping refuses.
+//! installed chunk by chunk in one local transaction. The rows must give
+//! the signed state root. Local changes are never dropped: pending rows
+//! are re-based on the snapshot by three-way merge (their base, the
+//! snapshot's value, their local value), as a pull would; the outbox
+//! commit is sent first, so a commit the witness already accepted is
+//! recognised by its certificate and never applied twice.
 
 use crate::capture;
 use crate::client::WitnessApi;
 use crate::db::transaction;
-use crate::error::{Error, Result};
-use crate::pending;
+use crate::error::{Class, Error, Result};
+use crate::merge;
+use crate::pending::{self, Outbox};
+use crate::rebase::Rebase;
 use crate::state::{self, Head, Local};
+use crate::{push, seal};
 use pdb_protocol::records::chunks_digest;
+use pdb_protocol::value::encode_values;
 use pdb_protocol::wire::SnapshotJson;
 use pdb_protocol::{hex, Changeset, SnapshotRecord, StateRoot, Value};
 use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 
@@ -91,18 +99,48 @@ fn verify_manifest(l: &Local, m: &SnapshotJson) -> Result<SnapshotRecord> {
     Ok(rec)
 }
 
+/// The log before `after` is gone (`snapshot_required`): settles the
+/// outbox commit's fate with the witness, then restarts from the newest
+/// snapshot with pending rows re-based on it. Returns the snapshot's head.
+pub fn catch_up(l: &Local, w: &dyn WitnessApi, after: u64) -> Result<u64> {
+    let m = newer_snapshot(w, after)?.ok_or_else(|| {
+        Error::invalid("snapshot_required, but the witness offers no newer snapshot")
+    })?;
+    // A commit sent before may have been accepted: resent, it replays with
+    // its certificate (kept even where the log is pruned), or is refused.
+    let own = match pending::outbox(&l.db)? {
+        Some(o) if o.attempts > 0 => match push::send(l, w, &o) {
+            Ok(seq) => Some((o, seq)),
+            Err(e) if matches!(e.class(), Some(Class::Rebase | Class::FixRows)) => {
+                transaction(&l.db, || seal::unseal(l, &o))?;
+                None
+            }
+            Err(e) => return Err(e),
+        },
+        Some(o) => {
+            transaction(&l.db, || seal::unseal(l, &o))?;
+            None
+        }
+        None => None,
+    };
+    bootstrap(l, w, &m, own)
+}
+
 /// Downloads, verifies and installs the snapshot `m`; returns its head.
-pub fn bootstrap(l: &Local, w: &dyn WitnessApi, m: &SnapshotJson) -> Result<u64> {
+/// `own`: the outbox commit and the sequence the witness accepted it at.
+pub fn bootstrap(
+    l: &Local,
+    w: &dyn WitnessApi,
+    m: &SnapshotJson,
+    own: Option<(Outbox, u64)>,
+) -> Result<u64> {
     let rec = verify_manifest(l, m)?;
-    if pending::outbox(&l.db)?.is_some() || pending::count(l)? > 0 {
-        return Err(Error::invalid(
-            "snapshot_required: this database must restart from a snapshot, but it holds local changes that are not synced; they were kept (nothing was discarded) — copy them out, or open a fresh database",
-        ));
-    }
     let file = with_suffix(&db_file(l)?, "-pdb-snapshot");
     let progress = progress_path(l)?;
     download(l, w, &rec, &file, &progress)?;
-    install(l, &rec, &m.chunks, &file, &progress)?;
+    // Our commit, accepted at or before the snapshot's head, is in it.
+    let own = own.filter(|(_, seq)| *seq <= rec.seq).map(|(o, _)| o);
+    install(l, &rec, &m.chunks, &file, &progress, own.as_ref())?;
     let _ = std::fs::remove_file(&file);
     let _ = std::fs::remove_file(&progress);
     state::delete(&l.db, "snapshot_download")?;
@@ -172,20 +210,73 @@ fn download(
     Ok(())
 }
 
+/// The bases of pending rows that our own commit `o` (now in the
+/// snapshot) changed become the values it committed.
+fn with_own(l: &Local, rebase: &mut Rebase, o: &Outbox) -> Result<()> {
+    let cs = pdb_protocol::Changeset::decode(&o.changeset)
+        .map_err(|_| Error::invalid("the outbox commit does not decode"))?;
+    for t in &cs.tables {
+        let Some(ti) = l.schema.table_index(&t.name) else {
+            continue;
+        };
+        for c in &t.changes {
+            let k = (ti, encode_values(&c.pk(&t.pk_flags)));
+            if let Some(e) = rebase.pending.get_mut(&k) {
+                if let Ok(after) = merge::apply(c, e.base.as_deref()) {
+                    e.base = after;
+                }
+            }
+        }
+    }
+    l.db.run(
+        "DELETE FROM pdb_outbox WHERE id = ?1",
+        &[pdb_protocol::Value::Integer(o.id)],
+    )
+}
+
 fn install(
     l: &Local,
     rec: &SnapshotRecord,
     chunks: &[u64],
     file: &std::path::Path,
     progress: &std::path::Path,
+    own: Option<&Outbox>,
 ) -> Result<()> {
     let mut f = std::fs::File::open(file).map_err(io)?;
     transaction(&l.db, || {
         capture::paused(l, || {
+            // Local work first, before the tables are emptied: each pending
+            // row's base and local value.
+            let mut rebase = Rebase::new(l)?;
+            if let Some(o) = own {
+                with_own(l, &mut rebase, o)?;
+            }
+            let mut locals = Vec::new();
+            for ((ti, pk), e) in &rebase.pending {
+                let Some(st) = l.tables.get(*ti) else {
+                    continue;
+                };
+                let key = match pdb_protocol::value::decode_values(pk) {
+                    Some(k) => k,
+                    None => continue,
+                };
+                locals.push((
+                    *ti,
+                    pk.clone(),
+                    key.clone(),
+                    st.select(&l.sql, &key)?,
+                    e.clone(),
+                ));
+            }
+            // In key order, so a re-base goes the same way every time.
+            locals.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
             for t in &l.tables {
                 l.db.exec(&format!("DELETE FROM {}", t.rows.table))?;
                 l.db.exec(&format!("DELETE FROM {}", t.log.table))?;
             }
+            // The snapshot's rows; those of pending keys are kept aside to
+            // be merged with the local ones.
+            let mut snap: HashMap<(usize, Vec<u8>), merge::Row> = HashMap::new();
             let mut root = StateRoot::empty();
             let mut rows = 0u64;
             for (i, start) in chunks.iter().enumerate() {
@@ -199,17 +290,23 @@ fn install(
                 cs.validate(&l.schema)
                     .map_err(|e| Error::invalid(format!("snapshot chunk {i}: {e}")))?;
                 for t in &cs.tables {
-                    let st = l
+                    let (ti, st) = l
                         .schema
                         .table_index(&t.name)
-                        .and_then(|ti| l.tables.get(ti))
+                        .and_then(|ti| l.tables.get(ti).map(|st| (ti, st)))
                         .ok_or_else(|| Error::invalid("snapshot names an unknown table"))?;
                     for c in &t.changes {
                         let row = c.row_after(None).ok_or_else(|| {
                             Error::invalid(format!("snapshot chunk {i}: a change is not an insert"))
                         })?;
-                        let stored = st.insert(&l.sql, &row)?;
-                        root.add_row(&st.name, &stored);
+                        let k = (ti, encode_values(&st.key_of(&row)));
+                        if rebase.pending.contains_key(&k) {
+                            root.add_row(&st.name, &row);
+                            snap.insert(k, row);
+                        } else {
+                            let stored = st.insert(&l.sql, &row)?;
+                            root.add_row(&st.name, &stored);
+                        }
                         rows += 1;
                     }
                 }
@@ -219,6 +316,11 @@ fn install(
                 return Err(Error::invalid(
                     "the snapshot's rows do not give its signed state root; nothing was installed",
                 ));
+            }
+            // Pending rows on top, merged as a pull merges them.
+            for (ti, pk, key, local, entry) in locals {
+                let server = snap.remove(&(ti, pk));
+                rebase.settle(ti, &key, None, local, Some(entry), server, false, rec.seq)?;
             }
             l.set_head(&Head {
                 seq: rec.seq,

@@ -39,12 +39,28 @@ fn trigger_ddl(t: &SyncTable) -> Vec<String> {
     };
     let key_cond = joined(&|c| format!("t.{c} = NEW.{c}"), " AND ");
     let rekeyed = joined(&|c| format!("NEW.{c} IS NOT OLD.{c}"), " OR ");
-    // `<when> ON table [<condition>]`: append (pdb_existed, columns) from
-    // `values` to the base log.
+    // A NULL key can never reach the witness: refused at write time (AFTER,
+    // so an INTEGER PRIMARY KEY has its rowid by then).
+    let null_key = joined(&|c| format!("NEW.{c} IS NULL"), " OR ");
+    let refuse = format!(
+        "SELECT RAISE(ABORT, '{}') WHERE {null_key}; ",
+        format!(
+            "pdb: table {:?}: NULL in a primary-key column; the witness never accepts it, give the row a key",
+            t.name
+        )
+        .replace('\'', "''")
+    );
+    // `<when> ON table [<condition>]`: [check, then] append (pdb_existed,
+    // columns) from `values` to the base log.
     let trigger = |what: &str, when: &str, condition: &str, columns: &str, values: String| {
+        let check = if what == "insert" || what == "rekey" {
+            refuse.as_str()
+        } else {
+            ""
+        };
         format!(
             "CREATE TRIGGER IF NOT EXISTS {} {when} ON {table} {condition}BEGIN \
-             INSERT INTO {base} ({EXISTED}, {columns}) {values}; END",
+             {check}INSERT INTO {base} ({EXISTED}, {columns}) {values}; END",
             trigger_name(t, what)
         )
     };

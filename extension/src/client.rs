@@ -146,6 +146,24 @@ fn stage_of(e: &ureq::Error) -> Stage {
     }
 }
 
+/// An answer's first bytes, printable, to show what came instead of JSON.
+fn snippet(text: &str) -> String {
+    let s: String = text.chars().take(120).collect();
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by the witness).
+fn retry_after(resp: &Response) -> Option<u64> {
+    resp.headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
 impl HttpWitness {
     /// The witness at `url`, reached as `transport` says (which must allow
     /// the URL).
@@ -176,22 +194,22 @@ impl HttpWitness {
         build: impl FnOnce(&ureq::Agent, &str, &str) -> std::result::Result<Response, ureq::Error>,
     ) -> Result<Response> {
         build(&self.agent, url, &format!("Bearer {}", self.token)).map_err(|e| {
-            let message = match tls_failure(&e) {
-                Some(t) => format!(
+            let stage = stage_of(&e);
+            let message = match (tls_failure(&e), stage) {
+                (Some(t), _) => format!(
                     "TLS with {url} failed: {t} (a private CA? give its certificate with the ca_file option)"
                 ),
-                None => format!("sending request to {url}: {e}"),
+                (None, Stage::Connect) => format!("connecting to {url}: {e}"),
+                (None, _) => format!("the request to {url} was sent but its answer was lost ({e})"),
             };
-            Error::Network {
-                stage: stage_of(&e),
-                message,
-            }
+            Error::Network { stage, message }
         })
     }
 
     /// An answer's JSON body, or the witness's typed error.
     fn body(&self, url: &str, mut resp: Response) -> Result<Json> {
         let status = resp.status().as_u16();
+        let wait = retry_after(&resp);
         let text = resp
             .body_mut()
             .with_config()
@@ -199,11 +217,11 @@ impl HttpWitness {
             .read_to_string()
             .map_err(|e| Error::Network {
                 stage: Stage::Answer,
-                message: format!("reading response from {url}: {e}"),
+                message: format!("the answer from {url} (HTTP {status}) broke off ({e})"),
             })?;
-        let body: Json = serde_json::from_str(&text).map_err(|e| Error::Network {
+        let body: Json = serde_json::from_str(&text).map_err(|_| Error::Network {
             stage: Stage::Unreadable,
-            message: format!("response from {url} is not JSON ({e})"),
+            message: format!("HTTP {status} from {url} is not JSON: {:?}", snippet(&text)),
         })?;
         if (200..300).contains(&status) {
             return Ok(body);
@@ -221,6 +239,7 @@ impl HttpWitness {
             endpoint: url.to_string(),
             status,
             body: error,
+            retry_after: wait,
         })))
     }
 
@@ -317,7 +336,7 @@ impl WitnessApi for HttpWitness {
             .read_to_vec()
             .map_err(|e| Error::Network {
                 stage: Stage::Answer,
-                message: format!("reading response from {url}: {e}"),
+                message: format!("the answer from {url} broke off ({e})"),
             })
     }
 

@@ -133,6 +133,24 @@ impl Db {
         Ok(out)
     }
 
+    /// The rows of a query one at a time, in bounded memory, until `f`
+    /// returns false. `f` must not write to the tables being read.
+    pub fn each(
+        &self,
+        sql: &str,
+        params: &[Value],
+        mut f: impl FnMut(Vec<Value>) -> Result<bool>,
+    ) -> Result<()> {
+        let mut st = self.prepare(sql)?;
+        st.bind_all(params)?;
+        while st.step()? {
+            if !f(st.row()?)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// The first row, if any.
     pub fn row(&self, sql: &str, params: &[Value]) -> Result<Option<Vec<Value>>> {
         let mut st = self.prepare(sql)?;
@@ -396,6 +414,17 @@ impl Cache {
             let r = if st.step()? { Some(st.row()?) } else { None };
             while st.step()? {}
             Ok(r)
+        })
+    }
+
+    /// Every row of a query.
+    pub fn rows(&self, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>> {
+        self.with(sql, params, |st| {
+            let mut out = Vec::new();
+            while st.step()? {
+                out.push(st.row()?);
+            }
+            Ok(out)
         })
     }
 

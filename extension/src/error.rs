@@ -54,12 +54,61 @@ pub struct Rejection {
     /// The error body: `code`, `message`, and the fields that help to
     /// recover (`head`, `table`, `key`, `snapshot`, ...).
     pub body: ErrorJson,
+    /// Seconds the witness asked the caller to wait (`Retry-After`).
+    pub retry_after: Option<u64>,
+}
+
+/// What a failed call to the witness means for sync: every failure falls
+/// in one class and sync acts on the class (docs/extension.md, "Never
+/// stuck").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// The witness could not be reached or answer now (network, answer
+    /// lost, 5xx, overloaded, storage_full): keep everything, retry later.
+    Retry,
+    /// `stale_head`: pull, re-seal from the current state, resubmit.
+    Rebase,
+    /// The witness will never accept these rows as they are: unseal, hold
+    /// the rows it names back (visible in `pdb_status`), sync the rest.
+    FixRows,
+    /// `snapshot_required`: restart from a snapshot, pending rows re-based.
+    CatchUp,
+    /// Nothing sync can do until something outside it changes (access,
+    /// schema, a bug): stop and say what.
+    Stop,
+}
+
+impl Class {
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Retry => "retry",
+            Class::Rebase => "rebase",
+            Class::FixRows => "fix_rows",
+            Class::CatchUp => "catch_up",
+            Class::Stop => "stop",
+        }
+    }
 }
 
 impl Rejection {
-    /// A 5xx answer: the witness could not do it now; a retry may.
-    pub fn is_server_trouble(&self) -> bool {
-        self.status >= 500
+    /// The witness's class for this answer, from its status and code.
+    fn class(&self) -> Class {
+        let code = self.body.code.as_str();
+        match code {
+            "storage_full" | "overloaded" | "unavailable" | "internal" => Class::Retry,
+            _ if self.status >= 500 || self.status == 429 => Class::Retry,
+            "stale_head" => Class::Rebase,
+            "changeset_conflict"
+            | "invalid_changeset"
+            | "rule_error"
+            | "idempotency_conflict"
+            | "body_too_large" => Class::FixRows,
+            // A row-level write rule names its row; a caller without access
+            // does not.
+            "unauthorized" if self.body.table.is_some() => Class::FixRows,
+            "snapshot_required" => Class::CatchUp,
+            _ => Class::Stop,
+        }
     }
 }
 
@@ -107,8 +156,23 @@ impl Error {
         self.rejection().is_some_and(|r| r.body.code == code)
     }
 
+    /// What a failed call to the witness means for sync; `None` for an
+    /// error that did not come from a call (SQLite, a bad argument, an
+    /// answer that does not verify).
+    pub fn class(&self) -> Option<Class> {
+        match self.root() {
+            Error::Network { .. } => Some(Class::Retry),
+            Error::Rejected(r) => Some(r.class()),
+            _ => None,
+        }
+    }
+
+    /// Seconds the witness asked to wait before retrying, if it did.
+    pub fn retry_after(&self) -> Option<u64> {
+        self.rejection().and_then(|r| r.retry_after)
+    }
+
     /// How far a call to the witness got, if it broke off.
-    #[cfg_attr(not(test), allow(dead_code))] // the sync classes of issue 9 read it
     pub fn stage(&self) -> Option<Stage> {
         match self.root() {
             Error::Network { stage, .. } => Some(*stage),
@@ -126,22 +190,56 @@ impl Error {
         }
     }
 
-    /// What a failed call to the witness means for the caller, as the
-    /// message shown: unreachable (retry later), stopped (access or schema
-    /// must change), or the witness's own words. Errors that did not come
-    /// from the call are returned as they are.
+    /// A failed call to the witness told by what happened, so the message
+    /// says whether anything can have arrived and what to do: `witness
+    /// unreachable` (nothing was sent), `answer lost` (it was sent; a commit
+    /// may have landed), `unreadable answer` (with its HTTP status),
+    /// `witness error` (5xx), `storage_full` / `overloaded` (with
+    /// Retry-After), or the code of a rejection sync stops on. Errors that
+    /// did not come from a call are returned as they are.
     pub fn classified(self) -> Error {
+        let after = |r: &Rejection| {
+            r.retry_after
+                .map_or("retry later".to_string(), |s| format!("retry after {s} s"))
+        };
         let message = match self.root() {
-            Error::Network { .. } => format!("witness unreachable: {self}"),
-            Error::Rejected(r) if r.is_server_trouble() => format!("witness unreachable: {self}"),
-            Error::Rejected(r) => match r.body.code.as_str() {
-                "unauthorized" => format!(
-                    "unauthorized: {} (sync stopped: fix the token or the caller's role)",
+            Error::Network {
+                stage: Stage::Connect,
+                ..
+            } => format!("witness unreachable: {self}"),
+            Error::Network {
+                stage: Stage::Answer,
+                ..
+            } => format!(
+                "answer lost: {self} (a commit sent may have landed; the next pdb_sync finds out)"
+            ),
+            Error::Network {
+                stage: Stage::Unreadable,
+                ..
+            } => format!("unreadable answer: {self}"),
+            Error::Rejected(r) => match (r.class(), r.body.code.as_str()) {
+                (_, "storage_full") => format!(
+                    "storage_full: {} (the witness's disk is full; nothing was lost; {})",
+                    r.body.message,
+                    after(r)
+                ),
+                (Class::Retry, code) => format!(
+                    "witness error: HTTP {} {code}: {} ({})",
+                    r.status,
+                    r.body.message,
+                    after(r)
+                ),
+                (_, "unauthorized") if r.body.table.is_none() => format!(
+                    "unauthorized: {} (sync stopped: fix the token with pdb_open, or the caller's role on the witness)",
                     r.body.message
                 ),
-                "schema_mismatch" => format!(
-                    "schema_mismatch: {} (sync stopped: migrate this database)",
+                (_, "schema_mismatch") => format!(
+                    "schema_mismatch: {} (sync stopped: migrate this database or upgrade the app)",
                     r.body.message
+                ),
+                (Class::Stop, code) => format!(
+                    "{code}: {} (HTTP {} from {}; sync stopped)",
+                    r.body.message, r.status, r.endpoint
                 ),
                 _ => return self,
             },
@@ -159,9 +257,6 @@ impl fmt::Display for Error {
             | Error::Invalid(message)
             | Error::Untrusted(message)
             | Error::Context { message, .. } => f.write_str(message),
-            Error::Rejected(r) if r.is_server_trouble() => {
-                write!(f, "{}: {}: {}", r.endpoint, r.body.code, r.body.message)
-            }
             Error::Rejected(r) => write!(f, "{}: {}", r.body.code, r.body.message),
         }
     }
@@ -196,25 +291,87 @@ mod tests {
                 message: "why".into(),
                 ..ErrorJson::default()
             },
+            retry_after: None,
         }))
     }
 
+    fn network(stage: Stage) -> Error {
+        Error::Network {
+            stage,
+            message: "http://w/x: reset".into(),
+        }
+    }
+
     #[test]
-    fn classification_acts_on_kinds_and_codes() {
-        let lost = Error::Network {
-            stage: Stage::Answer,
-            message: "reading response from http://w/x: reset".into(),
-        };
-        let e = lost.classified();
-        assert_eq!(
-            e.to_string(),
-            "witness unreachable: reading response from http://w/x: reset"
-        );
+    fn every_failure_of_a_call_has_a_class() {
+        let class = |e: Error| e.class();
+        assert_eq!(class(network(Stage::Connect)), Some(Class::Retry));
+        assert_eq!(class(network(Stage::Answer)), Some(Class::Retry));
+        assert_eq!(class(network(Stage::Unreadable)), Some(Class::Retry));
+        for (status, code, want) in [
+            (503, "unavailable", Class::Retry),
+            (500, "internal", Class::Retry),
+            (507, "storage_full", Class::Retry),
+            (429, "overloaded", Class::Retry),
+            (503, "overloaded", Class::Retry),
+            (502, "http_error", Class::Retry),
+            (409, "stale_head", Class::Rebase),
+            (409, "changeset_conflict", Class::FixRows),
+            (422, "invalid_changeset", Class::FixRows),
+            (422, "rule_error", Class::FixRows),
+            (413, "body_too_large", Class::FixRows),
+            (409, "idempotency_conflict", Class::FixRows),
+            (410, "snapshot_required", Class::CatchUp),
+            (403, "unauthorized", Class::Stop),
+            (401, "unauthorized", Class::Stop),
+            (409, "schema_mismatch", Class::Stop),
+            (404, "not_found", Class::Stop),
+            (400, "bad_request", Class::Stop),
+        ] {
+            assert_eq!(class(rejected(status, code)), Some(want), "{status} {code}");
+        }
+        // A row that a write rule refuses names its table: fix the row.
+        let mut rule = rejected(403, "unauthorized");
+        if let Error::Rejected(r) = &mut rule {
+            r.body.table = Some("t".into());
+        }
+        assert_eq!(rule.class(), Some(Class::FixRows));
+        // Not a call's failure: no class, even under a context.
+        assert_eq!(Error::invalid("x").class(), None);
+        let e = Error::Sqlite {
+            code: 5,
+            message: "busy".into(),
+        }
+        .context(|m| format!("pulling: {m}"));
+        assert_eq!(e.class(), None);
+    }
+
+    #[test]
+    fn messages_say_what_happened() {
+        let e = network(Stage::Connect).classified();
+        assert_eq!(e.to_string(), "witness unreachable: http://w/x: reset");
+        let e = network(Stage::Answer).classified();
+        assert!(e.to_string().starts_with("answer lost: "), "{e}");
+        assert!(e.to_string().contains("may have landed"), "{e}");
         assert_eq!(e.stage(), Some(Stage::Answer));
+        let e = network(Stage::Unreadable).classified();
+        assert!(e.to_string().starts_with("unreadable answer: "), "{e}");
         assert_eq!(
             rejected(503, "unavailable").classified().to_string(),
-            "witness unreachable: http://w/v1/groups/g/commits: unavailable: why"
+            "witness error: HTTP 503 unavailable: why (retry later)"
         );
+        let mut full = rejected(507, "storage_full");
+        if let Error::Rejected(r) = &mut full {
+            r.retry_after = Some(30);
+        }
+        let e = full.classified();
+        assert!(
+            e.to_string()
+                .starts_with("storage_full: why (the witness's disk is full"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("retry after 30 s"), "{e}");
+        assert_eq!(e.retry_after(), Some(30));
         let e = rejected(403, "unauthorized").classified();
         assert!(e.to_string().starts_with("unauthorized: why (sync stopped"));
         assert!(e.is_rejection("unauthorized"));

@@ -7,7 +7,7 @@
 
 use crate::db::Db;
 use crate::error::{guard, Error};
-use crate::{open, push, status, sync};
+use crate::{open, resolve, seal, status, sync};
 use sqlite_loadable::api;
 use sqlite_loadable::ext::{sqlite3, sqlite3_context, sqlite3_value};
 use sqlite_loadable::{define_scalar_function, FunctionFlags};
@@ -42,6 +42,15 @@ fn required(args: &[*mut sqlite3_value], i: usize, what: &str) -> Result<String,
         .ok_or_else(|| Error::invalid(format!("argument {} ({what}) is required text", i + 1)))
 }
 
+fn int_arg(args: &[*mut sqlite3_value], i: usize, what: &str) -> Result<i64, Error> {
+    let bad = || Error::invalid(format!("argument {} ({what}) must be an integer", i + 1));
+    let v = args.get(i).ok_or_else(bad)?;
+    if api::value_type(v) != api::ValueType::Integer {
+        return Err(bad());
+    }
+    Ok(api::value_int64(v))
+}
+
 fn version(_: Db, _: &[*mut sqlite3_value]) -> Result<String, Error> {
     Ok(env!("CARGO_PKG_VERSION").to_string())
 }
@@ -73,7 +82,13 @@ fn sync_fn(db: Db, _: &[*mut sqlite3_value]) -> Result<String, Error> {
 }
 
 fn commit(db: Db, _: &[*mut sqlite3_value]) -> Result<String, Error> {
-    Ok(push::commit(db)?.to_string())
+    Ok(seal::commit(db)?.to_string())
+}
+
+fn resolve_fn(db: Db, args: &[*mut sqlite3_value]) -> Result<String, Error> {
+    let id = int_arg(args, 0, "conflict id")?;
+    let side = required(args, 1, "side: 'local' or 'remote'")?;
+    Ok(resolve::resolve(db, id, &side)?.to_string())
 }
 
 fn head(db: Db, _: &[*mut sqlite3_value]) -> Result<String, Error> {
@@ -99,6 +114,7 @@ pub fn register(db: *mut sqlite3) -> sqlite_loadable::Result<()> {
         ("pdb_set_token", 1, set_token, stateful),
         ("pdb_sync", 0, sync_fn, stateful),
         ("pdb_commit", 0, commit, stateful),
+        ("pdb_resolve", 2, resolve_fn, stateful),
         ("pdb_head", 0, head, stateful),
         ("pdb_status", 0, status_fn, stateful),
         ("pdb_verify", 0, verify, stateful),

@@ -7,12 +7,18 @@ use pdb_protocol::{Change, Op, Value};
 
 pub type Row = Vec<Value>;
 
-/// Which side a conflict gives the table.
+/// What a conflict does (docs/extension.md has the table of outcomes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Policy {
+    /// The remote side goes in the table; the local side is recorded.
     RemoteWins,
+    /// The local side stays and is pushed over the remote one; the remote
+    /// side is recorded.
     LocalWins,
-    KeepBoth,
+    /// Nothing is decided: the local side stays in the table but the row is
+    /// held back from pushing, and the conflict stays open until the app
+    /// settles it with `pdb_resolve(id, 'local' | 'remote')`.
+    Manual,
 }
 
 impl Policy {
@@ -20,7 +26,7 @@ impl Policy {
         match s {
             "remote_wins" => Some(Policy::RemoteWins),
             "local_wins" => Some(Policy::LocalWins),
-            "keep_both" => Some(Policy::KeepBoth),
+            "manual" => Some(Policy::Manual),
             _ => None,
         }
     }
@@ -29,14 +35,40 @@ impl Policy {
         match self {
             Policy::RemoteWins => "remote_wins",
             Policy::LocalWins => "local_wins",
-            Policy::KeepBoth => "keep_both",
+            Policy::Manual => "manual",
         }
     }
 
-    /// Whether a conflict keeps the remote side in the table (both sides
-    /// are recorded either way).
+    /// What a conflict settled under this policy keeps.
+    pub fn kept(self) -> Kept {
+        match self {
+            Policy::RemoteWins => Kept::Remote,
+            Policy::LocalWins => Kept::Local,
+            Policy::Manual => Kept::Open,
+        }
+    }
+}
+
+/// Which side of a conflict is in the table, and whether it is settled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kept {
+    Remote,
+    Local,
+    /// The local side, until the app resolves it (policy manual).
+    Open,
+}
+
+impl Kept {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kept::Remote => "remote",
+            Kept::Local => "local",
+            Kept::Open => "open",
+        }
+    }
+
     fn takes_remote(self) -> bool {
-        self != Policy::LocalWins
+        self == Kept::Remote
     }
 }
 
@@ -108,14 +140,24 @@ pub enum Conflict {
         base: Option<Value>,
         local: Value,
         remote: Value,
-        kept_remote: bool,
+        kept: Kept,
     },
     /// The row deleted on one side and changed on the other.
     Row {
         base: Option<Row>,
         local: Option<Row>,
         remote: Option<Row>,
-        kept_remote: bool,
+        kept: Kept,
+    },
+    /// The local row could not stand beside the remote state (a UNIQUE
+    /// value a remote row took, a CHECK the merged row fails): the local
+    /// side was set aside and the row holds the server's value. Not made
+    /// by [`merge`] (it needs the database); `rebase` finds it.
+    SetAside {
+        base: Option<Row>,
+        local: Option<Row>,
+        remote: Option<Row>,
+        kept: Kept,
     },
 }
 
@@ -138,7 +180,8 @@ pub fn merge(
     if local == base {
         return (remote.cloned(), vec![]);
     }
-    let kept_remote = policy.takes_remote();
+    let kept = policy.kept();
+    let kept_remote = kept.takes_remote();
     match (remote, local) {
         (Some(r), Some(lo)) => {
             let mut merged = lo.clone();
@@ -161,7 +204,7 @@ pub fn merge(
                         base: b.cloned(),
                         local: lv.clone(),
                         remote: rv.clone(),
-                        kept_remote,
+                        kept,
                     });
                 }
             }
@@ -172,7 +215,7 @@ pub fn merge(
                 base: base.cloned(),
                 local: local.cloned(),
                 remote: remote.cloned(),
-                kept_remote,
+                kept,
             };
             let merged = if kept_remote { remote } else { local };
             (merged.cloned(), vec![c])
@@ -254,7 +297,7 @@ mod tests {
         let base = row(1, "a", 1);
         let remote = row(1, "b", 1);
         let local = row(1, "a", 2);
-        for p in [Policy::RemoteWins, Policy::LocalWins, Policy::KeepBoth] {
+        for p in [Policy::RemoteWins, Policy::LocalWins, Policy::Manual] {
             let (m, c) = merge(KEY, p, Some(&base), Some(&remote), Some(&local));
             assert_eq!(m, Some(row(1, "b", 2)), "different columns both survive");
             assert!(c.is_empty());
@@ -307,7 +350,7 @@ mod tests {
                 base: Some(t("a")),
                 local: t("local"),
                 remote: t("remote"),
-                kept_remote: true,
+                kept: Kept::Remote,
             }]
         );
         let (m, c) = merge(
@@ -321,22 +364,26 @@ mod tests {
         assert!(matches!(
             c[..],
             [Conflict::Column {
-                kept_remote: false,
+                kept: Kept::Local,
                 ..
             }]
         ));
-        let (m, _) = merge(
+        // Manual: the local side stays, and the conflict is open.
+        let (m, c) = merge(
             KEY,
-            Policy::KeepBoth,
+            Policy::Manual,
             Some(&base),
             Some(&remote),
             Some(&local),
         );
-        assert_eq!(
-            m,
-            Some(row(1, "remote", 5)),
-            "keep_both keeps remote in the table"
-        );
+        assert_eq!(m, Some(local.clone()), "manual keeps the local side");
+        assert!(matches!(
+            c[..],
+            [Conflict::Column {
+                kept: Kept::Open,
+                ..
+            }]
+        ));
     }
 
     #[test]
@@ -352,7 +399,7 @@ mod tests {
                 base: Some(base.clone()),
                 local: Some(changed.clone()),
                 remote: None,
-                kept_remote: true,
+                kept: Kept::Remote,
             }]
         );
         let (m, _) = merge(KEY, Policy::LocalWins, Some(&base), None, Some(&changed));
@@ -381,7 +428,7 @@ mod tests {
                 base: None,
                 local: i(2),
                 remote: i(1),
-                kept_remote: true,
+                kept: Kept::Remote,
             }]
         );
         let (m, _) = merge(KEY, Policy::LocalWins, None, Some(&remote), Some(&local));

@@ -84,7 +84,11 @@ pub fn parse_options(s: Option<&str>) -> Result<OpenOptions> {
         Some(p) => p
             .as_str()
             .and_then(Policy::parse)
-            .ok_or_else(|| Error::invalid("policy must be remote_wins, local_wins or keep_both"))?,
+            .ok_or_else(|| {
+                Error::invalid(
+                    "policy must be remote_wins, local_wins or manual (keep_both was replaced by manual: conflicts stay open until pdb_resolve settles them)",
+                )
+            })?,
     };
     Ok(OpenOptions {
         token: obj
@@ -119,6 +123,12 @@ pub fn open(db: Db, url: &str, group: &str, opts: OpenOptions) -> Result<Json> {
     }
     let w = HttpWitness::new(url, &opts.token, group, &opts.transport)?;
     open_with(db, &w, url, group, opts)
+        .map_err(Error::classified)
+        .inspect_err(|e| {
+            if e.class().is_some() && state::is_open(&db).unwrap_or(false) {
+                state::record_error(&db, e);
+            }
+        })
 }
 
 /// [`open`] against the witness `w` (serving `url`).
@@ -129,7 +139,7 @@ pub fn open_with(
     group: &str,
     opts: OpenOptions,
 ) -> Result<Json> {
-    db.exec(state::MIGRATION)?;
+    state::migrate(&db)?;
     if let (Some(u), Some(g)) = (state::get_text(&db, "url")?, state::get_text(&db, "group")?) {
         if g != group {
             return Err(Error::invalid(format!(
@@ -185,6 +195,9 @@ pub fn open_with(
         }
         tables::check_local(&db, &schema)?;
         let fresh = state::get(&db, "head_seq")?.is_none();
+        if let Some(limits) = &info.limits {
+            state::set_limits(&db, limits)?;
+        }
         for (k, v) in [
             ("url", Value::text(url)),
             ("group", Value::text(group)),
@@ -226,8 +239,7 @@ pub fn open_with(
     let mut bootstrapped = None;
     if l.head()?.seq == 0 && pending::outbox(&db)?.is_none() && pending::count(&l)? == 0 {
         if let Some(m) = bootstrap::newer_snapshot(w, 0)? {
-            bootstrapped =
-                Some(bootstrap::bootstrap(&l, w, &m).inspect_err(|e| state::record_error(&db, e))?);
+            bootstrapped = Some(bootstrap::bootstrap(&l, w, &m, None)?);
         }
     }
     let pulled = pull::pull(&l, w)?;

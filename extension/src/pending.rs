@@ -34,9 +34,20 @@ fn corrupt() -> Error {
 
 /// The pending rows of one table.
 pub fn rows(l: &Local, t: &SyncTable) -> Result<Vec<Pending>> {
-    let n = t.columns.len();
     let mut out = Vec::new();
-    for r in l.db.rows(&t.log.pending, &[])? {
+    each(l, t, |p| {
+        out.push(p);
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
+/// The pending rows of one table one at a time, until `f` returns false
+/// (bounded memory however many are pending). `f` must not write to the
+/// base log.
+pub fn each(l: &Local, t: &SyncTable, mut f: impl FnMut(Pending) -> Result<bool>) -> Result<()> {
+    let n = t.columns.len();
+    l.db.each(&t.log.pending, &[], |r| {
         let (Some(seqs), Some(existed), Some(base), Some(present), Some(cur)) = (
             r.first().and_then(as_text),
             r.get(1).and_then(as_i64),
@@ -51,14 +62,20 @@ pub fn rows(l: &Local, t: &SyncTable) -> Result<Vec<Pending>> {
             .map(|s| s.parse::<i64>())
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|_| corrupt())?;
-        out.push(Pending {
+        f(Pending {
             seqs,
             key: t.key_of(base),
             base: (existed == 1).then(|| base.to_vec()),
             cur: (present == 1).then(|| cur.to_vec()),
-        });
-    }
-    Ok(out)
+        })
+    })
+}
+
+/// The newest base-log entry of the row with this key, if it is pending.
+pub fn newest(l: &Local, t: &SyncTable, key: &[Value]) -> Result<Option<i64>> {
+    Ok(l.sql
+        .row(&t.log.newest, key)?
+        .and_then(|r| r.first().and_then(as_i64)))
 }
 
 /// How many rows are pending in all tables.

@@ -12,14 +12,13 @@
 use crate::client::WitnessApi;
 use crate::db::transaction;
 use crate::error::{Error, Result};
-use crate::merge::{self, Conflict, Row};
-use crate::pending::{self, ByKey, Entry};
+use crate::merge::{self, Row};
+use crate::pending;
+use crate::rebase::Rebase;
 use crate::signed::verify_head;
 use crate::state::{self, Head, Local};
-use crate::tables::SyncTable;
 use crate::{bootstrap, capture};
-use pdb_protocol::value::encode_values;
-use pdb_protocol::wire::{unb64, value_json, LogEntryJson};
+use pdb_protocol::wire::{unb64, LogEntryJson};
 use pdb_protocol::{now_ms, sha256, Change, Changeset, HeadRecord, Op, Signed, StateRoot, Value};
 
 /// Commits asked for per page.
@@ -47,15 +46,12 @@ pub fn pull(l: &Local, w: &dyn WitnessApi) -> Result<Pulled> {
         let page = match w.commits(after, PAGE) {
             Ok(p) => p,
             Err(e) if e.is_rejection("snapshot_required") => {
-                // The log before our head is gone: restart from a snapshot
-                // (refused, keeping everything, if local changes are pending).
-                let m = bootstrap::newer_snapshot(w, after)?.ok_or_else(|| {
-                    Error::invalid("snapshot_required, but the witness offers no newer snapshot")
-                })?;
-                bootstrap::bootstrap(l, w, &m).inspect_err(|e| state::record_error(&l.db, e))?;
+                // The log after our head is gone: restart from a snapshot,
+                // pending rows re-based on it.
+                bootstrap::catch_up(l, w, after)?;
                 continue;
             }
-            Err(e) => return Err(state::call_failed(&l.db, e)),
+            Err(e) => return Err(e),
         };
         let signed_head = verify_head(&l.key, &l.group, &page.head)?;
         crate::signed::check_fresh(&l.db, &signed_head, crate::signed::max_head_age(&l.db)?)?;
@@ -69,6 +65,10 @@ pub fn pull(l: &Local, w: &dyn WitnessApi) -> Result<Pulled> {
         pulled += transaction(&l.db, || {
             capture::paused(l, || apply_page(l, &page.commits, &signed_head))
         })?;
+        if l.head()?.seq == signed_head.seq {
+            // The signed head says this copy is current as of now.
+            state::set(&l.db, "verified_at_ms", Value::Integer(now_ms() as i64))?;
+        }
         if page.next_after.is_none() || page.commits.is_empty() {
             return Ok(pulled);
         }
@@ -81,7 +81,7 @@ pub fn pull(l: &Local, w: &dyn WitnessApi) -> Result<Pulled> {
 fn apply_page(l: &Local, entries: &[LogEntryJson], signed_head: &HeadRecord) -> Result<Pulled> {
     let mut page = Page {
         l,
-        pending: pending::by_key(l)?,
+        rebase: Rebase::new(l)?,
         own_key: pending::outbox(&l.db)?.map(|o| o.key),
         head: l.head()?,
     };
@@ -96,9 +96,10 @@ fn apply_page(l: &Local, entries: &[LogEntryJson], signed_head: &HeadRecord) -> 
             e.certificate.signed.to_signed().ok_or_else(|| {
                 Error::invalid(format!("commit {}: malformed certificate", e.seq))
             })?;
-        pulled.conflicts += page.apply_entry(e.seq, &cs, &cert)?;
+        page.apply_entry(e.seq, &cs, &cert)?;
         pulled.commits += 1;
     }
+    pulled.conflicts = page.rebase.conflicts;
     let h = &page.head;
     if h.seq == signed_head.seq
         && (h.hash != signed_head.head_hash || h.root.digest() != signed_head.state_root)
@@ -111,19 +112,19 @@ fn apply_page(l: &Local, entries: &[LogEntryJson], signed_head: &HeadRecord) -> 
     Ok(pulled)
 }
 
-/// One page being applied: the pending rows and the outbox commit's key,
-/// read once and kept in step with the log, and the head so far.
+/// One page being applied: the rows being settled, the outbox commit's
+/// key, and the head so far.
 struct Page<'a> {
     l: &'a Local,
-    pending: ByKey,
+    rebase: Rebase<'a>,
     own_key: Option<String>,
     head: Head,
 }
 
 impl Page<'_> {
     /// Verifies a log entry against the pinned key and the head so far,
-    /// then applies it; returns the conflicts met.
-    fn apply_entry(&mut self, seq: u64, changeset: &[u8], cert: &Signed) -> Result<usize> {
+    /// then applies it.
+    fn apply_entry(&mut self, seq: u64, changeset: &[u8], cert: &Signed) -> Result<()> {
         let l = self.l;
         let fail = |m: &str| Error::untrusted(format!("commit {seq}: {m}; nothing was applied"));
         let rec = cert
@@ -157,14 +158,13 @@ impl Page<'_> {
             .map_err(|e| fail(&format!("invalid changeset ({e})")))?;
         let own = self.own_key.as_deref() == Some(rec.idempotency_key.as_str());
         let mut root = self.head.root.clone();
-        let mut conflicts = 0;
         for t in &cs.tables {
             let ti = l
                 .schema
                 .table_index(&t.name)
                 .ok_or_else(|| fail("unknown table"))?;
             for c in &t.changes {
-                conflicts += self.apply_change(ti, c, own, seq, &mut root).map_err(|e| {
+                self.apply_change(ti, c, own, seq, &mut root).map_err(|e| {
                     e.context(|m| format!("commit {seq}: {m}; nothing was applied"))
                 })?;
             }
@@ -174,7 +174,7 @@ impl Page<'_> {
                 "the state root after applying differs from the certified one (tampered response or diverged copy)",
             ));
         }
-        l.db.run(
+        l.sql.run(
             "INSERT OR REPLACE INTO pdb_certificates(seq, idem_key, author, mine, head_hash, state_root, time_ms, record, signature)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             &[
@@ -201,10 +201,11 @@ impl Page<'_> {
             hash: sha256(&cert.bytes),
             root,
         };
-        Ok(conflicts)
+        Ok(())
     }
 
-    /// Applies one row change of commit `seq`; returns the conflicts met.
+    /// Applies one row change of commit `seq`: the server's row moves by
+    /// it (and the root with it), the local row settles on it.
     fn apply_change(
         &mut self,
         ti: usize,
@@ -212,23 +213,22 @@ impl Page<'_> {
         own: bool,
         seq: u64,
         root: &mut StateRoot,
-    ) -> Result<usize> {
-        let l = self.l;
-        let st = l
+    ) -> Result<()> {
+        let st = self
+            .l
             .tables
             .get(ti)
             .ok_or_else(|| Error::invalid("unknown table"))?;
         let key = c.pk(&st.pk_flags);
-        let map_key = (ti, encode_values(&key));
-        let pending = self.pending.get(&map_key).cloned();
+        let entry = self.rebase.entry(ti, &key);
         // A row nobody changed here is the server's row: an insert of it needs
         // no lookup (if it exists, the INSERT's key constraint says so).
-        let local = if c.op == Op::Insert && pending.is_none() {
+        let local = if c.op == Op::Insert && entry.is_none() {
             None
         } else {
-            st.select(&l.sql, &key)?
+            st.select(&self.l.sql, &key)?
         };
-        let old_server: Option<Row> = match &pending {
+        let old_server: Option<Row> = match &entry {
             Some(p) => p.base.clone(),
             None => local.clone(),
         };
@@ -241,115 +241,12 @@ impl Page<'_> {
         if let Some(o) = &old_server {
             root.remove_row(&st.name, o);
         }
-        let Some(pending) = pending else {
-            let stored = st.write(&l.sql, &key, local.as_ref(), new_server.as_ref())?;
-            if let Some(s) = &stored {
-                root.add_row(&st.name, s);
-            }
-            return Ok(0);
-        };
-        pending::drop_entries(l, st, &pending.seqs)?;
-        if own && local == new_server {
-            // Our own commit, and the row has not changed since: the server now
-            // holds exactly the local row (as read), and nothing is pending.
-            if let Some(r) = &local {
-                root.add_row(&st.name, r);
-            }
-            self.pending.remove(&map_key);
-            return Ok(0);
-        }
-        let (new_entry, stored_base) = pending::log_base(l, st, &key, new_server.as_ref())?;
-        if let Some(s) = &stored_base {
+        let stored =
+            self.rebase
+                .settle(ti, &key, local.clone(), local, entry, new_server, own, seq)?;
+        if let Some(s) = &stored {
             root.add_row(&st.name, s);
         }
-        let (merged, conflicts) = if own {
-            (local.clone(), Vec::new())
-        } else {
-            merge::merge(
-                &st.key,
-                l.policy,
-                old_server.as_ref(),
-                stored_base.as_ref(),
-                local.as_ref(),
-            )
-        };
-        let now = if merged != local {
-            st.write(&l.sql, &key, local.as_ref(), merged.as_ref())?
-        } else {
-            local
-        };
-        if now == stored_base {
-            pending::drop_entries(l, st, &[new_entry])?;
-            self.pending.remove(&map_key);
-        } else {
-            self.pending.insert(
-                map_key,
-                Entry {
-                    seqs: vec![new_entry],
-                    base: stored_base,
-                },
-            );
-        }
-        for cf in &conflicts {
-            record_conflict(l, st, seq, &key, cf)?;
-        }
-        Ok(conflicts.len())
+        Ok(())
     }
-}
-
-/// Values as a JSON array, in text.
-fn values_json(values: &[Value]) -> String {
-    serde_json::Value::Array(values.iter().map(value_json).collect()).to_string()
-}
-
-fn record_conflict(l: &Local, st: &SyncTable, seq: u64, key: &[Value], c: &Conflict) -> Result<()> {
-    let row = |r: &Option<Row>| {
-        r.as_deref()
-            .map_or(Value::Null, |r| Value::text(&values_json(r)))
-    };
-    let (col, base, local, remote, kept_remote) = match c {
-        Conflict::Column {
-            index,
-            base,
-            local,
-            remote,
-            kept_remote,
-        } => (
-            st.columns
-                .get(*index)
-                .map_or(Value::Null, |c| Value::text(c)),
-            base.clone().unwrap_or(Value::Null),
-            local.clone(),
-            remote.clone(),
-            *kept_remote,
-        ),
-        Conflict::Row {
-            base,
-            local,
-            remote,
-            kept_remote,
-        } => (
-            Value::Null,
-            row(base),
-            row(local),
-            row(remote),
-            *kept_remote,
-        ),
-    };
-    l.db.run(
-        "INSERT INTO pdb_conflicts(seq, tbl, pk, col, base_value, local_value, remote_value, kept, policy, at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        &[
-            Value::Integer(seq as i64),
-            Value::text(&st.name),
-            Value::text(&values_json(key)),
-            col,
-            base,
-            local,
-            remote,
-            Value::text(if kept_remote { "remote" } else { "local" }),
-            Value::text(l.policy.name()),
-            Value::Integer(now_ms() as i64),
-        ],
-    )
 }

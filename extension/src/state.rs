@@ -2,14 +2,48 @@
 //! (witness, group, token, pinned key, policy, schema), the verified
 //! head, and the last error — loaded once per call as [`Local`].
 
-use crate::db::{as_blob, as_i64, as_text, Cache, Db};
+use crate::db::{as_blob, as_i64, as_text, transaction, Cache, Db};
 use crate::error::{Error, Result};
 use crate::merge::Policy;
 use crate::tables::{self, SyncTable};
+use pdb_protocol::wire::LimitsJson;
 use pdb_protocol::{hex, KeyChain, Schema, StateRoot, Value};
 
-/// The extension's tables (`pdb_state`, `pdb_outbox`, ...).
-pub const MIGRATION: &str = include_str!("../../sql/extension/001_local.sql");
+/// The extension's tables (`pdb_state`, `pdb_outbox`, ...), in order;
+/// `pdb_state.local_version` records how many are applied.
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../sql/extension/001_local.sql"),
+    include_str!("../../sql/extension/002_never_stuck.sql"),
+];
+
+/// Creates or updates the extension's tables (idempotent).
+pub fn migrate(db: &Db) -> Result<()> {
+    if get_i64_if_any(db, "local_version")? == Some(MIGRATIONS.len() as i64) {
+        return Ok(());
+    }
+    transaction(db, || {
+        // The first creates pdb_state, so it is run again harmlessly (IF
+        // NOT EXISTS throughout) before the version can be read.
+        db.exec(MIGRATIONS[0])?;
+        let done = get_i64(db, "local_version")?.unwrap_or(1).max(1) as usize;
+        for sql in MIGRATIONS.iter().skip(done) {
+            db.exec(sql)?;
+        }
+        set(db, "local_version", Value::Integer(MIGRATIONS.len() as i64))
+    })
+}
+
+/// A setting, or None when `pdb_state` does not exist yet.
+fn get_i64_if_any(db: &Db, k: &str) -> Result<Option<i64>> {
+    let exists = db.row(
+        "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'pdb_state'",
+        &[],
+    )?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    get_i64(db, k)
+}
 
 /// The verified head: everything the local copy is proven against.
 #[derive(Clone, Debug)]
@@ -35,6 +69,8 @@ pub struct Local {
     pub schema: Schema,
     pub schema_hash: [u8; 32],
     pub tables: Vec<SyncTable>,
+    /// What the witness said one request may carry.
+    pub limits: LimitsJson,
 }
 
 pub fn get(db: &Db, k: &str) -> Result<Option<Value>> {
@@ -70,23 +106,44 @@ pub fn is_open(db: &Db) -> Result<bool> {
     Ok(t.is_some() && get(db, "group")?.is_some())
 }
 
-/// Keeps an error for `pdb_status().last_error`.
+/// Keeps the error a sync or open ended with, for `pdb_status`: its
+/// message (`last_error`) and what it was as data (`last_error_json`:
+/// class, code, table, key, retry_after_s, at_ms).
 pub fn record_error(db: &Db, e: &Error) {
+    let r = e.rejection();
+    let detail = serde_json::json!({
+        "class": e.class().map_or("local", |c| c.name()),
+        "code": r.map(|r| r.body.code.clone()),
+        "table": r.and_then(|r| r.body.table.clone()),
+        "key": r.and_then(|r| r.body.key.clone()),
+        "retry_after_s": e.retry_after(),
+        "at_ms": pdb_protocol::now_ms(),
+    });
     let _ = set(db, "last_error", Value::text(&e.to_string()));
+    let _ = set(db, "last_error_json", Value::text(&detail.to_string()));
 }
 
 pub fn clear_error(db: &Db) -> Result<()> {
-    delete(db, "last_error")
+    delete(db, "last_error")?;
+    delete(db, "last_error_json")
 }
 
-/// A failed call to the witness, classified (see
-/// [`Error::classified`]) and kept for `pdb_status`.
-pub fn call_failed(db: &Db, e: Error) -> Error {
-    let e = e.classified();
-    if matches!(e.root(), Error::Network { .. } | Error::Rejected(_)) {
-        record_error(db, &e);
-    }
-    e
+/// The limits the witness advertised (stored by `pdb_open` and when a
+/// request was too large), or what a witness that predates them takes.
+pub fn limits(db: &Db) -> Result<LimitsJson> {
+    Ok(get_text(db, "limits")?
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(LimitsJson {
+            max_body_bytes: 8 * 1024 * 1024,
+            max_page_bytes: 4 * 1024 * 1024,
+            max_page_commits: 1000,
+            keep_log_commits: None,
+        }))
+}
+
+pub fn set_limits(db: &Db, limits: &LimitsJson) -> Result<()> {
+    let text = serde_json::to_string(limits).map_err(|e| Error::invalid(e.to_string()))?;
+    set(db, "limits", Value::text(&text))
 }
 
 pub fn load(db: Db) -> Result<Local> {
@@ -95,6 +152,7 @@ pub fn load(db: Db) -> Result<Local> {
             "this database is not open for sync; call pdb_open(url, group, options) first",
         ));
     }
+    migrate(&db)?;
     let need = |k: &str| -> Result<String> {
         get_text(&db, k)?.ok_or_else(|| {
             Error::invalid(format!("sync state is missing {k:?}; call pdb_open again"))
@@ -126,6 +184,7 @@ pub fn load(db: Db) -> Result<Local> {
         schema,
         schema_hash,
         tables,
+        limits: limits(&db)?,
         sql: Cache::new(db),
         db,
     })

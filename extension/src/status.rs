@@ -3,9 +3,9 @@
 
 use crate::db::{as_i64, Db};
 use crate::error::Result;
-use crate::pending;
 use crate::state::{self, Local};
-use pdb_protocol::{hex, StateRoot};
+use crate::{hold, pending};
+use pdb_protocol::{hex, now_ms, StateRoot};
 use serde_json::{json, Value as Json};
 
 pub fn head_json(l: &Local) -> Result<Json> {
@@ -32,12 +32,27 @@ pub fn status(db: Db) -> Result<Json> {
     let o = pending::outbox(&db)?;
     let h = l.head()?;
     let remote = state::get_i64(&db, "remote_seq")?.unwrap_or(h.seq as i64);
-    let conflicts = db
-        .row("SELECT count(*) FROM pdb_conflicts", &[])?
-        .and_then(|r| r.first().and_then(as_i64))
-        .unwrap_or(0);
+    let count = |sql: &str| -> Result<i64> {
+        Ok(db
+            .row(sql, &[])?
+            .and_then(|r| r.first().and_then(as_i64))
+            .unwrap_or(0))
+    };
+    let conflicts = count("SELECT count(*) FROM pdb_conflicts")?;
+    let open_conflicts = count("SELECT count(*) FROM pdb_conflicts WHERE kept = 'open'")?;
+    let blocked = hold::list(&db)?;
+    let last_error = state::get_text(&db, "last_error")?;
+    let detail: Option<Json> =
+        state::get_text(&db, "last_error_json")?.and_then(|t| serde_json::from_str(&t).ok());
+    let (sync_state, reason) = at_a_glance(last_error.as_deref(), detail, &blocked);
+    let verified_at = state::get_i64(&db, "verified_at_ms")?;
     Ok(json!({
         "open": true,
+        "state": sync_state,
+        "reason": reason,
+        "blocked": blocked,
+        "open_conflicts": open_conflicts,
+        "head_age_ms": verified_at.map(|t| (now_ms() as i64 - t).max(0)),
         "group": l.group,
         "url": l.url,
         "policy": l.policy.name(),
@@ -57,6 +72,53 @@ pub fn status(db: Db) -> Result<Json> {
     }))
 }
 
+/// Whether sync is healthy, waiting (on the network or the witness: it
+/// retries by itself), or blocked (something must change: access, schema,
+/// a row) — and on what.
+fn at_a_glance(
+    last_error: Option<&str>,
+    detail: Option<Json>,
+    blocked: &[Json],
+) -> (&'static str, Json) {
+    if let Some(message) = last_error {
+        let d = detail.unwrap_or_else(|| json!({}));
+        let class = d["class"].as_str().unwrap_or("local");
+        let code = d["code"].as_str().unwrap_or("");
+        let (state, advice) = match (class, code) {
+            ("retry", _) => (
+                "waiting",
+                "nothing to do: the next pdb_sync retries and resumes by itself (after retry_after_s, if given)",
+            ),
+            (_, "unauthorized") => (
+                "blocked",
+                "fix the token (pdb_open again with a valid one) or the caller's role on the witness; sync resumes once it is allowed",
+            ),
+            (_, "schema_mismatch") => (
+                "blocked",
+                "upgrade the app or migrate this database to the group's schema",
+            ),
+            ("local", _) => (
+                "blocked",
+                "nothing from that answer was applied; the next pdb_sync tries again (if it keeps failing, the witness or a proxy is not answering honestly)",
+            ),
+            _ => ("blocked", "see the message; the next pdb_sync tries again"),
+        };
+        let mut reason = json!({
+            "message": message, "class": class, "code": d["code"], "table": d["table"],
+            "key": d["key"], "retry_after_s": d["retry_after_s"], "since_ms": d["at_ms"],
+            "advice": advice,
+        });
+        if reason["code"].is_null() && class == "local" {
+            reason["code"] = json!("local_error");
+        }
+        return (state, reason);
+    }
+    match blocked.first() {
+        Some(b) => ("blocked", b.clone()),
+        None => ("healthy", Json::Null),
+    }
+}
+
 /// Recomputes the state root from scratch: every local row, with pending
 /// rows swapped for their base values, must give the verified root.
 pub fn verify(db: Db) -> Result<Json> {
@@ -64,12 +126,22 @@ pub fn verify(db: Db) -> Result<Json> {
     let h = l.head()?;
     let mut root = StateRoot::empty();
     let mut rows = 0;
+    let mut null_keys = 0;
     for t in &l.tables {
         for r in db.rows(&t.rows.scan, &[])? {
+            // A row with a NULL key never reaches the witness (sync holds
+            // it back and pdb_status says so): it is not in the root.
+            if t.key_of(&r).contains(&pdb_protocol::Value::Null) {
+                null_keys += 1;
+                continue;
+            }
             root.add_row(&t.name, &r);
             rows += 1;
         }
         for p in pending::rows(&l, t)? {
+            if p.key.contains(&pdb_protocol::Value::Null) {
+                continue;
+            }
             if let Some(c) = p.cur {
                 root.remove_row(&t.name, &c);
             }
@@ -80,7 +152,7 @@ pub fn verify(db: Db) -> Result<Json> {
     }
     let ok = root == h.root;
     Ok(json!({
-        "ok": ok, "rows": rows, "head_seq": h.seq,
+        "ok": ok, "rows": rows, "rows_with_null_key": null_keys, "head_seq": h.seq,
         "state_root": hex(&root.digest()), "verified_root": hex(&h.root.digest()),
     }))
 }

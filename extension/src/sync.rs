@@ -1,27 +1,36 @@
-//! `pdb_sync()`: push the outbox; on `stale_head` pull, rebase and
-//! resubmit; pull; repeat until nothing is pending (at most a few rounds).
-//! Network calls happen outside local transactions; every local change
-//! happens inside one, so a process killed at any point leaves either the
-//! old state or the new one.
+//! `pdb_sync()`: push the outbox, pull, and act on every refusal by its
+//! class (docs/extension.md, "Never stuck"): retry later keeping
+//! everything, rebase and resubmit, hold the rows the witness refused and
+//! sync the rest, restart from a snapshot, or stop saying what must
+//! change. Rounds repeat until nothing is left to push (bounded). Network
+//! calls happen outside local transactions; every local change happens
+//! inside one, so a process killed at any point leaves either the old
+//! state or the new one.
 
 use crate::client::{HttpWitness, WitnessApi};
-use crate::db::{transaction, Db};
-use crate::error::{Error, Result};
-use crate::pending;
+use crate::db::transaction;
+use crate::error::{Class, Error, Result};
+use crate::hold::{self, Hold};
+use crate::pending::{self, Outbox};
 use crate::pull::{pull, Pulled};
-use crate::push::{self, Sent};
+use crate::push;
+use crate::seal::{self, Budget, Scope};
 use crate::state::{self, Local};
 use crate::status::head_json;
-use pdb_protocol::{now_ms, Value};
+use pdb_protocol::wire::{value_json, LimitsJson};
+use pdb_protocol::{now_ms, Changeset, Value};
 use serde_json::{json, Value as Json};
 
-const MAX_ROUNDS: usize = 8;
+/// Rounds one pdb_sync may take (a round sends one commit or pulls):
+/// enough to push a large batch in parts and to find a refused row by
+/// halving, bounded so a sync always ends.
+const MAX_ROUNDS: usize = 64;
 
 /// A failure is kept for `pdb_status`; nothing local is lost by it. An
 /// answer that does not verify may be signed by a key the witness rotated
 /// to since: the rotations are followed (from the pinned key) and the sync
 /// tried once more.
-pub fn sync(db: Db) -> Result<Json> {
+pub fn sync(db: crate::db::Db) -> Result<Json> {
     let l = state::load(db)?;
     let w = HttpWitness::of(&l)?;
     let result = match rounds(&l, &w) {
@@ -30,46 +39,224 @@ pub fn sync(db: Db) -> Result<Json> {
         }
         result => result,
     };
-    result.inspect_err(|e| state::record_error(&db, e))
+    finish(&l, result)
+}
+
+/// [`sync`] against the witness `w`.
+#[cfg(test)]
+pub fn sync_with(l: &Local, w: &dyn WitnessApi) -> Result<Json> {
+    finish(l, rounds(l, w))
+}
+
+/// A failed sync is told by what happened and kept for `pdb_status`.
+fn finish(l: &Local, result: Result<Json>) -> Result<Json> {
+    result
+        .map_err(Error::classified)
+        .inspect_err(|e| state::record_error(&l.db, e))
+}
+
+/// One pdb_sync's work and what it has done so far.
+struct Run<'a> {
+    l: &'a Local,
+    w: &'a dyn WitnessApi,
+    hold: Hold,
+    limits: LimitsJson,
+    budget: Budget,
+    pushed: usize,
+    pulled: Pulled,
 }
 
 pub fn rounds(l: &Local, w: &dyn WitnessApi) -> Result<Json> {
-    let db = l.db;
-    let mut pushed = 0;
-    let mut pulled = Pulled::default();
+    let mut run = Run {
+        l,
+        w,
+        hold: Hold::load(l)?,
+        limits: l.limits.clone(),
+        budget: Budget::of(&l.limits),
+        pushed: 0,
+        pulled: Pulled::default(),
+    };
+    let mut scope = Scope::Fresh;
+    let mut retried = false;
     for _ in 0..MAX_ROUNDS {
-        let Some(o) = transaction(&db, || push::next_commit(l))? else {
-            pulled += pull(l, w)?;
-            // A pull can leave changes to push (local_wins); go round again.
-            if transaction(&db, || push::next_commit(l))?.is_none() {
-                break;
+        let Some(o) = run.seal(scope)? else {
+            if scope == Scope::Fresh {
+                run.pull()?;
+                // A pull can leave changes to push (merges): go round again.
+                if run.seal(Scope::Fresh)?.is_some() {
+                    continue;
+                }
             }
-            continue;
+            // Held rows that changed, or whose head moved, are tried once
+            // more, on their own, so they cannot hold the rest back.
+            if !retried {
+                retried = true;
+                run.hold = Hold::load(l)?;
+                if run.hold.any_due() {
+                    scope = Scope::Retry;
+                    continue;
+                }
+            }
+            break;
         };
-        match push::send(l, w, &o)? {
-            Sent::Certified { seq } => {
-                pulled += pull(l, w)?;
-                if pending::outbox(&db)?.is_some_and(|x| x.key == o.key) {
+        if push::request_bytes(&o) > run.limits.max_body_bytes {
+            run.too_large_to_send(&o)?;
+            continue;
+        }
+        match push::send(l, w, &o) {
+            Ok(seq) => {
+                run.pushed += 1;
+                run.pull()?;
+                if pending::outbox(&l.db)?.is_some_and(|x| x.key == o.key) {
                     return Err(Error::invalid(format!(
                         "commit {seq} was certified but is not in the log the witness serves"
                     )));
                 }
-                pushed += 1;
             }
-            Sent::Stale => {
-                // Not accepted (a replay would have answered): pull, then
-                // seal again from the merged state with a new key.
-                pulled += pull(l, w)?;
-                push::unseal(l, &o)?;
+            Err(e) => match e.class() {
+                Some(Class::Rebase) => {
+                    // Not accepted (a replay would have answered): pull,
+                    // then seal again from the merged state with a new key.
+                    run.pull()?;
+                    run.unseal(&o)?;
+                }
+                Some(Class::FixRows) => run.fix_rows(&o, &e)?,
+                Some(Class::Retry) => {
+                    if e.stage() == Some(crate::error::Stage::Answer) {
+                        // A body over a lowered limit reads as a lost
+                        // answer: learn the limit for the next try.
+                        let _ = run.refresh_limits();
+                    }
+                    return Err(e);
+                }
+                Some(Class::CatchUp | Class::Stop) | None => return Err(e),
+            },
+        }
+    }
+    state::clear_error(&l.db)?;
+    state::set(&l.db, "last_sync_ms", Value::Integer(now_ms() as i64))?;
+    Ok(json!({
+        "pushed": run.pushed, "pulled": run.pulled.commits, "conflicts": run.pulled.conflicts,
+        "blocked": hold::list(&l.db)?,
+        "head": head_json(l)?,
+    }))
+}
+
+impl Run<'_> {
+    /// The outbox commit to push (one already sent is kept byte for byte),
+    /// else a new seal of the rows in `scope`.
+    fn seal(&mut self, scope: Scope) -> Result<Option<Outbox>> {
+        let (l, budget, hold) = (self.l, self.budget, &mut self.hold);
+        transaction(&l.db, || seal::seal(l, hold, scope, budget))
+    }
+
+    fn unseal(&self, o: &Outbox) -> Result<()> {
+        transaction(&self.l.db, || seal::unseal(self.l, o))
+    }
+
+    /// Pulls; a pull may open conflicts (policy manual) that hold rows
+    /// back, so the held rows are read again after it applied anything.
+    fn pull(&mut self) -> Result<()> {
+        let p = pull(self.l, self.w)?;
+        if p.conflicts > 0 {
+            self.hold = Hold::load(self.l)?;
+        }
+        self.pulled += p;
+        Ok(())
+    }
+
+    fn refresh_limits(&mut self) -> Result<()> {
+        if let Some(limits) = self.w.witness()?.limits {
+            state::set_limits(&self.l.db, &limits)?;
+            self.budget = Budget::of(&limits);
+            self.limits = limits;
+        }
+        Ok(())
+    }
+
+    /// A commit sealed under a larger limit than the witness's current
+    /// one cannot be sent as it is (the witness refuses the body before
+    /// reading it). If it landed before, the log has it; else it is
+    /// unsealed and its rows go again in smaller commits.
+    fn too_large_to_send(&mut self, o: &Outbox) -> Result<()> {
+        self.pull()?;
+        if pending::outbox(&self.l.db)?.is_some_and(|x| x.key == o.key) {
+            self.unseal(o)?;
+        }
+        self.budget = Budget::of(&self.limits);
+        Ok(())
+    }
+
+    /// The witness will never accept this commit as it is: unseal it, and
+    /// hold back the row it names (or, when it names none, halve the next
+    /// commit until the one row is found), so the rest goes.
+    fn fix_rows(&mut self, o: &Outbox, e: &Error) -> Result<()> {
+        let l = self.l;
+        self.unseal(o)?;
+        let Some(r) = e.rejection() else {
+            return Err(Error::invalid("a refusal without the witness's answer"));
+        };
+        let code = r.body.code.as_str();
+        if code == "idempotency_conflict" {
+            // The key was taken (by no commit of ours): seal under a new one.
+            return Ok(());
+        }
+        if code == "body_too_large" {
+            self.refresh_limits()?;
+            self.budget = self
+                .budget
+                .halved(o.rows as usize, o.changeset.len())
+                .within(Budget::of(&self.limits));
+            if o.rows > 1 {
+                return Ok(());
+            }
+        }
+        let cs = Changeset::decode(&o.changeset)
+            .map_err(|_| Error::invalid("the outbox commit does not decode"))?;
+        let named = r.body.table.as_deref().zip(r.body.key.as_ref());
+        let mut found = None;
+        for t in &cs.tables {
+            let Some(ti) = l.schema.table_index(&t.name) else {
+                continue;
+            };
+            for c in &t.changes {
+                let key = c.pk(&t.pk_flags);
+                let json: Vec<Json> = key.iter().map(value_json).collect();
+                let is_named = named
+                    .is_some_and(|(table, k)| table.eq_ignore_ascii_case(&t.name) && k == &json);
+                if is_named || o.rows == 1 {
+                    found = Some((ti, key));
+                    break;
+                }
+            }
+        }
+        match found {
+            Some((ti, key)) => {
+                let code = if code == "body_too_large" {
+                    hold::ROW_TOO_LARGE
+                } else {
+                    code
+                };
+                let message = r.body.message.clone();
+                self.hold.block(l, ti, &key, code, &message, advice(code))
+            }
+            None => {
+                // Not told which row: halve the next commit.
+                self.budget = self.budget.halved(o.rows as usize, o.changeset.len());
+                Ok(())
             }
         }
     }
-    state::clear_error(&db)?;
-    state::set(&db, "last_sync_ms", Value::Integer(now_ms() as i64))?;
-    Ok(json!({
-        "pushed": pushed, "pulled": pulled.commits, "conflicts": pulled.conflicts,
-        "head": head_json(l)?,
-    }))
+}
+
+/// What to do about a row the witness refused, by its code.
+fn advice(code: &str) -> &'static str {
+    match code {
+        "changeset_conflict" => "the witness cannot apply this row as it is (a UNIQUE value another device took, a constraint): change or delete it; the other rows sync; it is tried again when it changes or new commits arrive",
+        "unauthorized" | "rule_error" => "a write rule of the group refuses this row: change it so the rule allows it, delete it, or ask the group's admin; the other rows sync",
+        hold::ROW_TOO_LARGE => "make the row smaller, or raise the witness's --max-body-bytes; it syncs on the next pdb_sync",
+        _ => "the witness refuses this row as it is: change or delete it; the other rows sync; it is tried again when it changes or new commits arrive",
+    }
 }
 
 #[cfg(test)]
@@ -109,8 +296,7 @@ mod tests {
     }
 
     fn sync(c: &Conn, w: &FakeWitness) -> Result<Json> {
-        let l = state::load(c.db())?;
-        rounds(&l, w).inspect_err(|e| state::record_error(&c.db(), e))
+        sync_with(&state::load(c.db())?, w)
     }
 
     fn note(id: i64, body: &str, n: i64) -> Vec<Value> {
@@ -207,11 +393,11 @@ mod tests {
         w.faults.borrow_mut().lose_commit_answer = true;
         let e = sync(&c, &w).unwrap_err();
         assert_eq!(e.stage(), Some(Stage::Answer));
-        assert!(e.to_string().starts_with("witness unreachable: "), "{e}");
+        assert!(e.to_string().starts_with("answer lost: "), "{e}");
         assert!(status(&c)["last_error"]
             .as_str()
             .unwrap()
-            .starts_with("witness unreachable"));
+            .starts_with("answer lost"));
         assert_eq!(w.seq(), 1, "the witness did accept it");
         // Meanwhile another device commits; the retry is a replay.
         w.remote("notes", vec![insert(note(2, "other", 2))]);
@@ -258,7 +444,7 @@ mod tests {
         // Sealed against seq 1, row 1 changed again since (two log entries
         // for its key); then another device moves the head.
         c.exec("UPDATE notes SET n = 5 WHERE id = 1; UPDATE notes SET n = 20 WHERE id = 2;");
-        crate::push::commit(c.db()).unwrap();
+        crate::seal::commit(c.db()).unwrap();
         c.exec("UPDATE notes SET n = 10 WHERE id = 1");
         w.remote(
             "notes",
@@ -348,13 +534,13 @@ mod tests {
         );
         w.faults.borrow_mut().reject_commit = Some((503, "unavailable"));
         let e = sync(&c, &w).unwrap_err();
-        assert!(e.to_string().starts_with("witness unreachable: "), "{e}");
+        assert!(e.to_string().starts_with("witness error: HTTP 503"), "{e}");
         let s = status(&c);
         assert!(
             s["last_error"]
                 .as_str()
                 .unwrap()
-                .starts_with("witness unreachable"),
+                .starts_with("witness error"),
             "{s}"
         );
         assert_eq!(s["pending_rows"], 1, "{s}");

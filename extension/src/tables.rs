@@ -81,13 +81,27 @@ pub struct SyncTable {
     pub rows: RowSql,
     /// Its base log (see `pending`).
     pub log: LogSql,
+    /// How many rows have this key, NULLs compared as equal (the key as
+    /// parameters): finds rows with a NULL in their key.
+    pub count_key_is: String,
 }
 
 impl SyncTable {
     pub fn new(t: &Table) -> SyncTable {
         let rows = RowSql::new(t);
         let key = t.key_columns();
+        let is: Vec<String> = key
+            .iter()
+            .filter_map(|i| t.columns.get(*i))
+            .enumerate()
+            .map(|(n, c)| format!("{} IS ?{}", quote_ident(&c.name), n + 1))
+            .collect();
         SyncTable {
+            count_key_is: format!(
+                "SELECT count(*) FROM {} WHERE {}",
+                quote_ident(&t.name),
+                is.join(" AND ")
+            ),
             name: t.name.clone(),
             columns: t.columns.iter().map(|c| c.name.clone()).collect(),
             pk_flags: t.pk_flags(),

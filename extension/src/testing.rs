@@ -148,6 +148,7 @@ fn rejected(status: u16, code: &str, message: &str) -> Error {
             message: message.into(),
             ..ErrorJson::default()
         },
+        retry_after: None,
     }))
 }
 

@@ -129,11 +129,16 @@ impl Transport {
             }
             ureq::tls::RootCerts::new_with_certs(&certs)
         };
-        let timeout = Duration::from_millis(self.timeout_ms.max(1));
+        // The timeout bounds a stall (connecting, or any one read or write),
+        // not a whole exchange: a hung witness fails the call, a large body
+        // moving slowly still arrives (a total bound would fail it on every
+        // retry, and sync would never get past it).
+        let timeout = Some(Duration::from_millis(self.timeout_ms.max(1)));
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_connect(Some(timeout.min(Duration::from_secs(10))))
-            .timeout_global(Some(timeout))
+            .timeout_connect(timeout.map(|t| t.min(Duration::from_secs(10))))
+            .timeout_per_read(timeout)
+            .timeout_per_write(timeout)
             .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
             .build()
             .into();

@@ -90,3 +90,60 @@ pub fn encode_values(values: &[Value]) -> Vec<u8> {
     }
     out
 }
+
+/// Decodes what [`encode_values`] wrote; `None` for malformed bytes.
+pub fn decode_values(mut bytes: &[u8]) -> Option<Vec<Value>> {
+    let mut out = Vec::new();
+    while let Some((&t, rest)) = bytes.split_first() {
+        let (v, rest) = match t {
+            T_NULL => (Value::Null, rest),
+            T_INTEGER | T_REAL => {
+                let (b, rest) = rest.split_first_chunk::<8>()?;
+                let n = u64::from_be_bytes(*b);
+                let v = if t == T_INTEGER {
+                    Value::Integer(n as i64)
+                } else {
+                    Value::Real(f64::from_bits(n))
+                };
+                (v, rest)
+            }
+            T_TEXT | T_BLOB => {
+                let (n, used) = varint::get(rest)?;
+                let rest = rest.get(used..)?;
+                let n = usize::try_from(n).ok()?;
+                let (b, rest) = (rest.get(..n)?, rest.get(n..)?);
+                let v = if t == T_TEXT {
+                    Value::Text(b.to_vec())
+                } else {
+                    Value::Blob(b.to_vec())
+                };
+                (v, rest)
+            }
+            _ => return None,
+        };
+        out.push(v);
+        bytes = rest;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_decode_as_they_were_encoded() {
+        let values = vec![
+            Value::Null,
+            Value::Integer(-7),
+            Value::Real(-0.0),
+            Value::text("héllo"),
+            Value::Blob(vec![0; 300]),
+        ];
+        assert_eq!(decode_values(&encode_values(&values)), Some(values));
+        assert_eq!(decode_values(&[]), Some(vec![]));
+        assert_eq!(decode_values(&[T_INTEGER, 1, 2]), None, "truncated");
+        assert_eq!(decode_values(&[T_TEXT, 5, b'a']), None, "short text");
+        assert_eq!(decode_values(&[99]), None, "unknown type");
+    }
+}

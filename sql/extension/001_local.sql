@@ -13,6 +13,7 @@
 --   the verified head: head_seq, head_hash (32 bytes), root (the state-root
 --     lanes, a blob);
 --   remote_seq (the newest signed head seen), last_error, last_sync_ms;
+--   local_version (the last of these migrations applied; 001 is 1);
 --   snapshot_download (the digest of a snapshot being downloaded, while
 --     its download can resume).
 CREATE TABLE IF NOT EXISTS pdb_state(

@@ -581,6 +581,13 @@ pub enum ProxyMode {
     /// Answer GETs with the answers kept under `Record` (an attacker
     /// replaying old, genuinely signed answers); relay the rest.
     Replay,
+    /// Answer every request itself with this status, extra header lines
+    /// (each ending in CRLF) and body, as a broken proxy or a witness
+    /// with a full disk would.
+    Answer(u16, &'static str, &'static str),
+    /// Read the request, then answer nothing while the mode stays (at
+    /// most 60 s): a hung witness.
+    Hang,
 }
 
 /// A fake witness: relays HTTP to a real one and can lose or tamper with
@@ -682,8 +689,26 @@ fn relay(
     let mut body = vec![0u8; len];
     reader.read_exact(&mut body)?;
     let current = mode.lock().expect("mode").clone();
-    if matches!(current, ProxyMode::Down) {
-        return Ok(());
+    match current {
+        ProxyMode::Down => return Ok(()),
+        ProxyMode::Answer(status, headers, text) => {
+            write!(
+                stream,
+                "HTTP/1.1 {status} X\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                text.len()
+            )?;
+            return stream.flush();
+        }
+        ProxyMode::Hang => {
+            for _ in 0..600 {
+                if !matches!(*mode.lock().expect("mode"), ProxyMode::Hang) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            return Ok(());
+        }
+        _ => {}
     }
     let key = format!("{target}{path}");
     if matches!(current, ProxyMode::Replay) && method == "GET" {

@@ -28,9 +28,42 @@ impl Setup {
     }
 }
 
+/// Settles the open conflicts (policy manual) as an app would: the
+/// first it sees by keeping the local side, the next the remote, ...
+fn resolve_open(d: &Device, turn: &mut usize) -> usize {
+    let ids: Vec<i64> = {
+        let mut st = d
+            .conn
+            .prepare("SELECT id FROM pdb_conflicts WHERE kept = 'open' ORDER BY id")
+            .unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    for id in &ids {
+        let side = if turn.is_multiple_of(2) {
+            "local"
+        } else {
+            "remote"
+        };
+        *turn += 1;
+        d.call(&format!("pdb_resolve({id}, '{side}')")).unwrap();
+    }
+    ids.len()
+}
+
 fn converged(devices: &[&Device]) {
-    for d in devices {
-        d.sync().expect("final sync");
+    let mut turn = 0;
+    for _ in 0..10 {
+        let mut open = 0;
+        for d in devices {
+            d.sync().expect("final sync");
+            open += resolve_open(d, &mut turn);
+        }
+        if open == 0 {
+            break;
+        }
     }
     for d in devices {
         d.sync().expect("second final sync");
@@ -155,7 +188,7 @@ fn a_commit_carries_the_net_change_per_row() {
 
 #[test]
 fn column_changes_on_both_sides_merge_and_conflicts_follow_the_policy() {
-    for policy in ["remote_wins", "local_wins", "keep_both"] {
+    for policy in ["remote_wins", "local_wins", "manual"] {
         let s = setup("policy");
         let a = s.device("a", policy);
         let b = s.device("b", policy);
@@ -168,6 +201,31 @@ fn column_changes_on_both_sides_merge_and_conflicts_follow_the_policy() {
         a.sync().unwrap();
         let r = b.sync().unwrap();
         assert_eq!(r["conflicts"], 1, "{policy}: {r}");
+        if policy == "manual" {
+            // Open: the row keeps the local side and waits for the app.
+            let st = b.call("pdb_status()").unwrap();
+            assert_eq!(st["open_conflicts"], 1, "{st}");
+            assert_eq!(st["blocked"][0]["code"], "open_conflict", "{st}");
+            a.sync().unwrap();
+            let owner: String = a
+                .conn
+                .query_row("SELECT owner FROM tasks WHERE id = 1", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(owner, "a-owner", "nothing of b's row was pushed yet");
+            let id: i64 = b
+                .conn
+                .query_row(
+                    "SELECT id FROM pdb_conflicts WHERE kept = 'open'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            let r = b.call(&format!("pdb_resolve({id}, 'local')")).unwrap();
+            assert_eq!(r["open"], false, "{r}");
+            let err = b.call(&format!("pdb_resolve({id}, 'remote')")).unwrap_err();
+            assert!(err.contains("not open"), "{err}");
+            b.sync().unwrap();
+        }
         a.sync().unwrap();
         let row: (String, String, i64) = a
             .conn
@@ -177,10 +235,10 @@ fn column_changes_on_both_sides_merge_and_conflicts_follow_the_policy() {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .unwrap();
-        let owner = if policy == "local_wins" {
-            "b-owner"
-        } else {
+        let owner = if policy == "remote_wins" {
             "a-owner"
+        } else {
+            "b-owner"
         };
         assert_eq!(row, ("from a".into(), owner.into(), 1), "{policy}");
         let c: (String, String, String, String) = b
@@ -191,10 +249,9 @@ fn column_changes_on_both_sides_merge_and_conflicts_follow_the_policy() {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .unwrap();
-        let kept = if policy == "local_wins" {
-            "local"
-        } else {
-            "remote"
+        let kept = match policy {
+            "remote_wins" => "remote",
+            _ => "local",
         };
         assert_eq!(
             c,
@@ -259,7 +316,7 @@ fn random_edit(d: &Device, rng: &mut Rng) {
 
 #[test]
 fn devices_converge_under_random_offline_workloads() {
-    let policies = ["remote_wins", "local_wins", "keep_both"];
+    let policies = ["remote_wins", "local_wins", "manual"];
     // PDB_SEEDS=N runs more seeds (the suite runs 15).
     let seeds: u64 = std::env::var("PDB_SEEDS")
         .ok()

@@ -90,7 +90,7 @@ fn a_fresh_device_starts_from_the_newest_snapshot_and_equals_the_others() {
 }
 
 #[test]
-fn a_device_behind_the_pruned_log_restarts_from_a_snapshot_but_never_drops_local_changes() {
+fn a_device_behind_the_pruned_log_restarts_from_a_snapshot_and_keeps_its_local_changes() {
     let dir = TempDir::new("pruned");
     let mut args = MANUAL.to_vec();
     args.extend(["--prune-log", "--keep-log-commits", "0"]);
@@ -116,16 +116,14 @@ fn a_device_behind_the_pruned_log_restarts_from_a_snapshot_but_never_drops_local
     let r = behind.sync().unwrap();
     assert_eq!(r["pulled"], 1, "{r}");
     same(&a, &behind);
-    // Local changes: refused, and they are all still there.
+    // Local changes: re-based on the snapshot, then pushed.
     busy.exec("INSERT INTO items VALUES (5000, 'mine, not synced', 1.0, NULL)");
-    let err = busy.sync().unwrap_err();
-    assert!(
-        err.contains("snapshot_required") && err.contains("nothing was discarded"),
-        "{err}"
-    );
+    let r = busy.sync().unwrap();
+    assert_eq!(r["pushed"], 1, "{r}");
     let st = busy.call("pdb_status()").unwrap();
-    assert_eq!(st["pending_rows"], 1, "{st}");
-    assert_eq!(busy.dump(TABLES).len(), 1);
+    assert_eq!(st["pending_rows"], 0, "{st}");
+    a.sync().unwrap();
+    same(&a, &busy);
     let (ok, out) = w.verify_cli();
     assert!(
         ok,
