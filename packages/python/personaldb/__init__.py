@@ -40,6 +40,7 @@ __all__ = [
     "open",
     "sync",
     "commit",
+    "resolve",
     "head",
     "status",
     "verify",
@@ -154,28 +155,35 @@ def open(  # noqa: A001 -- personaldb.open mirrors pdb_open
     token: Optional[str] = None,
     public_key: Optional[str] = None,
     policy: Optional[str] = None,
+    timeout_ms: Optional[int] = None,
 ) -> Json:
     """``pdb_open(url, group, options)``: open this database for sync.
 
     Creates the group's tables if absent, pins the witness's public key (or
     checks ``public_key``, hex), installs capture and pulls. ``policy`` is
-    ``remote_wins`` (default), ``local_wins`` or ``keep_both``. The token
-    is stored in the database so later calls, from any process, can sync.
+    ``remote_wins`` (default), ``local_wins`` or ``manual`` (conflicts stay
+    open until :func:`resolve`). ``timeout_ms`` bounds how long a call to
+    the witness may stall (default 60000). The token is stored in the
+    database so later calls, from any process, can sync.
     """
-    options: Dict[str, str] = {}
+    options: Dict[str, Any] = {}
     if token is not None:
         options["token"] = token
     if public_key is not None:
         options["public_key"] = public_key
     if policy is not None:
         options["policy"] = policy
+    if timeout_ms is not None:
+        options["timeout_ms"] = timeout_ms
     return _json(conn, "SELECT pdb_open(?, ?, ?)", (url, group, json.dumps(options)))
 
 
 def sync(conn: sqlite3.Connection) -> Json:
     """``pdb_sync()``: seal pending changes, push, pull, rebase and verify.
 
-    Returns ``{pushed, pulled, conflicts, head}``. Commit your own writes
+    Returns ``{pushed, pulled, conflicts, blocked, head}``; ``blocked``
+    lists rows held back (each with ``code``, ``table``, ``key`` and
+    ``advice``) while the rest synced. Commit your own writes
     (``conn.commit()``) before calling it.
     """
     return _json(conn, "SELECT pdb_sync()")
@@ -184,6 +192,16 @@ def sync(conn: sqlite3.Connection) -> Json:
 def commit(conn: sqlite3.Connection) -> Json:
     """``pdb_commit()``: seal pending changes into the outbox (no network)."""
     return _json(conn, "SELECT pdb_commit()")
+
+
+def resolve(conn: sqlite3.Connection, conflict_id: int, side: str) -> Json:
+    """``pdb_resolve(id, side)``: settle an open conflict (policy ``manual``).
+
+    ``side`` is ``"local"`` (keep the table's value; the row syncs) or
+    ``"remote"`` (put the witness's value back). Open conflicts are the rows
+    of ``pdb_conflicts`` with ``kept = 'open'``.
+    """
+    return _json(conn, "SELECT pdb_resolve(?, ?)", (conflict_id, side))
 
 
 def head(conn: sqlite3.Connection) -> Json:
@@ -195,7 +213,13 @@ def head(conn: sqlite3.Connection) -> Json:
 
 
 def status(conn: sqlite3.Connection) -> Json:
-    """``pdb_status()``: ``{pending_rows, outbox, last_error, lag, conflicts, ...}``."""
+    """``pdb_status()``: sync at a glance.
+
+    ``state`` is ``healthy``, ``waiting`` (retrying by itself) or
+    ``blocked`` (something must change); ``reason`` says on what (``code``,
+    ``table``, ``key``, ``message``, ``advice``); also ``blocked`` rows,
+    ``open_conflicts``, ``head_age_ms``, ``pending_rows``, ``outbox``, ...
+    """
     return _json(conn, "SELECT pdb_status()")
 
 
