@@ -167,6 +167,15 @@ async fn handle(
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let id = request_id(&req);
+    // A request refused before its body was read leaves the body on the
+    // connection, so hyper closes it after answering; saying so keeps a
+    // client from reusing it for its next request (which would then fail
+    // as a lost answer).
+    let has_body = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() != b"0")
+        || req.headers().contains_key(hyper::header::TRANSFER_ENCODING);
     let (status, mut resp) = match answer(w, req, peer).await {
         Ok(Reply::Json(status, body)) => (status, json_response(status, &body)),
         Ok(Reply::Range {
@@ -193,6 +202,10 @@ async fn handle(
             if let Some(secs) = e.retry_after() {
                 resp.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from(secs));
+            }
+            if has_body {
+                resp.headers_mut()
+                    .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
             }
             (e.status(), resp)
         }
