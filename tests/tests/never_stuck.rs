@@ -37,6 +37,21 @@ impl Setup {
     }
 }
 
+/// Inserts `n` people `p<i>` (from `from`) with a note of `note` bytes,
+/// in one local transaction.
+fn people(d: &Device, from: usize, n: usize, note: usize) {
+    d.exec("BEGIN");
+    for i in from..from + n {
+        d.conn
+            .execute(
+                "INSERT INTO people VALUES (?1, ?2, 'n', ?3)",
+                rusqlite::params![format!("p{i:06}"), format!("{i}@x"), "x".repeat(note)],
+            )
+            .unwrap();
+    }
+    d.exec("COMMIT");
+}
+
 fn status(d: &Device) -> Json {
     d.call("pdb_status()").unwrap()
 }
@@ -192,16 +207,7 @@ fn a_batch_larger_than_a_request_goes_in_parts_and_an_oversized_row_waits() {
     let s = setup("parts", &["--max-body-bytes", "65536"]);
     let a = s.device("a", "remote_wins");
     let b = s.device("b", "remote_wins");
-    a.exec("BEGIN");
-    for i in 0..2000 {
-        a.conn
-            .execute(
-                "INSERT INTO people VALUES (?1, ?2, 'n', ?3)",
-                rusqlite::params![format!("p{i:05}"), format!("{i}@x"), "x".repeat(160)],
-            )
-            .unwrap();
-    }
-    a.exec("COMMIT");
+    people(&a, 0, 2000, 160);
     a.conn
         .execute(
             "INSERT INTO people VALUES ('big', 'big@x', 'n', ?1)",
@@ -227,20 +233,7 @@ fn a_hundred_thousand_pending_rows_sync_under_the_default_limits() {
     let s = setup("hundredk", &[]);
     let a = s.device("a", "remote_wins");
     let b = s.device("b", "remote_wins");
-    a.exec("BEGIN");
-    for i in 0..100_000 {
-        a.conn
-            .execute(
-                "INSERT INTO people VALUES (?1, ?2, 'name', ?3)",
-                rusqlite::params![
-                    format!("p{i:06}"),
-                    format!("{i}@example.org"),
-                    "z".repeat(160)
-                ],
-            )
-            .unwrap();
-    }
-    a.exec("COMMIT");
+    people(&a, 0, 100_000, 160);
     let r = a.sync().unwrap();
     assert!(r["pushed"].as_u64().unwrap() >= 3, "{r}");
     let r = b.sync().unwrap();
@@ -255,16 +248,7 @@ fn a_device_behind_commits_larger_than_a_page_catches_up() {
     let a = s.device("a", "remote_wins");
     let b = s.device("b", "remote_wins");
     for round in 0..5 {
-        a.conn
-            .execute(
-                "INSERT INTO people VALUES (?1, ?2, 'n', ?3)",
-                rusqlite::params![
-                    format!("p{round}"),
-                    format!("{round}@x"),
-                    "q".repeat(50_000)
-                ],
-            )
-            .unwrap();
+        people(&a, round, 1, 50_000);
         a.sync().unwrap();
     }
     let r = b.sync().unwrap();
