@@ -38,6 +38,7 @@ __all__ = [
     "loadable_path",
     "load",
     "open",
+    "set_token",
     "sync",
     "commit",
     "resolve",
@@ -156,26 +157,41 @@ def open(  # noqa: A001 -- personaldb.open mirrors pdb_open
     public_key: Optional[str] = None,
     policy: Optional[str] = None,
     timeout_ms: Optional[int] = None,
+    **options: Any,
 ) -> Json:
     """``pdb_open(url, group, options)``: open this database for sync.
 
-    Creates the group's tables if absent, pins the witness's public key (or
-    checks ``public_key``, hex), installs capture and pulls. ``policy`` is
-    ``remote_wins`` (default), ``local_wins`` or ``manual`` (conflicts stay
-    open until :func:`resolve`). ``timeout_ms`` bounds how long a call to
-    the witness may stall (default 60000). The token is stored in the
-    database so later calls, from any process, can sync.
+    Creates the group's tables if absent (from the schema the witness
+    signed), pins the witness's public key (or checks ``public_key``, hex),
+    installs capture and pulls. ``policy`` is ``remote_wins`` (default),
+    ``local_wins`` or ``manual`` (conflicts stay open until
+    :func:`resolve`). ``timeout_ms`` bounds how long a call to the witness
+    may stall (default 60000). The token is stored in the database so later
+    calls, from any process, can sync; pass ``store_token=False`` to keep it
+    in this process only (see :func:`set_token`). Any other option of
+    ``pdb_open`` passes through as a keyword: ``ca_file``, ``allow_http``,
+    ``max_head_age_ms``, ...
     """
-    options: Dict[str, Any] = {}
+    given: Dict[str, Any] = dict(options)
     if token is not None:
-        options["token"] = token
+        given["token"] = token
     if public_key is not None:
-        options["public_key"] = public_key
+        given["public_key"] = public_key
     if policy is not None:
-        options["policy"] = policy
+        given["policy"] = policy
     if timeout_ms is not None:
-        options["timeout_ms"] = timeout_ms
-    return _json(conn, "SELECT pdb_open(?, ?, ?)", (url, group, json.dumps(options)))
+        given["timeout_ms"] = timeout_ms
+    return _json(conn, "SELECT pdb_open(?, ?, ?)", (url, group, json.dumps(given)))
+
+
+def set_token(conn: sqlite3.Connection, token: Optional[str]) -> Json:
+    """``pdb_set_token(token)``: a bearer token for this process only.
+
+    Stands before a stored one for every connection to this database file
+    in this process; call it again to replace a short-lived JWT, or with
+    ``None`` to forget it.
+    """
+    return _json(conn, "SELECT pdb_set_token(?)", (token,))
 
 
 def sync(conn: sqlite3.Connection) -> Json:
