@@ -310,6 +310,10 @@ pub struct ProjectionInfo {
     pub columns: Vec<String>,
     /// Kept up to date commit by commit (else computed on each read).
     pub incremental: bool,
+    /// Why it stopped being maintained (its SQL went over its budget or
+    /// failed); redefine it to repair it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broken: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

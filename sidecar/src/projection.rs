@@ -21,9 +21,10 @@ use crate::error::ApiError;
 use crate::sandbox::{allow, Failure, Scope};
 use crate::store::value::{from_ref, named, Bind};
 use crate::store::{GroupInfo, TableSql};
+use pdb_protocol::wire::{ProjectionInfo, ProjectionList};
 use pdb_protocol::{quote_ident as ident, Value};
 use rusqlite::{params, Connection, OptionalExtension};
-use serde_json::{json, Value as Json};
+use serde_json::Value as Json;
 
 pub const MAX_SQL: usize = 8192;
 /// A projection page ends once its values pass this many bytes (at least
@@ -200,16 +201,13 @@ impl Projection {
     }
 
     /// What the API shows of a definition.
-    pub fn summary_json(&self) -> Json {
-        let mut v = json!({
-            "name": self.name,
-            "columns": self.columns,
-            "incremental": matches!(self.kind, Kind::Incremental { .. }),
-        });
-        if let Some(why) = &self.broken {
-            v["broken"] = json!(why);
+    pub fn info(&self) -> ProjectionInfo {
+        ProjectionInfo {
+            name: self.name.clone(),
+            columns: self.columns.clone(),
+            incremental: matches!(self.kind, Kind::Incremental { .. }),
+            broken: self.broken.clone(),
         }
-        v
     }
 }
 
@@ -425,7 +423,7 @@ pub fn load(
 /// One page of a projection's rows visible to the caller, and where the
 /// next page starts (`None` at the end).
 pub struct Page {
-    pub rows: Vec<Json>,
+    pub rows: Vec<Vec<Json>>,
     pub next_after: Option<i64>,
 }
 
@@ -497,7 +495,7 @@ pub fn read_page(
                     pdb_protocol::wire::value_json(v)
                 })
                 .collect();
-            rows.push(Json::Array(vals));
+            rows.push(vals);
             if rows.len() as u32 >= limit || bytes >= MAX_PAGE_BYTES || scope.half_spent() {
                 break Some(id);
             }
@@ -527,18 +525,19 @@ fn value_bytes(v: &Value) -> usize {
 
 /// What the projections listing shows, for the names `only` allows (all
 /// when `None`).
-pub fn list_json(
+pub fn list(
     conn: &Connection,
     info: &GroupInfo,
     only: Option<&[String]>,
-) -> Result<Json, ApiError> {
+) -> Result<ProjectionList, ApiError> {
     let all = load_all(conn, info).map_err(|e| ApiError::internal("reading projections", e))?;
-    let shown: Vec<Json> = all
-        .iter()
-        .filter(|p| only.is_none_or(|names| names.contains(&p.name)))
-        .map(Projection::summary_json)
-        .collect();
-    Ok(json!({ "projections": shown }))
+    Ok(ProjectionList {
+        projections: all
+            .iter()
+            .filter(|p| only.is_none_or(|names| names.contains(&p.name)))
+            .map(Projection::info)
+            .collect(),
+    })
 }
 
 /// Records a definition (inside the caller's transaction); a definition

@@ -7,8 +7,7 @@ use crate::error::ApiError;
 use crate::group::Group;
 use crate::store::log;
 use crate::witness::Witness;
-use pdb_protocol::wire::{CommitsPage, GroupJson, HeadJson};
-use serde_json::{json, Value as Json};
+use pdb_protocol::wire::{CommitsPage, GroupJson, HeadJson, ProjectionPage};
 
 fn sql(e: rusqlite::Error) -> ApiError {
     ApiError::internal("reading the head", e)
@@ -72,7 +71,7 @@ pub fn projection_page(
     role: Role,
     after: i64,
     limit: u32,
-) -> Result<Json, ApiError> {
+) -> Result<ProjectionPage, ApiError> {
     let (head, columns, page) = g.read_sandboxed("reading a projection", |c, scope| {
         let p = crate::projection::load(c, &g.info, name)?
             .ok_or_else(|| ApiError::NotFound(format!("no projection {name:?}")))?;
@@ -80,10 +79,10 @@ pub fn projection_page(
         let page = crate::projection::read_page(c, scope, &p, identity, role.name(), after, limit)?;
         Ok((head, p.columns, page))
     })?;
-    Ok(json!({
-        "columns": columns,
-        "rows": page.rows,
-        "next_after": page.next_after,
-        "head": g.info.sign_head(&w.key, &head),
-    }))
+    Ok(ProjectionPage {
+        columns,
+        rows: page.rows,
+        next_after: page.next_after,
+        head: g.info.sign_head(&w.key, &head),
+    })
 }

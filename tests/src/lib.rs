@@ -142,7 +142,9 @@ impl Witness {
             .open(dir.join("witness.log"))
             .expect("log file");
         if !cmd.get_envs().any(|(k, _)| k == "PDB_LOG") {
-            cmd.env("PDB_LOG", "warn");
+            // PDB_TEST_LOG=debug (say) makes the witnesses of a test run log more.
+            let level = std::env::var("PDB_TEST_LOG").unwrap_or_else(|_| "warn".into());
+            cmd.env("PDB_LOG", level);
         }
         let mut child = cmd
             .stdout(Stdio::piped())

@@ -2,7 +2,7 @@
 //! (admins), and reading the rows visible to the caller. Viewers see and
 //! read only the projections their grant names (all when it names none).
 
-use super::call::{get_only, page_query, Answer, Call, Reply};
+use super::call::{get_only, json, page_query, Answer, Call, Reply};
 use crate::auth::Role;
 use crate::error::ApiError;
 use crate::read;
@@ -17,11 +17,11 @@ pub async fn list(call: &Call, id: &str) -> Answer {
     let v = call
         .read(&g, move || {
             g2.read("reading projections", |c| {
-                crate::projection::list_json(c, &g2.info, only.as_deref())
+                crate::projection::list(c, &g2.info, only.as_deref())
             })
         })
         .await?;
-    Ok(Reply::Json(StatusCode::OK, v))
+    json(StatusCode::OK, &v)
 }
 
 pub async fn one(call: &mut Call, id: &str, name: &str) -> Answer {
@@ -45,7 +45,7 @@ pub async fn one(call: &mut Call, id: &str, name: &str) -> Answer {
                     read::projection_page(&w, &g2, &name, &who, grant.role, after, limit)
                 })
                 .await?;
-            Ok(Reply::Json(StatusCode::OK, v))
+            json(StatusCode::OK, &v)
         }
         Method::PUT => {
             let g = call.group(id, Role::Admin).await?;
@@ -59,7 +59,7 @@ pub async fn one(call: &mut Call, id: &str, name: &str) -> Answer {
             let p = call
                 .blocking(move || g.define_projection(&name, &def, &by))
                 .await?;
-            Ok(Reply::Json(StatusCode::OK, p.summary_json()))
+            json(StatusCode::OK, &p.info())
         }
         Method::DELETE => {
             let g = call.group(id, Role::Admin).await?;
