@@ -9,7 +9,6 @@
 //! rejection with the witness's code (`Error::Rejected`).
 
 use crate::error::{Error, Rejection, Result, Stage};
-use crate::state::Local;
 use crate::transport::Transport;
 use pdb_protocol::wire::{
     CommitRequest, CommitResponse, CommitsPage, ErrorJson, GroupJson, ProjectionList,
@@ -175,12 +174,6 @@ impl HttpWitness {
             group: group.to_string(),
             agent: transport.agent()?,
         })
-    }
-
-    /// The witness a database was opened for, reached as `pdb_open`
-    /// stored.
-    pub fn of(l: &Local) -> Result<HttpWitness> {
-        HttpWitness::new(&l.url, &l.token, &l.group, &Transport::load(&l.db)?)
     }
 
     fn url(&self, e: &Endpoint) -> String {

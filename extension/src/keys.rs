@@ -7,7 +7,7 @@
 use crate::client::WitnessApi;
 use crate::db::Db;
 use crate::error::{Error, Result};
-use crate::state;
+use crate::kv;
 use ed25519_dalek::VerifyingKey;
 use pdb_protocol::wire::{RotationJson, WitnessJson};
 use pdb_protocol::{unhex32, KeyChain, Rotation, Value};
@@ -51,9 +51,9 @@ pub fn chain_to_served(pinned: &str, info: &WitnessJson) -> Result<KeyChain> {
 
 /// The chain this database stored.
 pub fn load(db: &Db) -> Result<KeyChain> {
-    let pinned = state::get_text(db, "public_key")?
+    let pinned = kv::get_text(db, "public_key")?
         .ok_or_else(|| Error::invalid("sync state has no pinned key; call pdb_open again"))?;
-    let list: Vec<RotationJson> = match state::get_text(db, "key_rotations")? {
+    let list: Vec<RotationJson> = match kv::get_text(db, "key_rotations")? {
         None => Vec::new(),
         Some(t) => serde_json::from_str(&t)
             .map_err(|_| Error::invalid("the stored key rotations are corrupt"))?,
@@ -64,16 +64,16 @@ pub fn load(db: &Db) -> Result<KeyChain> {
 
 /// Stores the pinned key and the rotations that lead from it.
 pub fn save(db: &Db, pinned: &str, info: &WitnessJson) -> Result<()> {
-    state::set(db, "public_key", Value::text(pinned))?;
+    kv::set(db, "public_key", Value::text(pinned))?;
     let text = serde_json::to_string(&info.rotations).map_err(|e| Error::invalid(e.to_string()))?;
-    state::set(db, "key_rotations", Value::text(&text))
+    kv::set(db, "key_rotations", Value::text(&text))
 }
 
 /// Asks the witness for its key and rotations, and stores them when they
 /// extend the chain from the pinned key. Whether the chain grew.
 pub fn follow(db: &Db, w: &dyn WitnessApi) -> Result<bool> {
     let before = load(db)?;
-    let pinned = state::get_text(db, "public_key")?.unwrap_or_default();
+    let pinned = kv::get_text(db, "public_key")?.unwrap_or_default();
     let info = w.witness()?;
     let chain = chain_to_served(&pinned, &info)?;
     if chain == before {

@@ -12,6 +12,7 @@ mod error;
 mod functions;
 mod hold;
 mod keys;
+mod kv;
 mod merge;
 mod open;
 mod pending;

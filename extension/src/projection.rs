@@ -55,7 +55,7 @@ fn connect(db: *mut sqlite3, args: &VTabArguments) -> Result<(String, Projection
         .ok_or_else(|| Error::invalid("usage: USING pdb_projection('<projection name>')"))?;
     let l = state::load(Db::new(db))?;
     let source = Source {
-        witness: HttpWitness::of(&l)?,
+        witness: l.witness()?,
         group: l.group,
         key: l.key,
         name,

@@ -2,10 +2,12 @@
 //! (witness, group, token, pinned key, policy, schema), the verified
 //! head, and the last error — loaded once per call as [`Local`].
 
-use crate::db::{as_blob, as_i64, as_text, transaction, Cache, Db};
+use crate::client::HttpWitness;
+use crate::db::{as_blob, transaction, Cache, Db};
 use crate::error::{Error, Result};
 use crate::merge::Policy;
 use crate::tables::{self, SyncTable};
+use crate::transport::Transport;
 use pdb_protocol::wire::LimitsJson;
 use pdb_protocol::{hex, KeyChain, Schema, StateRoot, Value};
 
@@ -73,30 +75,7 @@ pub struct Local {
     pub limits: LimitsJson,
 }
 
-pub fn get(db: &Db, k: &str) -> Result<Option<Value>> {
-    Ok(db
-        .row("SELECT v FROM pdb_state WHERE k = ?1", &[Value::text(k)])?
-        .and_then(|r| r.into_iter().next()))
-}
-
-pub fn set(db: &Db, k: &str, v: Value) -> Result<()> {
-    db.run(
-        "INSERT OR REPLACE INTO pdb_state(k, v) VALUES (?1, ?2)",
-        &[Value::text(k), v],
-    )
-}
-
-pub fn delete(db: &Db, k: &str) -> Result<()> {
-    db.run("DELETE FROM pdb_state WHERE k = ?1", &[Value::text(k)])
-}
-
-pub fn get_text(db: &Db, k: &str) -> Result<Option<String>> {
-    Ok(get(db, k)?.as_ref().and_then(as_text))
-}
-
-pub fn get_i64(db: &Db, k: &str) -> Result<Option<i64>> {
-    Ok(get(db, k)?.as_ref().and_then(as_i64))
-}
+pub use crate::kv::{delete, get, get_i64, get_text, set};
 
 pub fn is_open(db: &Db) -> Result<bool> {
     let t = db.row(
@@ -217,6 +196,17 @@ pub fn set_schema(db: &Db, schema: &Schema) -> Result<()> {
 }
 
 impl Local {
+    /// The witness this database was opened for, reached as `pdb_open`
+    /// stored.
+    pub fn witness(&self) -> Result<HttpWitness> {
+        HttpWitness::new(
+            &self.url,
+            &self.token,
+            &self.group,
+            &Transport::load(&self.db)?,
+        )
+    }
+
     pub fn head(&self) -> Result<Head> {
         let seq = get_i64(&self.db, "head_seq")?.unwrap_or(0) as u64;
         let hash = get(&self.db, "head_hash")?

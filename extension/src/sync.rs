@@ -7,7 +7,7 @@
 //! inside one, so a process killed at any point leaves either the old
 //! state or the new one.
 
-use crate::client::{HttpWitness, WitnessApi};
+use crate::client::WitnessApi;
 use crate::db::transaction;
 use crate::error::{Class, Error, Result};
 use crate::hold::{self, Hold};
@@ -32,7 +32,7 @@ const MAX_ROUNDS: usize = 64;
 /// tried once more.
 pub fn sync(db: crate::db::Db) -> Result<Json> {
     let l = state::load(db)?;
-    let w = HttpWitness::of(&l)?;
+    let w = l.witness()?;
     let result = match rounds(&l, &w) {
         Err(e) if e.is_untrusted() && crate::keys::follow(&db, &w)? => {
             rounds(&state::load(db)?, &w)

@@ -7,7 +7,7 @@
 
 use crate::db::Db;
 use crate::error::{Error, Result};
-use crate::state;
+use crate::kv;
 use pdb_protocol::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -75,9 +75,9 @@ impl Transport {
     /// The setting `pdb_open` stored (defaults where it stored none).
     pub fn load(db: &Db) -> Result<Transport> {
         Ok(Transport {
-            ca_file: state::get_text(db, "ca_file")?,
-            allow_http: state::get_i64(db, "allow_http")? == Some(1),
-            timeout_ms: state::get_i64(db, "timeout_ms")?
+            ca_file: kv::get_text(db, "ca_file")?,
+            allow_http: kv::get_i64(db, "allow_http")? == Some(1),
+            timeout_ms: kv::get_i64(db, "timeout_ms")?
                 .and_then(|t| u64::try_from(t).ok())
                 .unwrap_or(DEFAULT_TIMEOUT_MS),
         })
@@ -85,11 +85,11 @@ impl Transport {
 
     pub fn save(&self, db: &Db) -> Result<()> {
         match &self.ca_file {
-            Some(f) => state::set(db, "ca_file", Value::text(f))?,
-            None => state::delete(db, "ca_file")?,
+            Some(f) => kv::set(db, "ca_file", Value::text(f))?,
+            None => kv::delete(db, "ca_file")?,
         }
-        state::set(db, "allow_http", Value::Integer(i64::from(self.allow_http)))?;
-        state::set(
+        kv::set(db, "allow_http", Value::Integer(i64::from(self.allow_http)))?;
+        kv::set(
             db,
             "timeout_ms",
             Value::Integer(i64::try_from(self.timeout_ms).unwrap_or(i64::MAX)),

@@ -98,8 +98,12 @@ impl Authenticator {
             });
         }
         if token.matches('.').count() == 2 && !self.jwt.is_empty() {
+            let identity = self.jwt.identity(token).await?;
+            if !valid_identity(&identity) {
+                return Err(unauthorized("invalid token"));
+            }
             return Ok(Caller {
-                identity: self.jwt.identity(token).await?,
+                identity,
                 operator: false,
             });
         }
