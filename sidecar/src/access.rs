@@ -1,41 +1,43 @@
-//! Group access administration: members and their roles, and row-level
-//! write rules (how the write path runs them: `crate::write::rules`).
-//! Every change is versioned and logged (`pdb_access_log`). On definition
+//! Group access administration: members and their roles (kept in the
+//! directory, `crate::directory`, with their own numbered log), and
+//! row-level write rules (how the write path runs them:
+//! `crate::write::rules`; changes numbered in the group's
+//! `pdb_access_log` with projection changes). On definition
 //! a rule must pass the allow-lists of `crate::sandbox::allow`: reads of
 //! the group's own tables and a short list of functions only.
 
 use crate::auth::{valid_identity, Caller, Role};
+use crate::directory::Directory;
 use crate::error::ApiError;
+use crate::grant::Grant;
 use crate::group::Group;
 use crate::projection::valid_name;
 use crate::sandbox::allow;
 use crate::write::rules::{parse_ops, rule_sql, OPS};
 use rusqlite::{params, Connection};
 use serde_json::{json, Value as Json};
+use std::sync::Arc;
 
 const MAX_RULE: usize = 4096;
 
-pub fn members_json(g: &Group) -> Result<Json, ApiError> {
-    g.read("reading access", |c| {
-        let rows = (|| -> rusqlite::Result<Vec<Json>> {
-            let mut st =
-                c.prepare("SELECT identity, role, projections FROM pdb_members ORDER BY identity")?;
-            let items = st.query_map([], |r| {
-                let mut m =
-                    json!({"identity": r.get::<_, String>(0)?, "role": r.get::<_, String>(1)?});
-                if let Some(p) = r.get::<_, Option<String>>(2)? {
-                    m["projections"] = serde_json::from_str(&p).unwrap_or_default();
-                }
-                Ok(m)
-            })?;
-            items.collect()
-        })();
-        let items = rows.map_err(read_err)?;
-        Ok(json!({"members": items, "version": access_version(c)?}))
-    })
+/// `{"members": [{identity, role, projections?}], "version"}` from the
+/// directory (`version`: the group's last member change).
+pub fn members_json(d: &Directory, g: &Group) -> Result<Json, ApiError> {
+    let (members, version) = d.members(&g.info.id)?;
+    let items: Vec<Json> = members
+        .into_iter()
+        .map(|(who, grant)| {
+            let mut m = json!({"identity": who, "role": grant.role.name()});
+            if let Some(names) = grant.projections {
+                m["projections"] = json!(names);
+            }
+            m
+        })
+        .collect();
+    Ok(json!({"members": items, "version": version}))
 }
 
-pub fn rules_json(g: &Group) -> Result<Json, ApiError> {
+pub fn rules_json(_: &Directory, g: &Group) -> Result<Json, ApiError> {
     g.read("reading access", |c| {
         let rows = (|| -> rusqlite::Result<Vec<Json>> {
             let mut st = c.prepare("SELECT tbl, expr, ops FROM pdb_rules ORDER BY tbl")?;
@@ -104,7 +106,14 @@ fn fields<'a>(
 
 /// `{"role": "viewer" | "reader" | "writer" | "admin"}`, and for a viewer
 /// optionally `"projections": [names]` (the only ones it may read).
-pub fn grant(g: &Group, by: &Caller, who: &str, body: &Json) -> Result<Json, ApiError> {
+/// Recorded in the directory.
+pub fn grant(
+    d: &Directory,
+    g: &Arc<Group>,
+    by: &Caller,
+    who: &str,
+    body: &Json,
+) -> Result<Json, ApiError> {
     if !valid_identity(who) {
         return Err(bad(
             "identity must be 1-256 printable characters without spaces",
@@ -135,39 +144,33 @@ pub fn grant(g: &Group, by: &Caller, who: &str, body: &Json) -> Result<Json, Api
             Some(list)
         }
     };
-    let stored = names.as_ref().map(|n| json!(n).to_string());
-    let value = match &stored {
-        Some(n) => format!("{} {n}", role.name()),
-        None => role.name().to_string(),
+    let grant = Grant {
+        role,
+        projections: names,
     };
-    let (v, ()) = g.change_access("member", who, Some(&value), &by.identity, |c, _, v| {
-        c.execute(
-            "INSERT OR REPLACE INTO pdb_members(identity, role, projections, version) VALUES (?1, ?2, ?3, ?4)",
-            params![who, role.name(), stored, v],
-        )
-        .map(|_| ())
-        .map_err(sql)
-    })?;
+    let v = d.set(&g.info.id, who, Some(&grant), &by.identity)?;
     let mut out = json!({"identity": who, "role": role.name(), "version": v});
-    if let Some(n) = names {
+    if let Some(n) = grant.projections {
         out["projections"] = json!(n);
     }
     Ok(out)
 }
 
-pub fn revoke(g: &Group, by: &Caller, who: &str) -> Result<Json, ApiError> {
-    let (v, ()) = g.change_access("member", who, None, &by.identity, |c, _, _| {
-        c.execute("DELETE FROM pdb_members WHERE identity = ?1", [who])
-            .map(|_| ())
-            .map_err(sql)
-    })?;
+pub fn revoke(d: &Directory, g: &Arc<Group>, by: &Caller, who: &str) -> Result<Json, ApiError> {
+    let v = d.set(&g.info.id, who, None, &by.identity)?;
     Ok(json!({"identity": who, "role": null, "version": v}))
 }
 
 /// `{"expr": E}` (one rule for every operation) or any of `{"insert": E,
 /// "update": E, "delete": E}` (one per operation; one left out is
 /// refused). Each expression is checked before anything is stored.
-pub fn set_rule(g: &Group, by: &Caller, table: &str, body: &Json) -> Result<Json, ApiError> {
+pub fn set_rule(
+    _: &Directory,
+    g: &Arc<Group>,
+    by: &Caller,
+    table: &str,
+    body: &Json,
+) -> Result<Json, ApiError> {
     let t = table_name(g, table)?;
     let obj = fields(body, &["expr", "insert", "update", "delete"])?;
     let text = |k: &str| -> Result<Option<String>, ApiError> {
@@ -219,7 +222,12 @@ pub fn set_rule(g: &Group, by: &Caller, table: &str, body: &Json) -> Result<Json
     Ok(out)
 }
 
-pub fn remove_rule(g: &Group, by: &Caller, table: &str) -> Result<Json, ApiError> {
+pub fn remove_rule(
+    _: &Directory,
+    g: &Arc<Group>,
+    by: &Caller,
+    table: &str,
+) -> Result<Json, ApiError> {
     let t = table_name(g, table)?;
     let (v, ()) = g.change_access("rule", &t, None, &by.identity, |c, _, _| {
         c.execute("DELETE FROM pdb_rules WHERE tbl = ?1", [&t])

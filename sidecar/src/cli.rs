@@ -56,6 +56,24 @@ enum Command {
     /// rotation is signed by both keys; devices that pinned the old key
     /// follow it. The old private key is gone afterwards.
     RotateKey,
+    /// Copy everything the witness keeps (key, tokens, directory, groups,
+    /// snapshots) into DIR, consistently, while it serves. See
+    /// docs/operations.md.
+    Backup {
+        /// Where the backup goes (must not exist, or be empty).
+        #[arg(long)]
+        to: PathBuf,
+        /// Tokens file, when it is not DATA/tokens.json.
+        #[arg(long, env = "PDB_TOKENS_FILE")]
+        tokens_file: Option<PathBuf>,
+    },
+    /// Put a backup back into an empty data directory (witness stopped);
+    /// then run `verify`. See docs/operations.md.
+    Restore {
+        /// The backup's directory.
+        #[arg(long)]
+        from: PathBuf,
+    },
     /// Make a static bearer token for an identity: printed once, only its
     /// hash is stored (in the tokens file; restart the witness to use it).
     AddToken {
@@ -204,6 +222,17 @@ pub struct LimitArgs {
     /// SQLite memory one statement of admin SQL may hold.
     #[arg(long, env = "PDB_SQL_MEMORY_BYTES", default_value_t = 64 * 1024 * 1024)]
     sql_memory_bytes: usize,
+    /// Groups open at once; beyond it the least recently used idle ones
+    /// are closed (each open group holds up to 9 files).
+    #[arg(long, env = "PDB_MAX_OPEN_GROUPS", default_value_t = 1000)]
+    max_open_groups: usize,
+    /// Seconds an open group stays open unused.
+    #[arg(long, env = "PDB_GROUP_IDLE_SECS", default_value_t = 60)]
+    group_idle_secs: u64,
+    /// Threads that run the groups' writers (at most one per group at a
+    /// time).
+    #[arg(long, env = "PDB_WRITER_THREADS", default_value_t = 8)]
+    writer_threads: usize,
 }
 
 impl LimitArgs {
@@ -225,6 +254,9 @@ impl LimitArgs {
                 memory: self.sql_memory_bytes.max(1024 * 1024),
                 ..crate::sandbox::Limits::default()
             },
+            max_open_groups: self.max_open_groups.max(1),
+            group_idle: secs(self.group_idle_secs),
+            writer_threads: self.writer_threads.max(1),
             ..Limits::default()
         }
     }
@@ -263,6 +295,23 @@ impl Cli {
             }) => change_role(data, &group, &identity, Some(&role)),
             Some(Command::Revoke { group, identity }) => change_role(data, &group, &identity, None),
             Some(Command::RotateKey) => rotate_key(data),
+            Some(Command::Backup { to, tokens_file }) => {
+                let m = crate::backup::backup(data, &to, tokens_file.as_deref())?;
+                let groups = m["groups"].as_object().map_or(0, |g| g.len());
+                println!("backed up {groups} group(s) into {}", to.display());
+                Ok(())
+            }
+            Some(Command::Restore { from }) => {
+                let _lock = lock_data_dir(data)?;
+                let m = crate::backup::restore(&from, data)?;
+                let groups = m["groups"].as_object().map_or(0, |g| g.len());
+                println!(
+                    "restored {groups} group(s) from {} into {}; check them with `pdb-witness verify`",
+                    from.display(),
+                    data.display()
+                );
+                Ok(())
+            }
             Some(Command::PublicKey) => keys::load_key(data)
                 .map(|k| println!("{}", hex(k.verifying_key().as_bytes())))
                 .map_err(|e| e.to_string()),
@@ -343,6 +392,7 @@ fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), String> {
         _ => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
+    raise_file_limit(&settings.limits);
     let witness = Arc::new(Witness::open(settings, key)?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -362,7 +412,10 @@ fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), String> {
             "  public key:     {public_key}{}",
             if created { " (created now)" } else { "" }
         );
-        println!("  groups:         {}", witness.group_ids().join(", "));
+        println!(
+            "  groups:         {} (each opened on first use)",
+            witness.directory.count().map_err(|e| e.to_string())?
+        );
         match &new_token {
             Some(t) => println!("  admin token:    {t}\n                  (shown once; only its hash is stored)"),
             None => println!("  admin token:    as configured (PDB_ADMIN_TOKEN or the token shown on first start)"),
@@ -380,6 +433,36 @@ fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), String> {
     // Whatever blocking work is left (it is being stopped) gets a bound.
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard one (connections and
+/// open groups each hold files), warning when the bounds could pass it.
+fn raise_file_limit(limits: &Limits) {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
+    let have = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: r.rlim_max,
+                rlim_max: r.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                r = raised;
+            }
+        }
+        r.rlim_cur
+    };
+    let need = (limits.max_connections + 9 * limits.max_open_groups + 64) as u64;
+    if (have as u64) < need {
+        tracing::warn!(
+            open_files = have as u64,
+            need,
+            "the open-file limit is below what --max-connections and --max-open-groups may use"
+        );
+    }
 }
 
 async fn shutdown_signal() {
@@ -518,11 +601,18 @@ fn change_role(
         operator: true,
     };
     let out = match role {
-        Some(r) => access::grant(&g, &operator, identity, &serde_json::json!({ "role": r })),
-        None => access::revoke(&g, &operator, identity),
+        Some(r) => access::grant(
+            &w.directory,
+            &g,
+            &operator,
+            identity,
+            &serde_json::json!({ "role": r }),
+        ),
+        None => access::revoke(&w.directory, &g, &operator, identity),
     }
     .map_err(|e| e.to_string())?;
     println!("{out}");
+    drop(g);
     w.shutdown();
     Ok(())
 }

@@ -30,6 +30,14 @@ pub enum ApiError {
         head: Box<HeadJson>,
         message: String,
     },
+    /// The caller names a head (a base, or a catch-up position) that is not
+    /// in this group's history: past the head, or with another hash. The
+    /// witness was restored from a backup, or the caller's history forked
+    /// from it; rebasing cannot help.
+    UnknownHead {
+        head: Box<HeadJson>,
+        message: String,
+    },
     ChangesetConflict {
         table: String,
         key: Vec<Value>,
@@ -108,6 +116,7 @@ impl ApiError {
             | ApiError::SchemaMismatch { .. }
             | ApiError::IdempotencyConflict(_)
             | ApiError::StaleHead { .. }
+            | ApiError::UnknownHead { .. }
             | ApiError::ChangesetConflict { .. } => StatusCode::CONFLICT,
             ApiError::InvalidChangeset { .. } | ApiError::RuleError { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
@@ -133,6 +142,7 @@ impl ApiError {
             ApiError::SchemaMismatch { .. } => "schema_mismatch",
             ApiError::IdempotencyConflict(_) => "idempotency_conflict",
             ApiError::StaleHead { .. } => "stale_head",
+            ApiError::UnknownHead { .. } => "unknown_head",
             ApiError::ChangesetConflict { .. } => "changeset_conflict",
             ApiError::InvalidChangeset { .. } => "invalid_changeset",
             ApiError::SnapshotRequired { .. } => "snapshot_required",
@@ -171,7 +181,7 @@ impl ApiError {
                     expected.version, expected.hash
                 )
             }
-            ApiError::StaleHead { head, message } => {
+            ApiError::StaleHead { head, message } | ApiError::UnknownHead { head, message } => {
                 e.head = Some((**head).clone());
                 message.clone()
             }

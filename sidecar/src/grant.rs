@@ -1,10 +1,8 @@
 //! What an identity may do in a group: its role, and for a viewer the
-//! projections it may read. Stored in the group's `pdb_members`;
+//! projections it may read. Stored in the directory (`crate::directory`);
 //! administered in `crate::access`.
 
 use crate::auth::Role;
-use crate::error::ApiError;
-use rusqlite::{Connection, OptionalExtension};
 
 /// What an identity may do in a group: its role, and for a viewer the
 /// projections it may read (`None`: all of them).
@@ -23,22 +21,28 @@ impl Grant {
                 .as_ref()
                 .is_none_or(|names| names.iter().any(|n| n == name))
     }
-}
 
-/// The grant of `identity` as stored (`None`: no role).
-pub fn read(c: &Connection, identity: &str) -> Result<Option<Grant>, ApiError> {
-    let row: Option<(String, Option<String>)> = c
-        .query_row(
-            "SELECT role, projections FROM pdb_members WHERE identity = ?1",
-            [identity],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()
-        .map_err(|e| ApiError::internal("reading members", e))?;
-    Ok(row.and_then(|(role, names)| {
+    /// The grant from its stored role and projection list (`None` for an
+    /// unknown role).
+    pub fn from_stored(role: &str, projections: Option<&str>) -> Option<Grant> {
         Some(Grant {
-            role: Role::parse(&role)?,
-            projections: names.and_then(|n| serde_json::from_str(&n).ok()),
+            role: Role::parse(role)?,
+            projections: projections.and_then(|n| serde_json::from_str(n).ok()),
         })
-    }))
+    }
+
+    /// The stored projection list.
+    pub fn stored_projections(&self) -> Option<String> {
+        self.projections
+            .as_ref()
+            .map(|n| serde_json::json!(n).to_string())
+    }
+
+    /// How the member log records it: the role, then the names if any.
+    pub fn describe(&self) -> String {
+        match self.stored_projections() {
+            Some(n) => format!("{} {n}", self.role.name()),
+            None => self.role.name().to_string(),
+        }
+    }
 }

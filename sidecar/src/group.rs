@@ -1,13 +1,17 @@
-//! A live group: its fixed info, the writer thread that owns its only write
-//! connection, a pool of read connections, and the maintenance writes
-//! (access changes, projection definitions, pruning), which go before the
-//! writer's next batch (`write::writer::Mailbox::maintenance`).
+//! An open group: its fixed info, its writer (the only write connection,
+//! run in turns on the writer pool), a few read connections, and the
+//! maintenance writes (rule changes, projection definitions, pruning),
+//! which go before the writer's next batch
+//! (`write::writer::Mailbox::maintenance`). Groups are opened on first use
+//! and closed when idle (`crate::registry`); closing checkpoints and
+//! truncates the WAL.
 
 use crate::error::ApiError;
-use crate::grant::{self, Grant};
+use crate::metrics::Metrics;
 use crate::projection::{self, Projection};
 use crate::sandbox::{Budget, Sandbox, Scope};
 use crate::store::{self, log, GroupInfo};
+use crate::write::pool::{Pool, Turn};
 use crate::write::writer::{self, Job, Mailbox, Stats};
 use ed25519_dalek::SigningKey;
 use pdb_protocol::{now_ms, quote_ident};
@@ -16,7 +20,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// Read connections kept open per group.
-const READERS: usize = 8;
+const READERS: usize = 2;
+/// The WAL is cut back to this size whenever a checkpoint has emptied it,
+/// so a burst (or a long read that held checkpoints back) leaves no giant
+/// WAL behind.
+pub const WAL_KEEP_BYTES: i64 = 4 * 1024 * 1024;
 /// A projection's first fill may take this many times a unit's budget.
 const FILL_BUDGETS: u32 = 10;
 /// How long a maintenance write waits for the write lock (the writer's
@@ -24,13 +32,16 @@ const FILL_BUDGETS: u32 = 10;
 const MAINTENANCE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What every group of a witness shares.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone)]
 pub struct Env {
     pub sandbox: Sandbox,
     /// Free disk space the writers keep in reserve.
     pub reserve_bytes: u64,
     /// Reads that may run at once against one group.
     pub reads: usize,
+    /// The threads that run every group's writer.
+    pub pool: Pool,
+    pub metrics: Arc<Metrics>,
 }
 
 /// A read connection with the budget its admin SQL runs under.
@@ -42,10 +53,14 @@ struct Reader {
 pub struct Group {
     pub info: Arc<GroupInfo>,
     pub path: PathBuf,
-    mailbox: Arc<Mailbox>,
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    mailbox: Mailbox,
+    /// Held by the pool for a turn, or by `close`.
+    writer: Mutex<writer::Writer>,
     readers: Mutex<Vec<Reader>>,
     sandbox: Sandbox,
+    pool: Pool,
+    /// Commits accepted when the snapshot policy last looked at it.
+    pub policy_seen: std::sync::atomic::AtomicU64,
     /// Slots for reads running at once (`crate::admit`).
     pub reads: Arc<tokio::sync::Semaphore>,
     /// One snapshot at a time per group.
@@ -56,23 +71,37 @@ pub struct Group {
 /// tables and sorts in memory (so the memory budget covers them, and no
 /// temporary file can grow), with a budget.
 fn sandboxed(path: &Path, writer: bool, sandbox: &Sandbox) -> store::Result<(Connection, Budget)> {
-    let mut conn = store::open_conn(path, writer)?;
+    sandbox_conn(store::open_conn(path, writer)?, writer, sandbox)
+}
+
+/// Makes `conn` one that runs admin SQL (see [`sandboxed`]).
+fn sandbox_conn(
+    mut conn: Connection,
+    writer: bool,
+    sandbox: &Sandbox,
+) -> store::Result<(Connection, Budget)> {
     conn.execute_batch("PRAGMA temp_store = MEMORY")?;
+    if writer {
+        conn.query_row(
+            &format!("PRAGMA journal_size_limit = {WAL_KEEP_BYTES}"),
+            [],
+            |_| Ok(()),
+        )?;
+    }
     let budget = sandbox.budget(&mut conn)?;
     Ok((conn, budget))
 }
 
 impl Group {
-    /// Opens an existing group file and starts its writer.
+    /// Opens an existing group file (no thread: its writer runs on the
+    /// pool when commits arrive).
     pub fn open(path: &Path, key: Arc<SigningKey>, env: &Env) -> store::Result<Group> {
         let sandbox = &env.sandbox;
         let (conn, info, head) = store::open(path)?;
-        drop(conn);
-        let (conn, budget) = sandboxed(path, true, sandbox)?;
+        let (conn, budget) = sandbox_conn(conn, true, sandbox)?;
         let info = Arc::new(info);
-        let mailbox = Arc::new(Mailbox::default());
-        let handle = writer::start(
-            writer::Writer {
+        Ok(Group {
+            writer: Mutex::new(writer::Writer {
                 conn,
                 budget,
                 limits: sandbox.limits,
@@ -81,16 +110,15 @@ impl Group {
                 head,
                 dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
                 reserve_bytes: env.reserve_bytes,
-            },
-            mailbox.clone(),
-        );
-        Ok(Group {
+                metrics: env.metrics.clone(),
+            }),
             info,
             path: path.to_path_buf(),
-            mailbox,
-            writer: Mutex::new(Some(handle)),
+            mailbox: Mailbox::default(),
             readers: Mutex::new(Vec::new()),
             sandbox: sandbox.clone(),
+            pool: env.pool.clone(),
+            policy_seen: Default::default(),
             reads: Arc::new(tokio::sync::Semaphore::new(env.reads.max(1))),
             snapshot_lock: Mutex::new(()),
         })
@@ -102,8 +130,11 @@ impl Group {
 
     /// Queues a commit for the writer: `overloaded` when too many wait,
     /// `unavailable` when shutting down.
-    pub fn submit(&self, job: Job) -> Result<(), ApiError> {
-        self.mailbox.submit(job)
+    pub fn submit(self: &Arc<Self>, job: Job) -> Result<(), ApiError> {
+        if self.mailbox.submit(job)? {
+            self.pool.schedule(self.clone());
+        }
+        Ok(())
     }
 
     fn reader<T>(
@@ -164,11 +195,11 @@ impl Group {
     /// writer lets it go before its next batch. Rolled back when `f`
     /// fails. `f` gets a budget for admin SQL it runs.
     pub fn maintenance<T>(
-        &self,
+        self: &Arc<Self>,
         context: &'static str,
         f: impl FnOnce(&mut Connection, &Budget) -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
-        self.mailbox.maintenance(|| {
+        let (out, turn) = self.mailbox.maintenance(|| {
             let (mut conn, budget) = sandboxed(&self.path, true, &self.sandbox)
                 .map_err(|e| ApiError::internal(context, e))?;
             conn.busy_timeout(MAINTENANCE_WAIT)
@@ -186,11 +217,15 @@ impl Group {
                     Err(e)
                 }
             }
-        })
+        });
+        if turn {
+            self.pool.schedule(self.clone());
+        }
+        out
     }
 
     /// Drops the changesets of commits up to `through` (a snapshot's head).
-    pub fn prune_log(&self, through: u64) -> Result<(), ApiError> {
+    pub fn prune_log(self: &Arc<Self>, through: u64) -> Result<(), ApiError> {
         self.maintenance("pruning the log", |conn, _| {
             log::prune(conn, through).map_err(|e| ApiError::sqlite("pruning the log", e))
         })?;
@@ -198,16 +233,11 @@ impl Group {
         Ok(())
     }
 
-    /// The caller's grant in this group, if any.
-    pub fn grant_of(&self, identity: &str) -> Result<Option<Grant>, ApiError> {
-        self.read("reading members", |c| grant::read(c, identity))
-    }
-
     /// Runs one access change (members, rules, projections) as a
     /// maintenance write and logs it with the next version number. Returns
     /// the version and what `apply` returned.
     pub fn change_access<T>(
-        &self,
+        self: &Arc<Self>,
         kind: &str,
         subject: &str,
         value: Option<&str>,
@@ -237,7 +267,7 @@ impl Group {
     /// maintains it. The definition is checked against the allow-lists
     /// first; the fill runs under [`FILL_BUDGETS`] units of budget.
     pub fn define_projection(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         def: &serde_json::Value,
         by: &str,
@@ -266,7 +296,7 @@ impl Group {
         Ok(p)
     }
 
-    pub fn drop_projection(&self, name: &str, by: &str) -> Result<i64, ApiError> {
+    pub fn drop_projection(self: &Arc<Self>, name: &str, by: &str) -> Result<i64, ApiError> {
         let store = quote_ident(&format!("pdb_proj_{name}"));
         let (version, ()) = self.change_access("projection", name, None, by, |c, _, _| {
             c.execute("DELETE FROM pdb_projections WHERE name = ?1", [name])
@@ -276,12 +306,43 @@ impl Group {
         Ok(version)
     }
 
-    /// Stops the writer: commits still queued are answered `unavailable`.
-    pub fn shutdown(&self) {
-        self.mailbox.stop();
-        let taken = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(handle) = taken {
-            let _ = handle.join();
+    /// Stops taking commits: those still queued are answered
+    /// `unavailable` by one last turn.
+    pub fn stop(self: &Arc<Self>) {
+        if self.mailbox.stop() {
+            self.pool.schedule(self.clone());
         }
+    }
+
+    /// No commit waits or runs and no maintenance write is under way.
+    pub fn idle(&self) -> bool {
+        self.mailbox.idle()
+    }
+
+    /// Closes the group's connections, first checkpointing the WAL into
+    /// the database and truncating it (so nothing but the database file is
+    /// left while the group is closed). Waits for a turn in progress.
+    pub fn close(&self) {
+        self.readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        let w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = w
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        {
+            tracing::warn!(group = %self.info.id, error = %e, "checkpoint at close failed");
+        }
+    }
+}
+
+impl Turn for Group {
+    fn turn(&self) -> bool {
+        self.writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .turn(&self.mailbox);
+        self.mailbox.end_turn()
     }
 }

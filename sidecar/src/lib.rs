@@ -1,15 +1,20 @@
 //! The PersonalDB witness: authorises calls, orders each group's commits
 //! into one signed, linear, durable history, and serves it.
 //!
-//! Layers, bottom up (docs/architecture.md): `store` (a group's file),
-//! `write` (the write path), `projection`, `group` (a live group),
-//! `access`, `snapshot`, `read` (the read path), `witness` (all groups),
-//! `http` (the API), `cli` (the command line).
+//! Layers, bottom up (docs/witness.md): `store` (a group's file),
+//! `sandbox` (admin SQL's allow-lists and budgets), `write` (the write
+//! path and its thread pool), `projection`, `group` (an open group),
+//! `registry` (the open groups), `directory` (groups and members),
+//! `access`, `snapshot`, `read` (the read path), `admit` (bounds on
+//! concurrent work), `witness` (all of it), `http` (the API), `cli` (the
+//! command line).
 
 pub mod access;
 pub mod admit;
 pub mod auth;
+pub mod backup;
 pub mod cli;
+pub mod directory;
 pub mod error;
 pub mod grant;
 pub mod group;
@@ -17,8 +22,10 @@ pub mod http;
 pub mod jwt;
 pub mod keys;
 pub mod limits;
+pub mod metrics;
 pub mod projection;
 pub mod read;
+pub mod registry;
 pub mod sandbox;
 pub mod snapshot;
 pub mod store;

@@ -32,6 +32,13 @@ pub struct Limits {
     pub reserve_bytes: u64,
     /// The budget of each unit of admin SQL.
     pub sql: sandbox::Limits,
+    /// Groups open at once (beyond it, the least recently used idle ones
+    /// are closed).
+    pub max_open_groups: usize,
+    /// An open group unused for this long is closed.
+    pub group_idle: Duration,
+    /// Threads that run the groups' writers.
+    pub writer_threads: usize,
 }
 
 impl Default for Limits {
@@ -48,6 +55,9 @@ impl Default for Limits {
             queue_wait: Duration::from_secs(2),
             reserve_bytes: 64 * 1024 * 1024,
             sql: sandbox::Limits::default(),
+            max_open_groups: 1000,
+            group_idle: Duration::from_secs(60),
+            writer_threads: 8,
         }
     }
 }

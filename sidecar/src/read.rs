@@ -29,14 +29,33 @@ pub fn group(w: &Witness, g: &Group) -> Result<GroupJson, ApiError> {
 
 /// Commits after `after` (at most `limit` and about `max_page_bytes` of
 /// changesets, never past the head stated with them), or
-/// `snapshot_required` when they are no longer kept.
+/// `snapshot_required` when they are no longer kept. `after` past the head,
+/// or not with `after_hash` when given, is `unknown_head`: the caller has a
+/// history this witness does not.
 pub fn commits_page(
     w: &Witness,
     g: &Group,
     after: u64,
+    after_hash: Option<[u8; 32]>,
     limit: u32,
 ) -> Result<CommitsPage, ApiError> {
     let (head, commits) = g.read("reading the log", |c| {
+        let head = log::head(c).map_err(sql)?;
+        let known = after <= head.seq
+            && after_hash.is_none_or(|h| {
+                let at = if after == 0 {
+                    Ok(Some(g.info.genesis()))
+                } else {
+                    log::head_hash_at(c, after)
+                };
+                matches!(at, Ok(Some(x)) if x == h)
+            });
+        if !known {
+            return Err(ApiError::UnknownHead {
+                message: crate::write::commit::unknown_head(after, head.seq),
+                head: Box::new(g.info.sign_head(&w.key, &head)),
+            });
+        }
         let pruned = log::pruned_through(c)?;
         if after < pruned {
             return Err(ApiError::SnapshotRequired {
@@ -44,7 +63,6 @@ pub fn commits_page(
                 snapshot: crate::snapshot::latest(&w.snapshots_dir(g))?.map(Box::new),
             });
         }
-        let head = log::head(c).map_err(sql)?;
         let bound = log::PageBound {
             commits: limit,
             bytes: w.settings.max_page_bytes,

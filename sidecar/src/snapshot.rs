@@ -34,12 +34,12 @@ pub fn data_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.snap"))
 }
 
-fn manifest_path(dir: &Path, seq: u64) -> PathBuf {
+pub fn manifest_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.manifest.json"))
 }
 
 /// Sequence numbers of the snapshots on disk, newest first.
-fn list(dir: &Path) -> Vec<u64> {
+pub fn list(dir: &Path) -> Vec<u64> {
     let mut seqs: Vec<u64> = std::fs::read_dir(dir)
         .map(|entries| {
             entries

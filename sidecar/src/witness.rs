@@ -1,18 +1,23 @@
-//! The witness's shared state: its key, its settings and the registry of
-//! live groups; creating groups; the snapshot policy.
+//! The witness's shared state: its key, its settings, the directory of
+//! groups and members, the open groups; creating groups; the snapshot
+//! policy and closing idle groups; health.
 
 use crate::admit::Admission;
 use crate::auth::Caller;
+use crate::directory::{Directory, GroupPage};
 use crate::error::ApiError;
 use crate::group::{Env, Group};
 use crate::limits::Limits;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
 use crate::sandbox::Sandbox;
 use crate::store;
+use crate::write::pool::Pool;
 use ed25519_dalek::SigningKey;
 use pdb_protocol::wire::SnapshotJson;
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub struct Settings {
@@ -57,12 +62,28 @@ impl Default for SnapshotPolicy {
 pub struct Witness {
     pub settings: Settings,
     pub key: Arc<SigningKey>,
-    /// What every group shares (budgets, reserve, read slots).
+    /// What every group shares (budgets, reserve, read slots, writer pool).
     env: Env,
     pub admission: Admission,
-    groups: RwLock<HashMap<String, Arc<Group>>>,
-    creating: Mutex<()>,
+    /// Which groups exist and who holds which role in each.
+    pub directory: Directory,
+    /// The groups open now.
+    registry: Registry,
+    /// Groups taken out of the registry to make room, closed by a thread
+    /// of their own so the request that needed the room does not wait for
+    /// their checkpoints (at most [`CLOSING`] wait; beyond, the request
+    /// closes one itself).
+    closer: Mutex<
+        Option<(
+            std::sync::mpsc::SyncSender<Arc<Group>>,
+            std::thread::JoinHandle<()>,
+        )>,
+    >,
+    pub metrics: Arc<Metrics>,
 }
+
+/// Groups waiting to be closed by the closer thread at most.
+const CLOSING: usize = 64;
 
 /// A writer busy with one batch or maintenance write for longer than this
 /// is reported stuck by `/healthz` (budgets bound a batch far below it).
@@ -72,84 +93,140 @@ pub fn groups_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("groups")
 }
 
+fn no_group(id: &str) -> ApiError {
+    ApiError::NotFound(format!("no group {id:?}"))
+}
+
 impl Witness {
-    /// Opens every group found in the data directory.
+    /// Opens the witness's data directory: the directory of groups and
+    /// members, and the writer pool. No group is opened: each opens on
+    /// first use, so start-up does not grow with the number of groups.
     pub fn open(settings: Settings, key: SigningKey) -> Result<Witness, String> {
         let dir = groups_dir(&settings.data_dir);
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let directory = Directory::open(&settings.data_dir, &dir)?;
         let key = Arc::new(key);
         let limits = &settings.limits;
+        let metrics = Arc::new(Metrics::default());
         let env = Env {
+            metrics: metrics.clone(),
             sandbox: Sandbox::new(crate::sandbox::Limits {
                 value_bytes: limits.sql.value_bytes.max(settings.max_body_bytes),
                 ..limits.sql
             }),
             reserve_bytes: limits.reserve_bytes,
             reads: limits.group_reads,
+            pool: Pool::start(limits.writer_threads),
         };
-        let mut groups = HashMap::new();
-        let entries =
-            std::fs::read_dir(&dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(id) = name.strip_suffix(".sqlite") else {
-                continue;
-            };
-            if !store::valid_id(id) {
-                continue;
-            }
-            let g = Group::open(&entry.path(), key.clone(), &env)
-                .map_err(|e| format!("opening group {id}: {e}"))?;
-            if g.info.id != id {
-                return Err(format!("{name} holds group {:?}", g.info.id));
-            }
-            groups.insert(id.to_string(), Arc::new(g));
-        }
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Arc<Group>>(CLOSING);
+        let closer = std::thread::Builder::new()
+            .name("pdb-closer".into())
+            .spawn(move || {
+                for g in rx {
+                    g.close();
+                }
+            })
+            .map_err(|e| format!("starting the closer thread: {e}"))?;
         Ok(Witness {
+            closer: Mutex::new(Some((tx, closer))),
             admission: Admission::new(settings.limits.clone(), settings.max_body_bytes),
+            registry: Registry::new(limits.max_open_groups),
             settings,
             key,
             env,
-            groups: RwLock::new(groups),
-            creating: Mutex::new(()),
+            directory,
+            metrics,
         })
     }
 
+    /// The group, opened if it is not open yet (blocking: call off the
+    /// async workers); `not_found` when there is no such group.
     pub fn group(&self, id: &str) -> Result<Arc<Group>, ApiError> {
-        self.groups
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
-            .ok_or_else(|| ApiError::NotFound(format!("no group {id:?}")))
+        if !store::valid_id(id) {
+            return Err(no_group(id));
+        }
+        if let Some(g) = self.registry.get(id) {
+            return Ok(g);
+        }
+        let path = groups_dir(&self.settings.data_dir).join(store::file_name(id));
+        let g = self.registry.get_or_open(id, || {
+            if !path.exists() {
+                return Err(no_group(id));
+            }
+            let g = Group::open(&path, self.key.clone(), &self.env)
+                .map_err(|e| ApiError::internal("opening a group", e))?;
+            if g.info.id != id {
+                return Err(ApiError::internal(
+                    "opening a group",
+                    format!("{} holds group {:?}", path.display(), g.info.id),
+                ));
+            }
+            if !self.directory.has_group(id)? {
+                self.directory.add_group(id)?;
+            }
+            tracing::debug!(group = id, "group opened");
+            Ok(g)
+        })?;
+        self.make_room();
+        Ok(g)
     }
 
-    pub fn groups(&self) -> Vec<Arc<Group>> {
-        let mut all: Vec<Arc<Group>> = self
-            .groups
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        all.sort_by(|a, b| a.info.id.cmp(&b.info.id));
-        all
-    }
-
-    pub fn group_ids(&self) -> Vec<String> {
-        self.groups().iter().map(|g| g.info.id.clone()).collect()
-    }
-
-    /// The ids of the groups `caller` holds a role in (all of them for the
-    /// operator), sorted (blocking).
-    pub fn visible_groups(&self, caller: &Caller) -> Result<Vec<String>, ApiError> {
-        let mut ids = Vec::new();
-        for g in self.groups() {
-            if caller.operator || g.grant_of(&caller.identity)?.is_some() {
-                ids.push(g.info.id.clone());
+    /// While more groups are open than the bound, hands the least recently
+    /// used idle ones to the closer (or closes them here when it lags).
+    fn make_room(&self) {
+        if !self.registry.over() {
+            return;
+        }
+        for g in self.registry.evict(Duration::MAX) {
+            let sent = match &*self.closer.lock().unwrap_or_else(|p| p.into_inner()) {
+                Some((tx, _)) => tx.try_send(g).map_err(|e| match e {
+                    std::sync::mpsc::TrySendError::Full(g)
+                    | std::sync::mpsc::TrySendError::Disconnected(g) => g,
+                }),
+                None => Err(g),
+            };
+            if let Err(g) = sent {
+                g.close();
             }
         }
-        Ok(ids)
+    }
+
+    /// The group if it is open now (never blocks).
+    pub fn open_group(&self, id: &str) -> Option<Arc<Group>> {
+        self.registry.get(id)
+    }
+
+    /// The groups open now.
+    pub fn open_groups(&self) -> Vec<Arc<Group>> {
+        self.registry.all()
+    }
+
+    /// One page of the groups `caller` holds a role in (all of them for
+    /// the operator), in id order, from the directory alone (blocking).
+    pub fn visible_groups(
+        &self,
+        caller: &Caller,
+        prefix: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<GroupPage, ApiError> {
+        let member = (!caller.operator).then_some(caller.identity.as_str());
+        self.directory.list(member, prefix, after, limit)
+    }
+
+    /// Closes the open groups nothing uses that were idle for `idle` (and
+    /// the least recently used ones while more are open than the bound),
+    /// making a snapshot first where the policy asks for one (blocking).
+    /// Groups closed to make room skip the snapshot check: the policy's
+    /// next look at them, when they are open again, catches up.
+    pub fn close_idle(&self, idle: Duration) {
+        for g in self.registry.evict(idle) {
+            if let Err(e) = self.snapshot_if_due(&g) {
+                tracing::warn!(group = %g.info.id, code = e.code(), "snapshot before closing failed");
+            }
+            g.close();
+            tracing::debug!(group = %g.info.id, "group closed");
+        }
     }
 
     /// Creates a group (blocking: call off the async workers).
@@ -160,23 +237,35 @@ impl Witness {
                 store::MAX_GROUP_ID
             )));
         }
-        let _one_at_a_time = self.creating.lock().unwrap_or_else(|p| p.into_inner());
         let dir = groups_dir(&self.settings.data_dir);
-        if self.group(id).is_ok() || dir.join(store::file_name(id)).exists() {
+        let path = dir.join(store::file_name(id));
+        let mut created = false;
+        let g = self.registry.get_or_open(id, || {
+            if path.exists() {
+                return Err(ApiError::GroupExists(id.to_string()));
+            }
+            let g = self.create_file(id, ddl, version)?;
+            created = true;
+            Ok(g)
+        })?;
+        if !created {
             return Err(ApiError::GroupExists(id.to_string()));
         }
+        self.directory.add_group(id)?;
+        self.make_room();
+        tracing::info!(group = id, schema_version = version, "group created");
+        Ok(g)
+    }
+
+    /// Builds a new group's file and opens it (under the registry's
+    /// one-opener-per-id gate).
+    fn create_file(&self, id: &str, ddl: &str, version: u32) -> Result<Group, ApiError> {
+        let dir = groups_dir(&self.settings.data_dir);
         let schema = store::schema::parse(ddl, version).map_err(ApiError::BadRequest)?;
         store::create(&dir, id, ddl, &schema)
             .map_err(|e| ApiError::internal("creating a group", e))?;
-        let g = Group::open(&dir.join(store::file_name(id)), self.key.clone(), &self.env)
-            .map_err(|e| ApiError::internal("opening a new group", e))?;
-        let g = Arc::new(g);
-        self.groups
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_string(), g.clone());
-        tracing::info!(group = id, schema_version = version, "group created");
-        Ok(g)
+        Group::open(&dir.join(store::file_name(id)), self.key.clone(), &self.env)
+            .map_err(|e| ApiError::internal("opening a new group", e))
     }
 
     pub fn snapshots_dir(&self, g: &Group) -> PathBuf {
@@ -185,7 +274,7 @@ impl Witness {
 
     /// Makes a snapshot of the group's head now (blocking), then, when the
     /// policy says so, prunes the log up to `keep_log_commits` before it.
-    pub fn snapshot_now(&self, g: &Group) -> Result<SnapshotJson, ApiError> {
+    pub fn snapshot_now(&self, g: &Arc<Group>) -> Result<SnapshotJson, ApiError> {
         let _one_at_a_time = g.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
         let m = crate::snapshot::create(&self.snapshots_dir(g), g, &self.key)?;
         let p = self.settings.snapshots;
@@ -235,36 +324,84 @@ impl Witness {
         })
     }
 
-    /// Makes snapshots when the policy asks for them (checked every second)
-    /// until the task is dropped.
-    pub async fn run_snapshot_policy(self: Arc<Self>) {
+    /// Makes a snapshot when the policy asks for one (blocking).
+    pub fn snapshot_if_due(&self, g: &Arc<Group>) -> Result<(), ApiError> {
+        let accepted = g.stats().accepted.load(Relaxed);
+        if g.policy_seen.swap(accepted, Relaxed) == accepted {
+            return Ok(());
+        }
+        if self.snapshot_due(g)? {
+            self.snapshot_now(g)?;
+        }
+        Ok(())
+    }
+
+    /// Every second until the task is dropped: snapshots where the policy
+    /// asks for them (only groups that took commits since the last look),
+    /// and closing groups idle for `--group-idle-secs`.
+    pub async fn run_background(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let idle = self.settings.limits.group_idle;
         loop {
             tick.tick().await;
-            for g in self.groups() {
+            for g in self.open_groups() {
+                if g.policy_seen.load(Relaxed) == g.stats().accepted.load(Relaxed) {
+                    continue;
+                }
                 let w = self.clone();
-                let done = tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
-                    if w.snapshot_due(&g)? {
-                        w.snapshot_now(&g)?;
-                    }
-                    Ok(())
-                })
-                .await;
-                if let Ok(Err(e)) = done {
+                let done = self.admission.blocking(move || w.snapshot_if_due(&g)).await;
+                if let Err(e) = done {
                     tracing::warn!(code = e.code(), "automatic snapshot failed");
                 }
             }
+            let w = self.clone();
+            let _ = self
+                .admission
+                .blocking(move || {
+                    w.close_idle(idle);
+                    Ok(())
+                })
+                .await;
         }
     }
 
-    /// Stops every writer (the batch in progress is made durable; admin
-    /// SQL still running is stopped; commits still queued are answered
-    /// `unavailable`).
+    /// Stops: admin SQL still running is stopped, commits still queued
+    /// are answered `unavailable`, each batch in progress is made durable,
+    /// the writer threads end, and every open group is closed (its WAL
+    /// checkpointed and truncated).
     pub fn shutdown(&self) {
         self.env.sandbox.stop();
-        for g in self.groups() {
-            g.shutdown();
+        for g in self.registry.all() {
+            g.stop();
         }
+        self.env.pool.stop();
+        let closer = self.closer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some((tx, thread)) = closer {
+            drop(tx);
+            let _ = thread.join();
+        }
+        for g in self.registry.drain() {
+            g.close();
+        }
+    }
+
+    /// The metrics, with the gauges of what is open read now (blocking).
+    pub fn metrics_text(&self) -> Result<String, ApiError> {
+        let open = self.open_groups();
+        let (mut db, mut wal) = (0u64, 0u64);
+        for g in &open {
+            let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+            db += size(&g.path);
+            let mut w = g.path.clone().into_os_string();
+            w.push("-wal");
+            wal += size(Path::new(&w));
+        }
+        let m = &self.metrics;
+        m.open_groups.set(open.len() as i64);
+        m.groups.set(self.directory.count()? as i64);
+        m.db_bytes.set(db as i64);
+        m.wal_bytes.set(wal as i64);
+        Ok(m.render())
     }
 
     /// Whether the witness can take commits now: `Ok` with what it checked,
@@ -278,7 +415,7 @@ impl Witness {
                 "the witness's disk has {free} bytes free, below its reserve of {reserve}"
             )));
         }
-        let groups = self.groups();
+        let groups = self.open_groups();
         for g in &groups {
             let stats = g.stats();
             if stats
@@ -298,6 +435,6 @@ impl Witness {
                 )));
             }
         }
-        Ok(serde_json::json!({"ok": true, "groups": groups.len(), "free_bytes": free}))
+        Ok(serde_json::json!({"ok": true, "open_groups": groups.len(), "free_bytes": free}))
     }
 }

@@ -4,14 +4,16 @@
 use super::call::{get_only, Answer, Call, Reply};
 use crate::access;
 use crate::auth::{Caller, Role};
+use crate::directory::Directory;
 use crate::error::ApiError;
 use crate::group::Group;
 use hyper::{Method, StatusCode};
 use serde_json::Value as Json;
+use std::sync::Arc;
 
-type List = fn(&Group) -> Result<Json, ApiError>;
-type Set = fn(&Group, &Caller, &str, &Json) -> Result<Json, ApiError>;
-type Remove = fn(&Group, &Caller, &str) -> Result<Json, ApiError>;
+type List = fn(&Directory, &Group) -> Result<Json, ApiError>;
+type Set = fn(&Directory, &Arc<Group>, &Caller, &str, &Json) -> Result<Json, ApiError>;
+type Remove = fn(&Directory, &Arc<Group>, &Caller, &str) -> Result<Json, ApiError>;
 
 pub async fn members(call: &Call, id: &str) -> Answer {
     list(call, id, access::members_json).await
@@ -32,8 +34,8 @@ pub async fn rule(call: &mut Call, id: &str, table: &str) -> Answer {
 async fn list(call: &Call, id: &str, read: List) -> Answer {
     get_only(call)?;
     let g = call.group(id, Role::Admin).await?;
-    let g2 = g.clone();
-    ok(call.read(&g, move || read(&g2)).await)
+    let (w, g2) = (call.w.clone(), g.clone());
+    ok(call.read(&g, move || read(&w.directory, &g2)).await)
 }
 
 async fn item(call: &mut Call, id: &str, subject: &str, set: Set, remove: Remove) -> Answer {
@@ -42,11 +44,17 @@ async fn item(call: &mut Call, id: &str, subject: &str, set: Set, remove: Remove
         Method::PUT => {
             let g = call.group(id, Role::Admin).await?;
             let body: Json = call.json_body().await?;
-            ok(call.blocking(move || set(&g, &by, &subject, &body)).await)
+            let w = call.w.clone();
+            ok(call
+                .blocking(move || set(&w.directory, &g, &by, &subject, &body))
+                .await)
         }
         Method::DELETE => {
             let g = call.group(id, Role::Admin).await?;
-            ok(call.blocking(move || remove(&g, &by, &subject)).await)
+            let w = call.w.clone();
+            ok(call
+                .blocking(move || remove(&w.directory, &g, &by, &subject))
+                .await)
         }
         _ => Err(ApiError::MethodNotAllowed),
     }

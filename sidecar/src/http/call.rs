@@ -19,6 +19,8 @@ use std::sync::Arc;
 /// What an endpoint answers with.
 pub enum Reply {
     Json(StatusCode, serde_json::Value),
+    /// `200`, with a content type: text that is not JSON (metrics).
+    Text(&'static str, String),
     /// `206 Partial Content`: bytes `start..=end` of `size`.
     Range {
         body: Vec<u8>,
@@ -95,40 +97,44 @@ impl Call {
     }
 
     /// The group and the caller's grant in it, if it holds at least `need`.
+    /// The grant comes from the directory, so a caller without one makes
+    /// the witness open nothing.
     pub async fn access(&self, id: &str, need: Role) -> Result<(Arc<Group>, Grant), ApiError> {
-        if self.caller.operator {
-            return Ok((self.w.group(id)?, operator()));
-        }
-        let no_access = || ApiError::Forbidden {
-            table: None,
-            key: None,
-            message: format!("no access to group {id:?}"),
-        };
-        let Ok(g) = self.w.group(id) else {
-            return Err(no_access());
-        };
-        match self.grant_in(&g).await? {
-            None => Err(no_access()),
-            Some(grant) if grant.role < need => Err(ApiError::Forbidden {
+        let grant = if self.caller.operator {
+            operator()
+        } else {
+            let no_access = || ApiError::Forbidden {
                 table: None,
                 key: None,
-                message: format!(
-                    "role {} may not do this here (needs {})",
-                    grant.role.name(),
-                    need.name()
-                ),
-            }),
-            Some(grant) => Ok((g, grant)),
-        }
+                message: format!("no access to group {id:?}"),
+            };
+            let (w, g, who) = (self.w.clone(), id.to_string(), self.caller.identity.clone());
+            match self.blocking(move || w.directory.grant(&g, &who)).await? {
+                None => return Err(no_access()),
+                Some(grant) if grant.role < need => {
+                    return Err(ApiError::Forbidden {
+                        table: None,
+                        key: None,
+                        message: format!(
+                            "role {} may not do this here (needs {})",
+                            grant.role.name(),
+                            need.name()
+                        ),
+                    })
+                }
+                Some(grant) => grant,
+            }
+        };
+        Ok((self.open(id).await?, grant))
     }
 
-    /// The caller's grant in `g` (admin of everything for the operator).
-    pub async fn grant_in(&self, g: &Arc<Group>) -> Result<Option<Grant>, ApiError> {
-        if self.caller.operator {
-            return Ok(Some(operator()));
+    /// The group, opened if need be (off the async workers).
+    async fn open(&self, id: &str) -> Result<Arc<Group>, ApiError> {
+        if let Some(g) = self.w.open_group(id) {
+            return Ok(g);
         }
-        let (g2, who) = (g.clone(), self.caller.identity.clone());
-        self.read(g, move || g2.grant_of(&who)).await
+        let (w, id) = (self.w.clone(), id.to_string());
+        self.blocking(move || w.group(&id)).await
     }
 
     /// Runs a read of `g` off the async workers, within the group's and

@@ -18,10 +18,27 @@ pub async fn handle(call: &mut Call, id: &str) -> Answer {
     match call.method {
         Method::GET => {
             let g = call.group(id, Role::Reader).await?;
-            let (after, limit) = page_query(call.query(), DEFAULT_PAGE, MAX_PAGE)?;
+            // `after_hash` (optional): the head hash the caller has at
+            // `after`, so a history this witness lacks is said, not served.
+            let (mut after_hash, mut rest) = (None, Vec::new());
+            for pair in call.query().split('&') {
+                match pair.strip_prefix("after_hash=") {
+                    Some(h) => {
+                        after_hash = Some(unhex32(h).ok_or_else(|| {
+                            ApiError::BadRequest(
+                                "after_hash must be 64 lowercase hex digits".into(),
+                            )
+                        })?)
+                    }
+                    None => rest.push(pair),
+                }
+            }
+            let (after, limit) = page_query(&rest.join("&"), DEFAULT_PAGE, MAX_PAGE)?;
             let (w, g2) = (call.w.clone(), g.clone());
             let page = call
-                .read(&g, move || read::commits_page(&w, &g2, after, limit))
+                .read(&g, move || {
+                    read::commits_page(&w, &g2, after, after_hash, limit)
+                })
                 .await?;
             json(StatusCode::OK, &page)
         }

@@ -4,6 +4,7 @@
 //! is closed; idle ones are closed by the header read timeout.
 
 use crate::error::ApiError;
+use prometheus_client::metrics::gauge::Gauge;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,8 @@ pub struct Connections {
     total: usize,
     per_ip: usize,
     open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    /// The metrics' gauge of open connections.
+    gauge: Gauge,
 }
 
 /// One open connection; released when dropped.
@@ -26,6 +29,7 @@ impl Drop for Open {
     fn drop(&mut self) {
         let mut open = self.pool.open.lock().unwrap_or_else(|p| p.into_inner());
         open.0 -= 1;
+        self.pool.gauge.dec();
         if let Some(n) = open.1.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -36,11 +40,12 @@ impl Drop for Open {
 }
 
 impl Connections {
-    pub fn new(total: usize, per_ip: usize) -> Arc<Connections> {
+    pub fn new(total: usize, per_ip: usize, gauge: Gauge) -> Arc<Connections> {
         Arc::new(Connections {
             total: total.max(1),
             per_ip: per_ip.max(1),
             open: Mutex::default(),
+            gauge,
         })
     }
 
@@ -68,6 +73,7 @@ impl Connections {
         }
         *n += 1;
         open.0 += 1;
+        self.gauge.inc();
         Ok(Open {
             pool: self.clone(),
             ip,

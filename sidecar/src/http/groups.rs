@@ -35,16 +35,20 @@ pub async fn public(w: &Arc<Witness>, route: &Route) -> Answer {
     }
 }
 
-/// `GET /v1/groups` (those the caller has a role in) and `POST` (create;
-/// the operator only).
+/// `GET /v1/groups?prefix=&after=&limit=` (a page of those the caller has
+/// a role in, in id order; all for the operator) and `POST` (create; the
+/// operator only).
 pub async fn collection(call: &mut Call) -> Answer {
     match call.method {
         Method::GET => {
+            let (prefix, after, limit) = list_query(call.query())?;
             let (w, caller) = (call.w.clone(), call.caller.clone());
-            let ids = call.blocking(move || w.visible_groups(&caller)).await?;
+            let page = call
+                .blocking(move || w.visible_groups(&caller, &prefix, &after, limit))
+                .await?;
             Ok(Reply::Json(
                 StatusCode::OK,
-                serde_json::json!({ "groups": ids }),
+                serde_json::json!({ "groups": page.groups, "next_after": page.next_after }),
             ))
         }
         Method::POST => {
@@ -73,6 +77,21 @@ pub async fn collection(call: &mut Call) -> Answer {
     }
 }
 
+/// `GET /metrics`: Prometheus text (the operator only).
+pub async fn metrics(call: &Call) -> Answer {
+    get_only(call)?;
+    if !call.caller.operator {
+        return Err(ApiError::Forbidden {
+            table: None,
+            key: None,
+            message: "only the operator (admin token) reads metrics".into(),
+        });
+    }
+    let w = call.w.clone();
+    let text = call.blocking(move || w.metrics_text()).await?;
+    Ok(Reply::Text(crate::metrics::CONTENT_TYPE, text))
+}
+
 pub async fn one(call: &Call, id: &str) -> Answer {
     get_only(call)?;
     let g = call.group(id, Role::Reader).await?;
@@ -97,4 +116,45 @@ pub async fn stats(call: &Call, id: &str) -> Answer {
     get_only(call)?;
     let g = call.group(id, Role::Admin).await?;
     Ok(Reply::Json(StatusCode::OK, g.stats().json()))
+}
+
+/// `prefix` (a start of group ids), `after` (a group id) and `limit`
+/// (1..=1000, default 100) of a group listing.
+fn list_query(q: &str) -> Result<(String, String, u32), ApiError> {
+    let (mut prefix, mut after, mut limit) = (String::new(), String::new(), 100);
+    let id_like = |v: &str| {
+        v.len() <= crate::store::MAX_GROUP_ID
+            && v.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    };
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "prefix" if id_like(v) => prefix = v.to_string(),
+            "after" if id_like(v) => after = v.to_string(),
+            "limit" => {
+                limit = v
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=crate::directory::MAX_LIST).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!(
+                            "limit must be between 1 and {}",
+                            crate::directory::MAX_LIST
+                        ))
+                    })?
+            }
+            "prefix" | "after" => {
+                return Err(ApiError::BadRequest(format!(
+                    "{k} must be (the start of) a group id: a-z 0-9 _ -"
+                )))
+            }
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter {k:?}"
+                )))
+            }
+        }
+    }
+    Ok((prefix, after, limit))
 }

@@ -51,10 +51,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let policy = tokio::spawn(witness.clone().run_snapshot_policy());
+    let background = tokio::spawn(witness.clone().run_background());
     let limits = witness.admission.limits().clone();
-    let conns =
-        connections::Connections::new(limits.max_connections, limits.max_connections_per_ip);
+    let conns = connections::Connections::new(
+        limits.max_connections,
+        limits.max_connections_per_ip,
+        witness.metrics.connections.clone(),
+    );
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -95,7 +98,7 @@ pub async fn run(
             _ = &mut shutdown => break,
         }
     }
-    policy.abort();
+    background.abort();
     drop(listener);
     tracing::info!("shutting down: draining open requests");
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
@@ -176,8 +179,16 @@ async fn handle(
         .get(hyper::header::CONTENT_LENGTH)
         .is_some_and(|v| v.as_bytes() != b"0")
         || req.headers().contains_key(hyper::header::TRANSFER_ENCODING);
+    let endpoint = Route::parse(&method, &path).map_or("none", |r| r.name());
+    let metrics = w.metrics.clone();
     let (status, mut resp) = match answer(w, req, peer).await {
         Ok(Reply::Json(status, body)) => (status, json_response(status, &body)),
+        Ok(Reply::Text(content_type, body)) => {
+            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+            (StatusCode::OK, resp)
+        }
         Ok(Reply::Range {
             body,
             start,
@@ -197,6 +208,7 @@ async fn handle(
             (StatusCode::PARTIAL_CONTENT, resp)
         }
         Err(e) => {
+            metrics.error(e.code());
             let body = serde_json::to_value(e.body()).unwrap_or_default();
             let mut resp = json_response(e.status(), &body);
             if let Some(secs) = e.retry_after() {
@@ -218,6 +230,7 @@ async fn handle(
         // No body goes with a HEAD answer; say so in its length too.
         *resp.body_mut() = Full::new(Bytes::new());
     }
+    metrics.request(endpoint, status.as_u16(), start.elapsed().as_secs_f64());
     tracing::info!(
         request_id = %id,
         %method,
@@ -252,6 +265,7 @@ async fn answer(w: Arc<Witness>, req: Request<Incoming>, peer: IpAddr) -> Answer
     let mut call = Call::new(w, req, peer).await?;
     match route {
         Route::Health | Route::Witness => groups::public(&call.w, &route).await,
+        Route::Metrics => groups::metrics(&call).await,
         Route::Groups => groups::collection(&mut call).await,
         Route::Group(g) => groups::one(&call, &g).await,
         Route::Head(g) => groups::head(&call, &g).await,

@@ -9,6 +9,8 @@ pub enum Route {
     Health,
     /// `GET /v1/witness` (no token).
     Witness,
+    /// `GET /metrics` (the operator).
+    Metrics,
     /// `/v1/groups`: list, create.
     Groups,
     /// `/v1/groups/<g>`.
@@ -38,6 +40,7 @@ impl Route {
         Some(match segs.as_slice() {
             ["healthz"] if method == Method::GET => Route::Health,
             ["v1", "witness"] if method == Method::GET => Route::Witness,
+            ["metrics"] => Route::Metrics,
             ["v1", "groups"] => Route::Groups,
             ["v1", "groups", g] => Route::Group(s(g)),
             ["v1", "groups", g, "head"] => Route::Head(s(g)),
@@ -56,6 +59,29 @@ impl Route {
             ["v1", "groups", g, "projections", n] => Route::Projection(s(g), s(n)),
             _ => return None,
         })
+    }
+
+    /// The endpoint's name, for metrics (never a group id).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::Health => "healthz",
+            Route::Witness => "witness",
+            Route::Metrics => "metrics",
+            Route::Groups => "groups",
+            Route::Group(_) => "group",
+            Route::Head(_) => "head",
+            Route::Stats(_) => "stats",
+            Route::Commits(_) => "commits",
+            Route::Snapshots(_) => "snapshots",
+            Route::LatestSnapshot(_) => "latest_snapshot",
+            Route::SnapshotData(..) => "snapshot_data",
+            Route::Members(_) => "members",
+            Route::Member(..) => "member",
+            Route::Rules(_) => "rules",
+            Route::Rule(..) => "rule",
+            Route::Projections(_) => "projections",
+            Route::Projection(..) => "projection",
+        }
     }
 
     /// Whether the endpoint answers without a token.

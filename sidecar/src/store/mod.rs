@@ -61,6 +61,11 @@ impl GroupInfo {
         self.schema.table_index(name).map(|i| &self.tables[i])
     }
 
+    /// The head hash before the first commit.
+    pub fn genesis(&self) -> [u8; 32] {
+        genesis_hash(&self.id, self.schema.version, &self.schema_hash)
+    }
+
     /// Signs `head` as of now: the one place a head record is made.
     pub fn sign_head(&self, key: &SigningKey, head: &HeadState) -> HeadJson {
         let rec = HeadRecord {
@@ -155,7 +160,9 @@ pub fn create(dir: &Path, id: &str, schema_sql: &str, schema: &Schema) -> Result
     let _ = std::fs::remove_file(&tmp);
     let build = || -> Result<()> {
         let mut conn = Connection::open(&tmp)?;
-        conn.execute_batch("PRAGMA journal_mode = DELETE; PRAGMA synchronous = FULL;")?;
+        // Nothing needs to be durable before the one sync below: until the
+        // rename, a crash only leaves a temporary file to discard.
+        conn.execute_batch("PRAGMA journal_mode = DELETE; PRAGMA synchronous = OFF;")?;
         migrate(&conn)?;
         schema::create(&conn, schema).map_err(StoreError::Corrupt)?;
         let hash = schema.hash();

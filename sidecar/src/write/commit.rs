@@ -42,6 +42,15 @@ fn stale(info: &GroupInfo, key: &SigningKey, head: &HeadState, message: String) 
     }
 }
 
+/// Why a head a caller names is not in the group's history.
+pub fn unknown_head(seq: u64, head: u64) -> String {
+    format!(
+        "head {seq} (with its hash) is not in this group's history, whose head is {head}: the witness \
+         may have been restored from a backup taken before it, or your history forked; rebasing \
+         cannot help (see docs/operations.md)"
+    )
+}
+
 fn db(context: &'static str) -> impl Fn(rusqlite::Error) -> ApiError {
     move |e| ApiError::sqlite(context, e)
 }
@@ -85,15 +94,10 @@ pub fn process(
                 log::head_hash_at(conn, input.base_seq)? == Some(input.base_hash)
             };
         if !known {
-            return Err(stale(
-                info,
-                key,
-                head,
-                format!(
-                    "base head {} is not on this group's chain; the head is {}",
-                    input.base_seq, head.seq
-                ),
-            ));
+            return Err(ApiError::UnknownHead {
+                head: Box::new(info.sign_head(key, head)),
+                message: unknown_head(input.base_seq, head.seq),
+            });
         }
         if input.policy == Policy::Strict {
             return Err(stale(

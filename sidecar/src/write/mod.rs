@@ -1,11 +1,14 @@
 //! The write path: one writer per group takes queued commits in batches
-//! (`writer`), validates and certifies each (`commit`), applies its rows
-//! (`apply`) under the table's write rule (`rules`), and keeps projections
-//! in step (`projections`) — all inside one transaction per batch.
+//! (`writer`, run by a bounded pool of threads, `pool`), validates and
+//! certifies each (`commit`), applies its rows (`apply`) under the table's
+//! write rule (`rules`), and keeps projections in step (`projections`) —
+//! all inside one transaction per batch, with what it is checked against
+//! loaded once (`batch`).
 
 pub mod apply;
 pub mod batch;
 pub mod commit;
+pub mod pool;
 pub mod projections;
 pub mod rules;
 pub mod writer;

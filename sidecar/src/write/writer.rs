@@ -1,7 +1,8 @@
 //! A group's writer, with group commit: it takes the commits waiting in
 //! the group's mailbox, processes each in its own savepoint inside one
 //! transaction, makes that transaction durable with a single COMMIT (one
-//! WAL fsync), and only then answers all of them.
+//! WAL fsync), and only then answers all of them. Writers run on the
+//! writer pool (`super::pool`), one batch per turn.
 //!
 //! A batch ends at [`MAX_BATCH`] commits, after [`BATCH_TIME`], or as soon
 //! as a maintenance write (an admin changing access or projections) is
@@ -18,6 +19,7 @@
 use super::batch::Batch;
 use super::commit::{self, CommitInput};
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::sandbox::{Budget, Limits};
 use crate::store::log::{self, HeadState};
 use crate::store::GroupInfo;
@@ -27,7 +29,7 @@ use rusqlite::Connection;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -101,13 +103,15 @@ pub struct Job {
 struct Queue {
     jobs: VecDeque<Job>,
     stopping: bool,
+    /// A turn is queued on the pool or running.
+    scheduled: bool,
 }
 
 /// Where a group's commits wait for its writer, and the gate that lets
-/// maintenance writes go first.
+/// maintenance writes go first. It says when the group needs a turn on
+/// the writer pool; the group schedules it.
 pub struct Mailbox {
     queue: Mutex<Queue>,
-    wake: Condvar,
     /// Maintenance writes waiting for, or holding, the write lock.
     maintenance: AtomicUsize,
     pub stats: Stats,
@@ -119,8 +123,8 @@ impl Default for Mailbox {
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
                 stopping: false,
+                scheduled: false,
             }),
-            wake: Condvar::new(),
             maintenance: AtomicUsize::new(0),
             stats: Stats::default(),
         }
@@ -137,7 +141,8 @@ impl Mailbox {
     }
 
     /// Queues a commit. Fails when shutting down or when too many wait.
-    pub fn submit(&self, job: Job) -> Result<(), ApiError> {
+    /// True when the group needs a turn scheduled now.
+    pub fn submit(&self, job: Job) -> Result<bool, ApiError> {
         let mut q = self.lock();
         if q.stopping {
             return Err(stopping());
@@ -149,47 +154,49 @@ impl Mailbox {
             });
         }
         q.jobs.push_back(job);
-        self.wake.notify_one();
-        Ok(())
+        Ok(self.claim_turn(&mut q))
+    }
+
+    /// Marks a turn scheduled when one is due and none is.
+    fn claim_turn(&self, q: &mut Queue) -> bool {
+        let due = !q.jobs.is_empty() && self.maintenance.load(Relaxed) == 0;
+        if due && !q.scheduled {
+            q.scheduled = true;
+            return true;
+        }
+        false
     }
 
     /// Runs `f` (a maintenance write on a connection of its own) with the
     /// writer held off: the batch in progress ends early and no new one
-    /// starts until `f` returns.
-    pub fn maintenance<T>(&self, f: impl FnOnce() -> T) -> T {
+    /// starts until `f` returns. Also returns whether the group needs a
+    /// turn scheduled now (commits waited meanwhile).
+    pub fn maintenance<T>(&self, f: impl FnOnce() -> T) -> (T, bool) {
         self.maintenance.fetch_add(1, Relaxed);
         self.stats.busy(true);
         let out = f();
         self.stats.busy(false);
         self.maintenance.fetch_sub(1, Relaxed);
-        let _q = self.lock();
-        self.wake.notify_all();
-        out
+        let mut q = self.lock();
+        let turn = self.claim_turn(&mut q);
+        (out, turn)
     }
 
-    /// The first commit of the next batch; waits while the queue is empty
-    /// or maintenance goes first. `None` once stopping (every commit still
-    /// queued is then answered `unavailable`).
-    fn first(&self) -> Option<Job> {
+    /// The first commit of a turn's batch: `None` when none waits or
+    /// maintenance goes first. Once stopping, every commit still queued is
+    /// answered `unavailable` instead.
+    pub fn first(&self) -> Option<Job> {
         let mut q = self.lock();
-        loop {
-            if q.stopping {
-                for job in q.jobs.drain(..) {
-                    let _ = job.reply.send(Err(stopping()));
-                }
-                return None;
+        if q.stopping {
+            for job in q.jobs.drain(..) {
+                let _ = job.reply.send(Err(stopping()));
             }
-            if self.maintenance.load(Relaxed) == 0 {
-                if let Some(job) = q.jobs.pop_front() {
-                    return Some(job);
-                }
-            }
-            q = self
-                .wake
-                .wait_timeout(q, Duration::from_millis(200))
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
+            return None;
         }
+        if self.maintenance.load(Relaxed) > 0 {
+            return None;
+        }
+        q.jobs.pop_front()
     }
 
     /// Another commit for the batch in progress, unless maintenance waits
@@ -202,10 +209,30 @@ impl Mailbox {
         q.jobs.pop_front()
     }
 
-    /// Stops taking commits; the writer answers those still queued.
-    pub fn stop(&self) {
-        self.lock().stopping = true;
-        self.wake.notify_all();
+    /// Ends a turn: true when it should be scheduled again.
+    pub fn end_turn(&self) -> bool {
+        let mut q = self.lock();
+        let again = !q.jobs.is_empty() && self.maintenance.load(Relaxed) == 0;
+        q.scheduled = again;
+        again
+    }
+
+    /// No commit waits or runs and no maintenance write is under way.
+    pub fn idle(&self) -> bool {
+        let q = self.lock();
+        q.jobs.is_empty() && !q.scheduled && self.maintenance.load(Relaxed) == 0
+    }
+
+    /// Stops taking commits. True when the group needs a turn scheduled
+    /// to answer those still queued.
+    pub fn stop(&self) -> bool {
+        let mut q = self.lock();
+        q.stopping = true;
+        if !q.jobs.is_empty() && !q.scheduled {
+            q.scheduled = true;
+            return true;
+        }
+        false
     }
 }
 
@@ -221,14 +248,7 @@ pub struct Writer {
     /// space to keep there.
     pub dir: PathBuf,
     pub reserve_bytes: u64,
-}
-
-pub fn start(w: Writer, mailbox: Arc<Mailbox>) -> std::thread::JoinHandle<()> {
-    let name = format!("pdb-writer-{}", w.info.id);
-    std::thread::Builder::new()
-        .name(name)
-        .spawn(move || w.run(&mailbox))
-        .unwrap_or_else(|e| panic!("cannot start a writer thread: {e}"))
+    pub metrics: Arc<Metrics>,
 }
 
 type Answer = Result<CommitResponse, ApiError>;
@@ -242,13 +262,13 @@ enum Attempt {
 }
 
 impl Writer {
-    fn run(mut self, mailbox: &Mailbox) {
-        while let Some(first) = mailbox.first() {
+    /// One turn: a batch starting with the first commit waiting, if any.
+    pub fn turn(&mut self, mailbox: &Mailbox) {
+        if let Some(first) = mailbox.first() {
             mailbox.stats.busy(true);
             self.batch(first, mailbox);
             mailbox.stats.busy(false);
         }
-        tracing::info!(group = %self.info.id, "writer stopped");
     }
 
     fn batch(&mut self, first: Job, mailbox: &Mailbox) {
@@ -260,7 +280,7 @@ impl Writer {
                 jobs.push(j);
             }
             stats.storage_full.store(true, Relaxed);
-            return finish(jobs, |_| Err(e.clone()));
+            return finish(&self.metrics, jobs, |_| Err(e.clone()));
         }
         // Answers fixed by an earlier attempt (commits left out).
         let mut fixed: Vec<Option<Answer>> = vec![None];
@@ -278,6 +298,7 @@ impl Writer {
         };
         stats.batches.fetch_add(1, Relaxed);
         stats.requests.fetch_add(jobs.len() as u64, Relaxed);
+        self.metrics.batch_commits.observe(jobs.len() as f64);
         match outcome {
             Ok(answers) => {
                 stats.storage_full.store(false, Relaxed);
@@ -286,7 +307,7 @@ impl Writer {
                     .fetch_add(self.head.seq.saturating_sub(before.seq), Relaxed);
                 tracing::debug!(group = %self.info.id, size = jobs.len(), seq = self.head.seq, "batch durable");
                 let mut answers = answers.into_iter();
-                finish(jobs, |_| {
+                finish(&self.metrics, jobs, |_| {
                     answers
                         .next()
                         .unwrap_or_else(|| Err(ApiError::Internal("committing".into())))
@@ -300,7 +321,7 @@ impl Writer {
                     .storage_full
                     .store(matches!(e, ApiError::StorageFull(_)), Relaxed);
                 let mut fixed = fixed.into_iter();
-                finish(jobs, |_| {
+                finish(&self.metrics, jobs, |_| {
                     fixed.next().flatten().unwrap_or_else(|| Err(e.clone()))
                 });
             }
@@ -404,7 +425,11 @@ impl Writer {
             ])
         })
         .map_err(failed)?;
+        let synced = Instant::now();
         conn.execute_batch("COMMIT").map_err(failed)?;
+        self.metrics
+            .fsync_seconds
+            .observe(synced.elapsed().as_secs_f64());
         Ok(answers)
     }
 
@@ -422,8 +447,14 @@ impl Writer {
 }
 
 /// Answers every job, in order, with what `answer` gives for it.
-fn finish(jobs: Vec<Job>, mut answer: impl FnMut(usize) -> Answer) {
+fn finish(metrics: &Metrics, jobs: Vec<Job>, mut answer: impl FnMut(usize) -> Answer) {
     for (i, job) in jobs.into_iter().enumerate() {
-        let _ = job.reply.send(answer(i));
+        let a = answer(i);
+        metrics.commit(match &a {
+            Ok(r) if r.replay => "replayed",
+            Ok(_) => "accepted",
+            Err(e) => e.code(),
+        });
+        let _ = job.reply.send(a);
     }
 }
