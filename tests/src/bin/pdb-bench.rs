@@ -20,7 +20,12 @@
 //! 6. Trust: 1-row `pdb_sync()` round trips over TLS beside plain HTTP
 //!    (loopback), and signed-head reads with a JWT of each algorithm
 //!    beside the same read with a static token.
-//! 7. Bootstrapping a fresh device from a snapshot of a B-row group
+//! 7. Many groups (`--groups`, default 1,000, 10,000 and 100,000, each
+//!    with a small table and three commits): the witness's start-up time,
+//!    memory, threads and open files, idle and after commits to random
+//!    groups; commit p50/p99 to random groups among 10,000 beside the same
+//!    run's single-group figures.
+//! 8. Bootstrapping a fresh device from a snapshot of a B-row group
 //!    (`--bootstrap-rows`, default 1,000,000, about 100 MB) against `cp` of
 //!    the same database and against replaying the whole log; peak memory of
 //!    client and witness, at B/10 rows and at B rows.
@@ -41,10 +46,18 @@ fn main() {
     let mut rows = 100_000i64;
     let mut boot_rows = 1_000_000i64;
     let mut only: Option<String> = None;
+    let mut group_counts = vec![1_000usize, 10_000, 100_000];
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         if a == "--only" {
             only = Some(args.next().unwrap_or_else(|| usage()));
+            continue;
+        }
+        if a == "--groups" {
+            group_counts = args
+                .next()
+                .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect())
+                .unwrap_or_else(|| usage());
             continue;
         }
         let mut val = || {
@@ -90,6 +103,9 @@ fn main() {
     if runs("trust") {
         trust(dir.path(), &manual);
     }
+    if runs("groups") {
+        many_groups(dir.path(), &group_counts, run_for, &manual);
+    }
     if boot_rows > 0 && runs("bootstrap") {
         println!();
         println!("== bootstrap of a fresh device (python3 host), baselines in the same run ==");
@@ -107,7 +123,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: pdb-bench [--seconds S] [--rows N] [--bootstrap-rows B] [--only commits|extension|projections|isolation|trust|bootstrap]"
+        "usage: pdb-bench [--seconds S] [--rows N] [--bootstrap-rows B] [--groups 1000,10000,100000] [--only commits|extension|projections|isolation|trust|groups|bootstrap]"
     );
     std::process::exit(2)
 }
@@ -716,4 +732,226 @@ fn trust(dir: &Path, manual: &[&str]) {
             (p50 - s50) * 1000.0
         );
     }
+}
+const SMALL: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);";
+
+/// (resident MiB, threads, open files) of a process now.
+fn footprint(pid: u32) -> (f64, usize, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    (field("VmRSS:") / 1024.0, field("Threads:") as usize, fds)
+}
+
+fn small_row(id: i64) -> Vec<u8> {
+    changeset(
+        "t",
+        &[1, 0],
+        vec![insert(vec![Value::Integer(id), Value::text("x")])],
+    )
+}
+
+/// Commits one row to `g` on its genesis head (rebase_if_clean: the row is
+/// new, so it lands on the current head); returns the latency.
+fn commit_on_genesis(agent: &ureq::Agent, url: &str, g: &(GroupRef, String), id: i64) -> Duration {
+    let body = g.0.commit_body(
+        0,
+        &g.1,
+        &format!("r{id}"),
+        &small_row(id),
+        Policy::RebaseIfClean,
+    );
+    let t = Instant::now();
+    let mut r = agent
+        .post(format!("{url}/v1/groups/{}/commits", g.0.group))
+        .header("Authorization", &format!("Bearer {TOKEN}"))
+        .send_json(&body)
+        .expect("commit");
+    let status = r.status().as_u16();
+    let text = r.body_mut().read_to_string().unwrap_or_default();
+    assert_eq!(status, 201, "{text}");
+    t.elapsed()
+}
+
+/// p50 and p99 in ms.
+fn duration_percentiles(mut lat: Vec<Duration>) -> (f64, f64) {
+    lat.sort();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    (pct(0.5), pct(0.99))
+}
+
+/// `clients` threads commit for `run_for`, each to groups `pick` chooses.
+fn commit_load(
+    url: &str,
+    groups: &Arc<Vec<(GroupRef, String)>>,
+    clients: usize,
+    run_for: Duration,
+    first_id: i64,
+    pick: fn(usize, u64) -> usize,
+) -> (f64, f64, f64) {
+    let start = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let (url, groups) = (url.to_string(), groups.clone());
+            std::thread::spawn(move || {
+                let agent = agent();
+                let mut lat = Vec::new();
+                let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (c as u64 + 1);
+                let mut i = 0i64;
+                while start.elapsed() < run_for {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let g = &groups[pick(groups.len(), seed)];
+                    i += 1;
+                    let id = first_id + c as i64 * 100_000_000 + i;
+                    lat.push(commit_on_genesis(&agent, &url, g, id));
+                }
+                lat
+            })
+        })
+        .collect();
+    let lat: Vec<Duration> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("client"))
+        .collect();
+    let rate = lat.len() as f64 / start.elapsed().as_secs_f64();
+    let (p50, p99) = duration_percentiles(lat);
+    (rate, p50, p99)
+}
+
+fn many_groups(dir: &Path, counts: &[usize], run_for: Duration, manual: &[&str]) {
+    println!();
+    println!("== many groups: each with a small table and 3 commits; --max-open-groups 1000 (default) ==");
+    println!(
+        "{:>8} {:>10} {:>10} {:>10} {:>8} {:>8} {:>12} {:>10} {:>8} {:>8}",
+        "groups",
+        "setup s",
+        "start ms",
+        "idle MiB",
+        "threads",
+        "files",
+        "disk MiB",
+        "load MiB",
+        "threads",
+        "files"
+    );
+    let mut random_figures = None;
+    for &n in counts {
+        let d = dir.join(format!("groups-{n}"));
+        std::fs::create_dir_all(&d).expect("dir");
+        let mut w = Witness::start_with(&d, 0, manual);
+        let setup = Instant::now();
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let made: Vec<(GroupRef, String)> = {
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    let (url, next) = (w.url.clone(), next.clone());
+                    std::thread::spawn(move || {
+                        let agent = agent();
+                        let mut mine = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if i >= n {
+                                return mine;
+                            }
+                            let mut r = agent
+                                .post(format!("{url}/v1/groups"))
+                                .header("Authorization", &format!("Bearer {TOKEN}"))
+                                .send_json(serde_json::json!({"group": format!("u{i:06}"), "schema_sql": SMALL}))
+                                .expect("create");
+                            let body: Json = r.body_mut().read_json().expect("json");
+                            let g = GroupRef::from_json(&body);
+                            let genesis = body["head"]["head_hash"].as_str().expect("hash").to_string();
+                            let g = (g, genesis);
+                            for k in 0..3 {
+                                commit_on_genesis(&agent, &url, &g, k);
+                            }
+                            mine.push(g);
+                        }
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .flat_map(|t| t.join().expect("creator"))
+                .collect()
+        };
+        let setup_s = setup.elapsed().as_secs_f64();
+        w.terminate();
+        let disk = dir_bytes(&d.join("data")) as f64 / (1024.0 * 1024.0);
+        // Start-up: from spawn to answering.
+        let t = Instant::now();
+        let w = Witness::start_with(&d, 0, manual);
+        let start_ms = t.elapsed().as_secs_f64() * 1000.0;
+        std::thread::sleep(Duration::from_secs(2));
+        let (idle_mib, idle_threads, idle_fds) = footprint(w.pid());
+        let groups = Arc::new(made);
+        // Commits to random groups among (up to) 10,000, then the
+        // footprint with the open-group cache full.
+        let among = Arc::new(groups[..groups.len().min(10_000)].to_vec());
+        let random = commit_load(&w.url, &among, 8, run_for, 1_000_000, |len, r| {
+            (r % len as u64) as usize
+        });
+        let (load_mib, load_threads, load_fds) = footprint(w.pid());
+        println!(
+            "{n:>8} {setup_s:>10.1} {start_ms:>10.0} {idle_mib:>10.1} {idle_threads:>8} {idle_fds:>8} {disk:>12.0} {load_mib:>10.1} {load_threads:>8} {load_fds:>8}"
+        );
+        if n >= 10_000 && random_figures.is_none() {
+            let single = Arc::new(vec![groups[0].clone()]);
+            let one = commit_load(&w.url, &single, 8, run_for, 2_000_000_000, |_, _| 0);
+            random_figures = Some((random, one));
+        }
+        drop(w);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+    if let Some(((r_rate, r50, r99), (s_rate, s50, s99))) = random_figures {
+        println!();
+        println!("commits, 8 clients, 1-row changesets:");
+        println!(
+            "{:>36} {:>12} {:>10} {:>10}",
+            "", "commits/s", "p50 ms", "p99 ms"
+        );
+        println!(
+            "{:>36} {s_rate:>12.0} {s50:>10.2} {s99:>10.2}",
+            "one group (baseline, same run)"
+        );
+        println!(
+            "{:>36} {r_rate:>12.0} {r50:>10.2} {r99:>10.2}",
+            "random groups among 10,000"
+        );
+        println!(
+            "{:>36} {:>12.2} {:>10.2} {:>10.2}",
+            "ratio (random / one)",
+            r_rate / s_rate,
+            r50 / s50,
+            r99 / s99
+        );
+    }
+}
+
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
 }
