@@ -1,8 +1,8 @@
 //! `pdb-witness backup` and `restore`: a consistent copy of everything a
 //! witness keeps, taken while it serves, and putting one back.
 //!
-//! A backup holds the signing key and the admin token's hash, the static
-//! tokens, the directory (groups and members), every group's file, and the
+//! A backup holds the signing key, its rotations and the admin token's
+//! hash, the static tokens, the directory (groups and members), every group's file, and the
 //! snapshots. Each database is copied with `VACUUM INTO`, which reads one
 //! snapshot of it (a WAL read transaction: the witness goes on committing)
 //! and writes a compact, consistent copy. A group's snapshots are copied
@@ -61,7 +61,7 @@ pub fn backup(data: &Path, to: &Path, tokens: Option<&Path>) -> Result<serde_jso
     }
     keys::load_key(data).map_err(|e| e.to_string())?;
     std::fs::create_dir_all(to.join("groups")).map_err(io(to))?;
-    for f in [keys::KEY_FILE, keys::TOKEN_HASH_FILE] {
+    for f in [keys::KEY_FILE, keys::TOKEN_HASH_FILE, keys::ROTATIONS_FILE] {
         copy_file(&data.join(f), &to.join(f))?;
     }
     let tokens = tokens.map_or_else(|| data.join(TOKENS), Path::to_path_buf);
@@ -148,7 +148,12 @@ pub fn restore(from: &Path, data: &Path) -> Result<serde_json::Value, String> {
         ));
     }
     std::fs::create_dir_all(groups_dir(data)).map_err(io(data))?;
-    for f in [keys::KEY_FILE, keys::TOKEN_HASH_FILE, TOKENS] {
+    for f in [
+        keys::KEY_FILE,
+        keys::TOKEN_HASH_FILE,
+        keys::ROTATIONS_FILE,
+        TOKENS,
+    ] {
         if let Ok(text) = std::fs::read_to_string(from.join(f)) {
             keys::write_private(&data.join(f), &text).map_err(io(&data.join(f)))?;
         }

@@ -73,17 +73,18 @@ pub struct Witness {
     /// of their own so the request that needed the room does not wait for
     /// their checkpoints (at most [`CLOSING`] wait; beyond, the request
     /// closes one itself).
-    closer: Mutex<
-        Option<(
-            std::sync::mpsc::SyncSender<Arc<Group>>,
-            std::thread::JoinHandle<()>,
-        )>,
-    >,
+    closer: Mutex<Option<Closer>>,
     pub metrics: Arc<Metrics>,
 }
 
 /// Groups waiting to be closed by the closer thread at most.
 const CLOSING: usize = 64;
+
+/// Where groups to close are sent, and the thread that closes them.
+type Closer = (
+    std::sync::mpsc::SyncSender<Arc<Group>>,
+    std::thread::JoinHandle<()>,
+);
 
 /// A writer busy with one batch or maintenance write for longer than this
 /// is reported stuck by `/healthz` (budgets bound a batch far below it).
