@@ -152,13 +152,14 @@ fn stale_head_returns_the_current_signed_head() {
         (head.seq, head.head_hash.clone()),
         (before.0, before.1.clone())
     );
-    // A base that is not on the chain at all is stale too.
+    // A base that is not in the group's history at all (another hash, or
+    // past the head) is unknown_head: rebasing cannot help.
     let body =
         f.g.commit_body(1, &"ab".repeat(32), "k3", &task(3, "x"), Policy::Strict);
-    f.expect_rejected(f.w.post(&f.path(), &body), 409, "stale_head", &before);
+    f.expect_rejected(f.w.post(&f.path(), &body), 409, "unknown_head", &before);
     let body =
         f.g.commit_body(99, &before.1, "k4", &task(4, "x"), Policy::Strict);
-    f.expect_rejected(f.w.post(&f.path(), &body), 409, "stale_head", &before);
+    f.expect_rejected(f.w.post(&f.path(), &body), 409, "unknown_head", &before);
 }
 
 #[test]
