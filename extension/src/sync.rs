@@ -566,4 +566,115 @@ mod tests {
         assert_eq!(c.dump("notes"), w.rows("notes"));
         assert!(verified(&c));
     }
+
+    fn insert_notes(c: &Conn, ids: std::ops::Range<i64>, body: &str) {
+        c.exec("BEGIN");
+        for id in ids {
+            c.exec(&format!("INSERT INTO notes VALUES ({id}, '{body}', {id})"));
+        }
+        c.exec("COMMIT");
+    }
+
+    fn blocked_keys(c: &Conn) -> Vec<Json> {
+        status(c)["blocked"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["key"].clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_row_refused_without_being_named_is_found_by_halving_and_the_rest_goes() {
+        let w = witness();
+        let c = device(&w, Policy::RemoteWins);
+        insert_notes(&c, 1..17, "x");
+        w.faults.borrow_mut().refuse_key = Some((Value::Integer(11), "invalid_changeset", false));
+        let r = sync(&c, &w).unwrap();
+        assert_eq!(w.rows("notes").len(), 15, "{r}");
+        assert_eq!(blocked_keys(&c), vec![json!([11])]);
+        assert_eq!(status(&c)["pending_rows"], 1);
+        // Halving found it in a handful of requests, not one per row.
+        assert!(w.commits_sent.get() <= 12, "{}", w.commits_sent.get());
+        assert!(verified(&c));
+    }
+
+    #[test]
+    fn a_refused_row_is_not_sent_again_until_it_changes_then_it_goes() {
+        let w = witness();
+        let c = device(&w, Policy::RemoteWins);
+        insert_notes(&c, 1..4, "x");
+        w.faults.borrow_mut().refuse_key = Some((Value::Integer(2), "changeset_conflict", true));
+        let r = sync(&c, &w).unwrap();
+        assert_eq!(r["pushed"], 1, "{r}");
+        assert_eq!(r["blocked"][0]["code"], "changeset_conflict", "{r}");
+        let sent = w.commits_sent.get();
+        // Nothing changed: nothing is sent.
+        assert_eq!(sync(&c, &w).unwrap()["pushed"], 0);
+        assert_eq!(w.commits_sent.get(), sent);
+        // The app changes the row: it goes, on its own, on the next sync.
+        w.faults.borrow_mut().refuse_key = None;
+        c.exec("UPDATE notes SET body = 'fixed' WHERE id = 2");
+        let r = sync(&c, &w).unwrap();
+        assert_eq!(r["pushed"], 1, "{r}");
+        assert!(blocked_keys(&c).is_empty());
+        assert_eq!(c.dump("notes"), w.rows("notes"));
+        assert!(verified(&c));
+    }
+
+    #[test]
+    fn a_retry_keeps_the_outbox_byte_for_byte_and_reads_retry_after() {
+        let w = witness();
+        let c = device(&w, Policy::RemoteWins);
+        c.exec("INSERT INTO notes VALUES (1, 'x', 1)");
+        w.faults.borrow_mut().reject_commit = Some((507, "storage_full"));
+        let e = sync(&c, &w).unwrap_err();
+        assert_eq!(e.class(), Some(crate::error::Class::Retry));
+        assert!(e.to_string().starts_with("storage_full: "), "{e}");
+        let before = pending::outbox(&c.db()).unwrap().unwrap();
+        let s = status(&c);
+        assert_eq!(s["state"], "waiting", "{s}");
+        assert_eq!(s["reason"]["code"], "storage_full", "{s}");
+        // More local writes do not change the sealed commit.
+        c.exec("INSERT INTO notes VALUES (2, 'y', 2)");
+        let r = sync(&c, &w).unwrap();
+        assert_eq!(r["pushed"], 2, "{r}");
+        let first = w.log.borrow().entries[0].changeset.clone();
+        assert_eq!(first, pdb_protocol::wire::b64(&before.changeset));
+        assert_eq!(status(&c)["state"], "healthy");
+    }
+
+    #[test]
+    fn an_idempotency_conflict_reseals_under_a_new_key() {
+        let w = witness();
+        let c = device(&w, Policy::RemoteWins);
+        c.exec("INSERT INTO notes VALUES (1, 'x', 1)");
+        w.faults.borrow_mut().reject_commit = Some((409, "idempotency_conflict"));
+        let r = sync(&c, &w).unwrap();
+        assert_eq!(r["pushed"], 1, "{r}");
+        assert_eq!(w.commits_sent.get(), 2);
+        assert!(verified(&c));
+    }
+
+    #[test]
+    fn a_batch_goes_in_commits_no_larger_than_the_witness_takes() {
+        let w = witness();
+        w.faults.borrow_mut().limits = Some(pdb_protocol::wire::LimitsJson {
+            max_body_bytes: 40 * 1024,
+            max_page_bytes: 1 << 20,
+            max_page_commits: 1000,
+            keep_log_commits: None,
+        });
+        let c = device(&w, Policy::RemoteWins);
+        insert_notes(&c, 1..301, &"b".repeat(200));
+        let r = sync(&c, &w).unwrap();
+        let pushed = r["pushed"].as_u64().unwrap();
+        assert!(pushed >= 3, "{r}");
+        assert_eq!(w.seq(), pushed);
+        for e in &w.log.borrow().entries {
+            assert!(e.changeset.len() < 40 * 1024, "{}", e.changeset.len());
+        }
+        assert_eq!(w.rows("notes").len(), 300);
+        assert!(verified(&c));
+    }
 }

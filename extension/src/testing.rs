@@ -117,10 +117,15 @@ pub struct Faults {
     pub reject_commit: Option<(u16, &'static str)>,
     /// Flip a bit of the first certificate in the next page.
     pub tamper_page: bool,
+    /// Refuse every commit holding a row with this key (first column),
+    /// with this code, naming the row or not (until cleared).
+    pub refuse_key: Option<(Value, &'static str, bool)>,
+    /// Advertise these limits in `GET /v1/witness`.
+    pub limits: Option<pdb_protocol::wire::LimitsJson>,
 }
 
-struct Log {
-    entries: Vec<LogEntryJson>,
+pub struct Log {
+    pub entries: Vec<LogEntryJson>,
     head_hash: [u8; 32],
     root: StateRoot,
     /// The group's rows by (table, encoded key).
@@ -135,8 +140,10 @@ pub struct FakeWitness {
     key: SigningKey,
     pub group: String,
     schema: Schema,
-    log: RefCell<Log>,
+    pub log: RefCell<Log>,
     pub faults: RefCell<Faults>,
+    /// Commit requests received.
+    pub commits_sent: std::cell::Cell<usize>,
 }
 
 fn rejected(status: u16, code: &str, message: &str) -> Error {
@@ -171,6 +178,7 @@ impl FakeWitness {
             }),
             schema,
             faults: RefCell::default(),
+            commits_sent: Default::default(),
         }
     }
 
@@ -315,7 +323,7 @@ impl WitnessApi for FakeWitness {
         Ok(WitnessJson {
             public_key: self.public_key(),
             version: "fake".into(),
-            limits: None,
+            limits: self.faults.borrow().limits.clone(),
             rotations: Vec::new(),
         })
     }
@@ -355,10 +363,36 @@ impl WitnessApi for FakeWitness {
     }
 
     fn commit(&self, req: &CommitRequest) -> Result<CommitResponse> {
+        self.commits_sent.set(self.commits_sent.get() + 1);
         if let Some((status, code)) = self.faults.borrow_mut().reject_commit.take() {
             return Err(rejected(status, code, "refused by the test"));
         }
         let cs = unb64(&req.changeset).unwrap();
+        let refuse = self.faults.borrow().refuse_key.clone();
+        if let Some((key, code, named)) = refuse {
+            let decoded = Changeset::decode(&cs).unwrap();
+            for t in &decoded.tables {
+                for c in &t.changes {
+                    if c.pk(&t.pk_flags).first() == Some(&key) {
+                        let mut e = ErrorJson {
+                            code: code.into(),
+                            message: "this row is refused by the test".into(),
+                            ..ErrorJson::default()
+                        };
+                        if named {
+                            e.table = Some(t.name.clone());
+                            e.key = Some(vec![pdb_protocol::wire::value_json(&key)]);
+                        }
+                        return Err(Error::Rejected(Box::new(Rejection {
+                            endpoint: "fake://witness".into(),
+                            status: 409,
+                            body: e,
+                            retry_after: None,
+                        })));
+                    }
+                }
+            }
+        }
         let replay = self
             .log
             .borrow()
