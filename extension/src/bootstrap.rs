@@ -318,7 +318,10 @@ fn install(
                 ));
             }
             // Pending rows on top, merged as a pull merges them.
-            for (ti, pk, key, local, entry) in locals {
+            for (ti, pk, key, local, mut entry) in locals {
+                // Its log entries went with the emptied log (and their
+                // pdb_seq numbers are being reused by new ones).
+                entry.seqs.clear();
                 let server = snap.remove(&(ti, pk));
                 rebase.settle(ti, &key, None, local, Some(entry), server, false, rec.seq)?;
             }
