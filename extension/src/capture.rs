@@ -11,7 +11,7 @@ use crate::state::Local;
 use crate::tables::SyncTable;
 use pdb_protocol::{quote_ident, Table};
 
-const TRIGGERS: [&str; 5] = ["replace", "insert", "update", "rekey", "delete"];
+const TRIGGERS: [&str; 6] = ["replace", "insert", "update", "rekey", "delete", "displace"];
 
 fn trigger_name(t: &SyncTable, what: &str) -> String {
     quote_ident(&format!("pdb_capture_{}_{what}", t.name))
@@ -38,6 +38,26 @@ fn trigger_ddl(t: &SyncTable) -> Vec<String> {
         pk.iter().map(f).collect::<Vec<_>>().join(sep)
     };
     let key_cond = joined(&|c| format!("t.{c} = NEW.{c}"), " AND ");
+    let old_key = joined(&|c| format!("t.{c} = OLD.{c}"), " AND ");
+    // The rows a write by NEW may displace under OR REPLACE: the one with
+    // its key, and any holding its values of a UNIQUE constraint. SQLite
+    // deletes them without firing DELETE triggers.
+    let mut displaced = vec![format!("({key_cond})")];
+    let mut guarded: Vec<String> = pk.clone();
+    for u in &t.uniques {
+        let conds: Vec<String> = u
+            .iter()
+            .filter_map(|(i, coll)| {
+                let c = quote_ident(t.columns.get(*i)?);
+                if !guarded.contains(&c) {
+                    guarded.push(c.clone());
+                }
+                Some(format!("t.{c} = NEW.{c} COLLATE {}", quote_ident(coll)))
+            })
+            .collect();
+        displaced.push(format!("({})", conds.join(" AND ")));
+    }
+    let displaced = displaced.join(" OR ");
     let rekeyed = joined(&|c| format!("NEW.{c} IS NOT OLD.{c}"), " OR ");
     // A NULL key can never reach the witness: refused at write time (AFTER,
     // so an INTEGER PRIMARY KEY has its rowid by then).
@@ -65,15 +85,16 @@ fn trigger_ddl(t: &SyncTable) -> Vec<String> {
         )
     };
     vec![
-        // INSERT OR REPLACE deletes the old row without firing DELETE
-        // triggers: log the old row before it goes.
+        // INSERT OR REPLACE deletes rows without firing DELETE triggers:
+        // log every row it may delete before it goes (a row logged that
+        // stays is logged with its own value: harmless).
         trigger(
             "replace",
             "BEFORE INSERT",
-            &format!("WHEN EXISTS (SELECT 1 FROM {table} t WHERE {key_cond}) "),
+            &format!("WHEN EXISTS (SELECT 1 FROM {table} t WHERE {displaced}) "),
             &l,
             format!(
-                "SELECT 1, {} FROM {table} t WHERE {key_cond}",
+                "SELECT 1, {} FROM {table} t WHERE {displaced}",
                 vals("t", &list)
             ),
         ),
@@ -105,6 +126,20 @@ fn trigger_ddl(t: &SyncTable) -> Vec<String> {
             "",
             &l,
             format!("VALUES (1, {})", vals("OLD", &list)),
+        ),
+        // UPDATE OR REPLACE of a key or a UNIQUE column deletes the other
+        // rows holding the new values, likewise silently.
+        trigger(
+            "displace",
+            &format!("BEFORE UPDATE OF {}", guarded.join(", ")),
+            &format!(
+                "WHEN EXISTS (SELECT 1 FROM {table} t WHERE NOT ({old_key}) AND ({displaced})) "
+            ),
+            &l,
+            format!(
+                "SELECT 1, {} FROM {table} t WHERE NOT ({old_key}) AND ({displaced})",
+                vals("t", &list)
+            ),
         ),
     ]
 }
@@ -204,5 +239,42 @@ mod tests {
         // Installing again changes nothing.
         install(&c.db(), &t, &SyncTable::new(&t), false).unwrap();
         assert_eq!(log(&c).len(), 6);
+    }
+
+    #[test]
+    fn rows_or_replace_displaces_through_a_unique_value_are_logged() {
+        let c = Conn::memory();
+        c.exec(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT UNIQUE COLLATE NOCASE);
+             INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, 'c');",
+        );
+        let t = read_local(&c.db(), &["t".into()])
+            .unwrap()
+            .unwrap()
+            .remove(0);
+        install(&c.db(), &t, &SyncTable::new(&t), false).unwrap();
+        let s = |v: &str| Some(v.to_string());
+        // Row 1 goes because the new row takes its value (any case).
+        c.exec("INSERT OR REPLACE INTO t VALUES (9, 'A')");
+        assert_eq!(log(&c), vec![(1, 1, s("a")), (0, 9, None)]);
+        c.exec("DELETE FROM pdb_base_t");
+        // Row 3 goes because row 2 takes its value; and a key taken.
+        c.exec("UPDATE OR REPLACE t SET v = 'C' WHERE id = 2");
+        assert_eq!(log(&c), vec![(1, 3, s("c")), (1, 2, s("b"))]);
+        c.exec("DELETE FROM pdb_base_t");
+        c.exec("UPDATE OR REPLACE t SET id = 9 WHERE id = 2");
+        assert_eq!(
+            log(&c),
+            vec![(1, 9, s("A")), (0, 9, None), (1, 2, s("C"))],
+            "the row under the new key is logged first, before it goes"
+        );
+        // Plain updates of other columns do not look for displaced rows,
+        // and a refused write logs nothing.
+        c.exec("DELETE FROM pdb_base_t");
+        assert!(c
+            .db()
+            .exec("UPDATE t SET v = 'x' WHERE id = 9; INSERT INTO t VALUES (5, 'X')")
+            .is_err());
+        assert_eq!(log(&c), vec![(1, 9, s("C"))]);
     }
 }

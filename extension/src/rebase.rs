@@ -17,7 +17,6 @@ use crate::tables::SyncTable;
 use crate::unique::Uniques;
 use pdb_protocol::value::encode_values;
 use pdb_protocol::Value;
-use std::collections::HashMap;
 
 /// How deep setting aside may chain (a row set back to its base taking a
 /// value another pending row holds, ...).
@@ -28,7 +27,6 @@ const MAX_DEPTH: usize = 8;
 pub struct Rebase<'a> {
     l: &'a Local,
     pub pending: ByKey,
-    uniques: HashMap<usize, Uniques>,
     /// Conflicts recorded so far.
     pub conflicts: usize,
 }
@@ -42,7 +40,6 @@ impl<'a> Rebase<'a> {
         Ok(Rebase {
             l,
             pending: pending::by_key(l)?,
-            uniques: HashMap::new(),
             conflicts: 0,
         })
     }
@@ -164,14 +161,7 @@ impl<'a> Rebase<'a> {
                 Err(e) => return Err(e),
             };
             let Some(t) = target else { return Err(e) };
-            if !self.uniques.contains_key(&ti) {
-                let u = Uniques::of(&self.l.db, st)?;
-                self.uniques.insert(ti, u);
-            }
-            let colliders = match self.uniques.get(&ti) {
-                Some(u) => u.colliders(&self.l.sql, st, t)?,
-                None => Vec::new(),
-            };
+            let colliders = Uniques::of(st).colliders(&self.l.sql, st, t)?;
             if colliders.is_empty() {
                 return Err(e);
             }

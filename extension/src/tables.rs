@@ -84,6 +84,9 @@ pub struct SyncTable {
     /// How many rows have this key, NULLs compared as equal (the key as
     /// parameters): finds rows with a NULL in their key.
     pub count_key_is: String,
+    /// The columns of each UNIQUE constraint and UNIQUE index (the primary
+    /// key aside), each with the collation it compares under.
+    pub uniques: Vec<Vec<(usize, String)>>,
 }
 
 impl SyncTable {
@@ -96,7 +99,26 @@ impl SyncTable {
             .enumerate()
             .map(|(n, c)| format!("{} IS ?{}", quote_ident(&c.name), n + 1))
             .collect();
+        let column = |c: &pdb_protocol::schema::IndexColumn| {
+            let i = t
+                .columns
+                .iter()
+                .position(|x| x.name.eq_ignore_ascii_case(&c.name))?;
+            let coll = c
+                .collation
+                .clone()
+                .or_else(|| t.columns.get(i).and_then(|x| x.collation.clone()))
+                .unwrap_or_else(|| "BINARY".into());
+            Some((i, coll))
+        };
+        let uniques = t
+            .unique
+            .iter()
+            .chain(t.indexes.iter().filter(|i| i.unique).map(|i| &i.columns))
+            .filter_map(|cols| cols.iter().map(column).collect::<Option<Vec<_>>>())
+            .collect();
         SyncTable {
+            uniques,
             count_key_is: format!(
                 "SELECT count(*) FROM {} WHERE {}",
                 quote_ident(&t.name),

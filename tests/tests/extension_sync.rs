@@ -149,7 +149,7 @@ fn opening_again_is_harmless() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(triggers, 5);
+    assert_eq!(triggers, 6);
     assert_eq!(a.sync().unwrap()["pushed"], 1);
     // Another group on the same database is refused.
     s.w.create_group("other", DDL);
