@@ -78,7 +78,14 @@ pub fn resolve(db: Db, id: i64, side: &str) -> Result<Json> {
                     }
                     _ => base.clone(),
                 };
-                st.write(&l.sql, &key, now.as_ref(), target.as_ref())?;
+                st.write(&l.sql, &key, now.as_ref(), target.as_ref())
+                    .map_err(|e| {
+                        e.context(|m| {
+                            format!(
+                                "conflict {id}: the witness's value cannot go back here ({m}): another local row holds it; change that row first, or resolve 'local'"
+                            )
+                        })
+                    })?;
             }
         }
         db.run(
