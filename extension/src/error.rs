@@ -233,6 +233,10 @@ impl Error {
                     "unauthorized: {} (sync stopped: fix the token with pdb_open, or the caller's role on the witness)",
                     r.body.message
                 ),
+                (_, "unknown_head") => format!(
+                    "unknown_head: {} (sync stopped: the witness's history does not hold this database's head — restored from an older backup? see docs/operations.md, \"Devices that synced past the backup point\")",
+                    r.body.message
+                ),
                 (_, "schema_mismatch") => format!(
                     "schema_mismatch: {} (sync stopped: migrate this database or upgrade the app)",
                     r.body.message
@@ -325,6 +329,7 @@ mod tests {
             (403, "unauthorized", Class::Stop),
             (401, "unauthorized", Class::Stop),
             (409, "schema_mismatch", Class::Stop),
+            (409, "unknown_head", Class::Stop),
             (404, "not_found", Class::Stop),
             (400, "bad_request", Class::Stop),
         ] {

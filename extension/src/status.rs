@@ -93,6 +93,10 @@ fn at_a_glance(
                 "blocked",
                 "fix the token (pdb_open again with a valid one) or the caller's role on the witness; sync resumes once it is allowed",
             ),
+            (_, "unknown_head") => (
+                "blocked",
+                "the witness went back to an older backup: copy this database's changes made since then into a fresh database opened against the witness (docs/operations.md)",
+            ),
             (_, "schema_mismatch") => (
                 "blocked",
                 "upgrade the app or migrate this database to the group's schema",
