@@ -41,8 +41,10 @@ fn trigger_ddl(t: &SyncTable) -> Vec<String> {
     let old_key = joined(&|c| format!("t.{c} = OLD.{c}"), " AND ");
     // The rows a write by NEW may displace under OR REPLACE: the one with
     // its key, and any holding its values of a UNIQUE constraint. SQLite
-    // deletes them without firing DELETE triggers.
-    let mut displaced = vec![format!("({key_cond})")];
+    // deletes them without firing DELETE triggers. One condition per
+    // constraint, each answered by its index (an OR across them would
+    // scan the table).
+    let mut displaced = vec![key_cond.clone()];
     let mut guarded: Vec<String> = pk.clone();
     for u in &t.uniques {
         let conds: Vec<String> = u
@@ -55,9 +57,29 @@ fn trigger_ddl(t: &SyncTable) -> Vec<String> {
                 Some(format!("t.{c} = NEW.{c} COLLATE {}", quote_ident(coll)))
             })
             .collect();
-        displaced.push(format!("({})", conds.join(" AND ")));
+        displaced.push(conds.join(" AND "));
     }
-    let displaced = displaced.join(" OR ");
+    // Whether some displaced row exists (`but`: a further condition), and
+    // the statements logging each.
+    let any = |but: &str| -> String {
+        displaced
+            .iter()
+            .map(|c| format!("EXISTS (SELECT 1 FROM {table} t WHERE {but}{c})"))
+            .collect::<Vec<_>>()
+            .join(" OR ")
+    };
+    let log_each = |but: &str| -> String {
+        displaced
+            .iter()
+            .map(|c| {
+                format!(
+                    "INSERT INTO {base} ({EXISTED}, {l}) SELECT 1, {} FROM {table} t WHERE {but}{c}",
+                    vals("t", &list)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
     let rekeyed = joined(&|c| format!("NEW.{c} IS NOT OLD.{c}"), " OR ");
     // A NULL key can never reach the witness: refused at write time (AFTER,
     // so an INTEGER PRIMARY KEY has its rowid by then).
@@ -70,6 +92,13 @@ fn trigger_ddl(t: &SyncTable) -> Vec<String> {
         )
         .replace('\'', "''")
     );
+    // A trigger whose body is `body`.
+    let raw = |what: &str, when: &str, condition: &str, body: String| {
+        format!(
+            "CREATE TRIGGER IF NOT EXISTS {} {when} ON {table} {condition}BEGIN {body}; END",
+            trigger_name(t, what)
+        )
+    };
     // `<when> ON table [<condition>]`: [check, then] append (pdb_existed,
     // columns) from `values` to the base log.
     let trigger = |what: &str, when: &str, condition: &str, columns: &str, values: String| {
@@ -88,15 +117,11 @@ fn trigger_ddl(t: &SyncTable) -> Vec<String> {
         // INSERT OR REPLACE deletes rows without firing DELETE triggers:
         // log every row it may delete before it goes (a row logged that
         // stays is logged with its own value: harmless).
-        trigger(
+        raw(
             "replace",
             "BEFORE INSERT",
-            &format!("WHEN EXISTS (SELECT 1 FROM {table} t WHERE {displaced}) "),
-            &l,
-            format!(
-                "SELECT 1, {} FROM {table} t WHERE {displaced}",
-                vals("t", &list)
-            ),
+            &format!("WHEN {} ", any("")),
+            log_each(""),
         ),
         trigger(
             "insert",
@@ -129,17 +154,11 @@ fn trigger_ddl(t: &SyncTable) -> Vec<String> {
         ),
         // UPDATE OR REPLACE of a key or a UNIQUE column deletes the other
         // rows holding the new values, likewise silently.
-        trigger(
+        raw(
             "displace",
             &format!("BEFORE UPDATE OF {}", guarded.join(", ")),
-            &format!(
-                "WHEN EXISTS (SELECT 1 FROM {table} t WHERE NOT ({old_key}) AND ({displaced})) "
-            ),
-            &l,
-            format!(
-                "SELECT 1, {} FROM {table} t WHERE NOT ({old_key}) AND ({displaced})",
-                vals("t", &list)
-            ),
+            &format!("WHEN {} ", any(&format!("NOT ({old_key}) AND "))),
+            log_each(&format!("NOT ({old_key}) AND ")),
         ),
     ]
 }
