@@ -29,6 +29,11 @@
 //!    (`--bootstrap-rows`, default 1,000,000, about 100 MB) against `cp` of
 //!    the same database and against replaying the whole log; peak memory of
 //!    client and witness, at B/10 rows and at B rows.
+//! 9. Catching up by bytes: a fresh device behind C commits of M MB each
+//!    (`--catchup-commits`, default 100, `--catchup-mb`, default 6) pulls
+//!    them in pages bounded by bytes; its time and the peak memory of
+//!    client and witness, beside the log's size and `cp` of the witness's
+//!    group file.
 
 use pdb_e2e::*;
 use pdb_protocol::wire::Policy;
@@ -47,6 +52,7 @@ fn main() {
     let mut boot_rows = 1_000_000i64;
     let mut only: Option<String> = None;
     let mut group_counts = vec![1_000usize, 10_000, 100_000];
+    let (mut catchup_commits, mut catchup_mb) = (100u64, 6.0f64);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         if a == "--only" {
@@ -69,6 +75,8 @@ fn main() {
             "--seconds" => seconds = val(),
             "--rows" => rows = val() as i64,
             "--bootstrap-rows" => boot_rows = val() as i64,
+            "--catchup-commits" => catchup_commits = val() as u64,
+            "--catchup-mb" => catchup_mb = val(),
             _ => usage(),
         }
     }
@@ -113,6 +121,14 @@ fn main() {
             bootstrap(&dir.path().join(format!("boot-{n}")), n, &manual);
         }
     }
+    if catchup_commits > 0 && runs("catchup") {
+        catchup(
+            &dir.path().join("catchup"),
+            catchup_commits,
+            catchup_mb,
+            &manual,
+        );
+    }
     let w = Witness::start_with(dir.path(), 0, &manual);
     let (ok, out) = w.verify_cli();
     println!(
@@ -123,7 +139,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: pdb-bench [--seconds S] [--rows N] [--bootstrap-rows B] [--groups 1000,10000,100000] [--only commits|extension|projections|isolation|trust|groups|bootstrap]"
+        "usage: pdb-bench [--seconds S] [--rows N] [--bootstrap-rows B] [--groups 1000,10000,100000] [--catchup-commits C] [--catchup-mb M] [--only commits|extension|projections|isolation|trust|groups|bootstrap|catchup]"
     );
     std::process::exit(2)
 }
@@ -472,6 +488,67 @@ fn bootstrap(dir: &Path, n: i64, manual: &[&str]) {
         size as f64 / 1e6,
         boot / cp.max(1e-9),
         boot / replay
+    );
+}
+
+/// A fresh device behind `commits` commits of about `mb` MB each catches
+/// up through pages bounded by bytes; peak memory of both sides.
+fn catchup(dir: &Path, commits: u64, mb: f64, manual: &[&str]) {
+    std::fs::create_dir_all(dir).expect("dir");
+    println!();
+    println!(
+        "== catching up {commits} commits of {mb} MB each (pages bounded by bytes), baselines in the same run =="
+    );
+    let w = Witness::start_with(dir, 0, manual);
+    let g = w.create_group(
+        "behind",
+        "CREATE TABLE items(id INTEGER PRIMARY KEY, label TEXT NOT NULL);",
+    );
+    // Rows of about 200 bytes.
+    let per_commit = ((mb * 1e6) / 212.0) as i64;
+    let mut log_bytes = 0u64;
+    let load = timed(|| {
+        for c in 0..commits as i64 {
+            let changes = (0..per_commit)
+                .map(|i| {
+                    let id = c * per_commit + i;
+                    insert(vec![
+                        Value::Integer(id),
+                        Value::text(&format!("{id:>12} {}", "x".repeat(186))),
+                    ])
+                })
+                .collect();
+            let cs = changeset("items", &[1, 0], changes);
+            log_bytes += cs.len() as u64;
+            let r = w.commit_at_head(&g, &format!("big-{c}"), &cs, Policy::Strict);
+            assert_eq!(r.status, 201, "{r:?}");
+        }
+    });
+    // The witness's peak while serving the catch-up, from a fresh start.
+    drop(w);
+    let w = Witness::start_with(dir, 0, manual);
+    let before = peak_mib(w.pid());
+    let (secs, client_peak, r) = python_open(&w.url, "behind", &dir.join("device.db"));
+    assert_eq!(r["pulled"].as_u64(), Some(commits), "{r}");
+    let witness_peak = peak_mib(w.pid());
+    let file = w.data_dir.join("groups").join("behind.sqlite");
+    let cp = timed(|| {
+        let ok = std::process::Command::new("cp")
+            .arg(&file)
+            .arg(dir.join("copy.sqlite"))
+            .status()
+            .expect("cp")
+            .success();
+        assert!(ok);
+    });
+    let page = w.request("GET", "/v1/witness", None, None).body["limits"]["max_page_bytes"]
+        .as_u64()
+        .unwrap_or(0);
+    println!(
+        "{commits} commits, {:.0} MB of changesets ({per_commit} rows each; loaded in {load:.1}s): catch-up {secs:.1}s ({:.1} MB/s) | cp of the witness's file {cp:.2}s | peak memory: client {client_peak:.0} MiB, witness {witness_peak:.0} MiB (at start {before:.0} MiB) | page bound {:.1} MiB",
+        log_bytes as f64 / 1e6,
+        log_bytes as f64 / 1e6 / secs.max(1e-9),
+        page as f64 / 1048576.0
     );
 }
 
