@@ -303,6 +303,7 @@ impl FakeWitness {
         log.entries.push(LogEntryJson {
             seq: rec.seq,
             changeset: b64(changeset),
+            migration: None,
             certificate: certificate.clone(),
         });
         log.head_hash = rec.head_hash();
@@ -333,6 +334,7 @@ impl WitnessApi for FakeWitness {
             group: self.group.clone(),
             schema: SchemaJson::new(&self.schema),
             head: self.head(),
+            schema_history: Vec::new(),
         })
     }
 

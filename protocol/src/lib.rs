@@ -4,6 +4,7 @@
 pub mod changeset;
 mod hash;
 pub mod keys;
+pub mod migration;
 pub mod records;
 pub mod schema;
 pub mod sql;
@@ -16,9 +17,10 @@ pub mod wire;
 pub use changeset::{Change, Changeset, Invalid, Op, TableChanges};
 pub use hash::sha256;
 pub use keys::KeyChain;
+pub use migration::{Migration, SchemaOp};
 pub use records::{
-    genesis_hash, CommitRecord, HeadRecord, Rotation, RotationRecord, Signed, SnapshotRecord,
-    Verifier,
+    genesis_hash, CommitRecord, Entry, HeadRecord, MigrationRecord, Rotation, RotationRecord,
+    Signed, SnapshotRecord, Verifier,
 };
 pub use schema::{Catalog, Column, Index, IndexColumn, Schema, Table};
 pub use sql::{quote_ident, RowSql};

@@ -22,6 +22,7 @@ pub const HEAD_TAG: &str = "personaldb/head";
 pub const GENESIS_TAG: &str = "personaldb/genesis";
 pub const SNAPSHOT_TAG: &str = "personaldb/snapshot-manifest";
 pub const ROTATION_TAG: &str = "personaldb/key-rotation";
+pub const MIGRATION_TAG: &str = "personaldb/migration";
 pub const FORMAT: u8 = 1;
 
 /// What the witness certifies about one accepted commit.
@@ -40,6 +41,87 @@ pub struct CommitRecord {
     pub idempotency_key: String,
     /// Witness clock, milliseconds since the Unix epoch.
     pub time_ms: u64,
+}
+
+/// What the witness certifies about a migration: the log entry at `seq`
+/// that takes the group from `from_version` to `schema_version` (the
+/// schema whose hash is `schema_hash`), with the migration's canonical
+/// bytes (`migration::Migration::encode`) digested, the state root after
+/// it, and the oldest version whose commits are still accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MigrationRecord {
+    pub group: String,
+    pub seq: u64,
+    pub prev_head: [u8; 32],
+    /// SHA-256 of the migration's canonical bytes.
+    pub migration_digest: [u8; 32],
+    pub state_root: [u8; 32],
+    pub from_version: u32,
+    pub schema_version: u32,
+    pub schema_hash: [u8; 32],
+    pub accepts_from: u32,
+    pub author: String,
+    pub time_ms: u64,
+}
+
+/// One entry of a group's log, as its certificate says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Entry {
+    Commit(CommitRecord),
+    Migration(MigrationRecord),
+}
+
+impl Entry {
+    pub fn seq(&self) -> u64 {
+        match self {
+            Entry::Commit(c) => c.seq,
+            Entry::Migration(m) => m.seq,
+        }
+    }
+    pub fn prev_head(&self) -> [u8; 32] {
+        match self {
+            Entry::Commit(c) => c.prev_head,
+            Entry::Migration(m) => m.prev_head,
+        }
+    }
+    pub fn state_root(&self) -> [u8; 32] {
+        match self {
+            Entry::Commit(c) => c.state_root,
+            Entry::Migration(m) => m.state_root,
+        }
+    }
+    pub fn group(&self) -> &str {
+        match self {
+            Entry::Commit(c) => &c.group,
+            Entry::Migration(m) => &m.group,
+        }
+    }
+    pub fn time_ms(&self) -> u64 {
+        match self {
+            Entry::Commit(c) => c.time_ms,
+            Entry::Migration(m) => m.time_ms,
+        }
+    }
+    /// The schema version in force after the entry.
+    pub fn schema_version(&self) -> u32 {
+        match self {
+            Entry::Commit(c) => c.schema_version,
+            Entry::Migration(m) => m.schema_version,
+        }
+    }
+    pub fn schema_hash(&self) -> [u8; 32] {
+        match self {
+            Entry::Commit(c) => c.schema_hash,
+            Entry::Migration(m) => m.schema_hash,
+        }
+    }
+    /// The head hash after the entry (the hash of its record's bytes).
+    pub fn head_hash(&self) -> [u8; 32] {
+        match self {
+            Entry::Commit(c) => c.head_hash(),
+            Entry::Migration(m) => m.head_hash(),
+        }
+    }
 }
 
 /// A group's head at one moment.
@@ -165,6 +247,23 @@ impl Signed {
         let rec = CommitRecord::decode(&self.bytes).map_err(VerifyError::Malformed)?;
         in_period(rec.time_ms, period)?;
         Ok(rec)
+    }
+
+    /// A migration's certificate, verified as `commit` verifies one.
+    pub fn migration(&self, keys: &impl Verifier) -> Result<MigrationRecord, VerifyError> {
+        let period = keys.verify_signed(self)?;
+        let rec = MigrationRecord::decode(&self.bytes).map_err(VerifyError::Malformed)?;
+        in_period(rec.time_ms, period)?;
+        Ok(rec)
+    }
+
+    /// A log entry's certificate, whichever kind its tag says it is.
+    pub fn entry(&self, keys: &impl Verifier) -> Result<Entry, VerifyError> {
+        if is_migration(&self.bytes) {
+            self.migration(keys).map(Entry::Migration)
+        } else {
+            self.commit(keys).map(Entry::Commit)
+        }
     }
 
     pub fn head(&self, keys: &impl Verifier) -> Result<HeadRecord, VerifyError> {
@@ -328,6 +427,59 @@ impl CommitRecord {
     pub fn head_hash(&self) -> [u8; 32] {
         sha256(&self.encode())
     }
+}
+
+impl MigrationRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new(MIGRATION_TAG);
+        w.str(&self.group);
+        w.u64(self.seq);
+        w.hash(&self.prev_head);
+        w.hash(&self.migration_digest);
+        w.hash(&self.state_root);
+        w.u32(self.from_version);
+        w.u32(self.schema_version);
+        w.hash(&self.schema_hash);
+        w.u32(self.accepts_from);
+        w.str(&self.author);
+        w.u64(self.time_ms);
+        w.0
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<MigrationRecord, DecodeError> {
+        let mut r = RecordReader::new(bytes, MIGRATION_TAG)?;
+        let rec = MigrationRecord {
+            group: r.str()?,
+            seq: r.u64()?,
+            prev_head: r.hash()?,
+            migration_digest: r.hash()?,
+            state_root: r.hash()?,
+            from_version: r.u32()?,
+            schema_version: r.u32()?,
+            schema_hash: r.hash()?,
+            accepts_from: r.u32()?,
+            author: r.str()?,
+            time_ms: r.u64()?,
+        };
+        r.finish()?;
+        Ok(rec)
+    }
+
+    /// The head hash after this migration, as for a commit.
+    pub fn head_hash(&self) -> [u8; 32] {
+        sha256(&self.encode())
+    }
+}
+
+/// Whether a record's bytes are a migration's (by their tag).
+pub fn is_migration(bytes: &[u8]) -> bool {
+    record_tag(bytes) == Some(MIGRATION_TAG.as_bytes())
+}
+
+/// The purpose tag a record starts with, if it has one.
+fn record_tag(bytes: &[u8]) -> Option<&[u8]> {
+    let n = *bytes.first()? as usize;
+    bytes.get(1..1 + n)
 }
 
 impl HeadRecord {

@@ -112,10 +112,44 @@ pub struct CommitResponse {
     pub certificate: CertificateJson,
 }
 
+/// The answer to a migration: its log entry's certificate (a replay when
+/// the same migration was already in force), the schema it made, its
+/// operations, and what it did to the group's definitions: projections
+/// rebuilt on the new schema, write rules removed with their table.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MigrationResponse {
+    pub replay: bool,
+    pub certificate: CertificateJson,
+    pub schema: SchemaJson,
+    pub accepts_from: u32,
+    pub ops: Vec<crate::migration::SchemaOp>,
+    #[serde(default)]
+    pub projections_rebuilt: Vec<String>,
+    #[serde(default)]
+    pub rules_removed: Vec<String>,
+}
+
+/// `GET /v1/groups/<g>/migrations?after_version=V`: the log entries of
+/// the migrations to versions after V, oldest first (each with its
+/// canonical bytes and signed certificate), and the first schema version
+/// (whose structure `first_schema` gives when asked with after_version=0).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MigrationsPage {
+    pub migrations: Vec<LogEntryJson>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_schema: Option<SchemaJson>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LogEntryJson {
     pub seq: u64,
+    /// A commit's changeset, base64 (empty for a migration).
+    #[serde(default)]
     pub changeset: String,
+    /// A migration's canonical bytes (`Migration::encode`), base64; its
+    /// signed record is in `certificate.signed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<String>,
     pub certificate: CertificateJson,
 }
 
@@ -178,6 +212,38 @@ pub struct GroupJson {
     pub group: String,
     pub schema: SchemaJson,
     pub head: HeadJson,
+    /// Every schema version the group has had, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schema_history: Vec<SchemaVersionJson>,
+}
+
+/// One schema version of a group: the log entry that made it (0 for the
+/// group's creation), its hash, the oldest version whose commits it still
+/// accepted, and the DDL it was made from (for people).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SchemaVersionJson {
+    pub version: u32,
+    pub seq: u64,
+    pub hash: String,
+    pub accepts_from: u32,
+    #[serde(default)]
+    pub ddl: String,
+}
+
+/// `POST /v1/groups/<g>/migrations`: DDL (`ALTER TABLE ... ADD COLUMN /
+/// DROP COLUMN / RENAME COLUMN`, `CREATE TABLE`, `DROP TABLE`,
+/// `CREATE INDEX`, `DROP INDEX`) taking the group to its next version.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationRequest {
+    pub ddl: String,
+    /// The version it makes (default: the current one + 1).
+    #[serde(default)]
+    pub schema_version: Option<u32>,
+    /// The oldest version whose commits stay accepted (default: the
+    /// current one, so devices not yet migrated can still push).
+    #[serde(default)]
+    pub accepts_from: Option<u32>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -270,6 +336,13 @@ pub struct ErrorJson {
     /// The snapshot to start from, on `snapshot_required`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub snapshot: Option<SnapshotJson>,
+    /// On `schema_mismatch`: the oldest version whose commits are still
+    /// accepted, and the migrations (log entries) between the commit's
+    /// version and the group's.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub accepts_from: Option<u32>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub migrations: Vec<SchemaVersionJson>,
 }
 
 /// A value as JSON: numbers, strings (lossy for non-UTF-8 text), null,

@@ -13,6 +13,7 @@ use crate::grant::Grant;
 use crate::group::Group;
 use crate::projection::valid_name;
 use crate::sandbox::allow;
+use crate::store::GroupInfo;
 use crate::write::rules::{parse_ops, rule_sql, OPS};
 use rusqlite::{params, Connection};
 use serde_json::{json, Value as Json};
@@ -23,7 +24,7 @@ const MAX_RULE: usize = 4096;
 /// `{"members": [{identity, role, projections?}], "version"}` from the
 /// directory (`version`: the group's last member change).
 pub fn members_json(d: &Directory, g: &Group) -> Result<Json, ApiError> {
-    let (members, version) = d.members(&g.info.id)?;
+    let (members, version) = d.members(&g.id)?;
     let items: Vec<Json> = members
         .into_iter()
         .map(|(who, grant)| {
@@ -148,7 +149,7 @@ pub fn grant(
         role,
         projections: names,
     };
-    let v = d.set(&g.info.id, who, Some(&grant), &by.identity)?;
+    let v = d.set(&g.id, who, Some(&grant), &by.identity)?;
     let mut out = json!({"identity": who, "role": role.name(), "version": v});
     if let Some(n) = grant.projections {
         out["projections"] = json!(n);
@@ -157,7 +158,7 @@ pub fn grant(
 }
 
 pub fn revoke(d: &Directory, g: &Arc<Group>, by: &Caller, who: &str) -> Result<Json, ApiError> {
-    let v = d.set(&g.info.id, who, None, &by.identity)?;
+    let v = d.set(&g.id, who, None, &by.identity)?;
     Ok(json!({"identity": who, "role": null, "version": v}))
 }
 
@@ -239,7 +240,7 @@ pub fn remove_rule(
 
 /// The group's own spelling of a table name.
 fn table_name(g: &Group, table: &str) -> Result<String, ApiError> {
-    g.info
+    g.info()
         .schema
         .table(table)
         .map(|t| t.name.clone())
@@ -253,15 +254,26 @@ fn validate(g: &Group, table: &str, what: &str, expr: &str) -> Result<(), ApiErr
             "a {what} is one SQL expression of at most {MAX_RULE} bytes"
         )));
     }
-    let sql = rule_sql(&g.info, table, expr).ok_or_else(|| bad("no such table"))?;
-    let tables: Vec<&str> = g
-        .info
-        .schema
-        .tables
-        .iter()
-        .map(|t| t.name.as_str())
-        .collect();
-    allow::check(&mut g.check_conn()?, &sql, &tables)
-        .map(|_| ())
+    check_rule(&mut g.check_conn()?, &g.info(), table, what, expr)
         .map_err(|e| ApiError::BadRequest(format!("the {what} is refused: {e}")))
+}
+
+/// Checks one rule expression of `table` against the allow-lists, on
+/// `conn` (a connection used for nothing else meanwhile) and the schema
+/// of `info`; why it is refused.
+pub fn check_rule(
+    conn: &mut Connection,
+    info: &GroupInfo,
+    table: &str,
+    what: &str,
+    expr: &str,
+) -> Result<(), String> {
+    if expr.trim().is_empty() || expr.len() > MAX_RULE || expr.contains(';') {
+        return Err(format!(
+            "a {what} is one SQL expression of at most {MAX_RULE} bytes"
+        ));
+    }
+    let sql = rule_sql(info, table, expr).ok_or("no such table")?;
+    let tables: Vec<&str> = info.schema.tables.iter().map(|t| t.name.as_str()).collect();
+    allow::check(conn, &sql, &tables).map(|_| ())
 }

@@ -177,9 +177,7 @@ impl Admission {
         g: &Group,
         f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let group = self
-            .permit(&g.reads, &format!("group {:?}", g.info.id))
-            .await?;
+        let group = self.permit(&g.reads, &format!("group {:?}", g.id)).await?;
         let permit = self.permit(&self.blocking, "the witness").await?;
         run(permit, Some(group), f).await
     }

@@ -44,6 +44,24 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         schema_version: u32,
     },
+    /// Take a group's schema to its next version with a file of DDL
+    /// (ALTER TABLE ... ADD/DROP/RENAME COLUMN, CREATE/DROP TABLE,
+    /// CREATE/DROP INDEX), while the witness is stopped (use
+    /// POST /v1/groups/<g>/migrations on a running witness).
+    Migrate {
+        #[arg(long)]
+        group: String,
+        /// File with the migration's statements.
+        #[arg(long)]
+        file: PathBuf,
+        /// The version it makes (default: the current one + 1).
+        #[arg(long)]
+        schema_version: Option<u32>,
+        /// The oldest version whose commits stay accepted, translated
+        /// (default: the current one).
+        #[arg(long)]
+        accepts_from: Option<u32>,
+    },
     /// Re-check a group's chain, signatures and state root from disk.
     Verify {
         /// The group to check; all groups when absent.
@@ -283,6 +301,12 @@ impl Cli {
                 schema,
                 schema_version,
             }) => create_group(data, &group, &schema, schema_version),
+            Some(Command::Migrate {
+                group,
+                file,
+                schema_version,
+                accepts_from,
+            }) => migrate(data, &group, &file, schema_version, accepts_from),
             Some(Command::Verify { group }) => verify_groups(data, group.as_deref()),
             Some(Command::AddToken {
                 identity,
@@ -487,8 +511,44 @@ fn create_group(data_dir: &Path, id: &str, schema: &Path, version: u32) -> Resul
         .map_err(|e| e.to_string())?;
     println!(
         "created group {id} (schema version {version}, hash {})",
-        hex(&g.info.schema_hash)
+        hex(&g.info().schema_hash)
     );
+    w.shutdown();
+    Ok(())
+}
+
+fn migrate(
+    data_dir: &Path,
+    id: &str,
+    file: &Path,
+    version: Option<u32>,
+    accepts_from: Option<u32>,
+) -> Result<(), String> {
+    let _lock = lock_data_dir(data_dir)?;
+    let ddl =
+        std::fs::read_to_string(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
+    let w = offline_witness(data_dir)?;
+    let g = w.group(id).map_err(|e| e.to_string())?;
+    let current = g.info().schema.clone();
+    let to = match version {
+        Some(v) => v,
+        None => current
+            .version
+            .checked_add(1)
+            .ok_or("the schema version cannot grow further")?,
+    };
+    let migration =
+        store::migrate::derive(&current, &ddl, to, accepts_from.unwrap_or(current.version))?;
+    let input = crate::write::migration::MigrationInput {
+        migration,
+        author: "operator-cli".into(),
+    };
+    let out = g.migrate_blocking(input).map_err(|e| e.to_string())?;
+    println!(
+        "group {id}: schema version {} -> {} at entry {} (hash {}); commits of versions {} and later accepted",
+        current.version, out.schema.version, out.certificate.seq, out.schema.hash, out.accepts_from
+    );
+    drop(g);
     w.shutdown();
     Ok(())
 }

@@ -3,7 +3,9 @@
 //! recover. Internal causes are logged, never sent.
 
 use hyper::StatusCode;
-use pdb_protocol::wire::{value_json, ErrorBody, ErrorJson, HeadJson, SchemaJson, SnapshotJson};
+use pdb_protocol::wire::{
+    value_json, ErrorBody, ErrorJson, HeadJson, SchemaJson, SchemaVersionJson, SnapshotJson,
+};
 use pdb_protocol::Value;
 
 #[derive(Clone, Debug)]
@@ -22,9 +24,18 @@ pub enum ApiError {
     BodyTooLarge(usize),
     MethodNotAllowed,
     GroupExists(String),
+    /// A commit sealed on a schema the group does not accept (any more):
+    /// the schema in force, the oldest version accepted, and the schema
+    /// versions (migrations) since the commit's.
     SchemaMismatch {
         expected: SchemaJson,
+        accepts_from: u32,
+        migrations: Vec<SchemaVersionJson>,
+        message: String,
     },
+    /// A migration made for a schema that has moved on, or to a version
+    /// the group already has (with other content).
+    MigrationConflict(String),
     IdempotencyConflict(String),
     StaleHead {
         head: Box<HeadJson>,
@@ -114,6 +125,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::GroupExists(_)
             | ApiError::SchemaMismatch { .. }
+            | ApiError::MigrationConflict(_)
             | ApiError::IdempotencyConflict(_)
             | ApiError::StaleHead { .. }
             | ApiError::UnknownHead { .. }
@@ -140,6 +152,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::GroupExists(_) => "group_exists",
             ApiError::SchemaMismatch { .. } => "schema_mismatch",
+            ApiError::MigrationConflict(_) => "migration_conflict",
             ApiError::IdempotencyConflict(_) => "idempotency_conflict",
             ApiError::StaleHead { .. } => "stale_head",
             ApiError::UnknownHead { .. } => "unknown_head",
@@ -166,6 +179,7 @@ impl ApiError {
             | ApiError::NotFound(m)
             | ApiError::BadRequest(m)
             | ApiError::IdempotencyConflict(m)
+            | ApiError::MigrationConflict(m)
             | ApiError::StorageFull(m)
             | ApiError::Overloaded { message: m, .. }
             | ApiError::Unavailable(m) => m.clone(),
@@ -174,12 +188,16 @@ impl ApiError {
             }
             ApiError::MethodNotAllowed => "method not allowed on this path".into(),
             ApiError::GroupExists(g) => format!("group {g:?} already exists"),
-            ApiError::SchemaMismatch { expected } => {
+            ApiError::SchemaMismatch {
+                expected,
+                accepts_from,
+                migrations,
+                message,
+            } => {
                 e.expected_schema = Some(expected.clone());
-                format!(
-                    "the commit was made against another schema; the group is at version {} ({})",
-                    expected.version, expected.hash
-                )
+                e.accepts_from = Some(*accepts_from);
+                e.migrations = migrations.clone();
+                message.clone()
             }
             ApiError::StaleHead { head, message } | ApiError::UnknownHead { head, message } => {
                 e.head = Some((**head).clone());

@@ -11,9 +11,11 @@ use crate::metrics::Metrics;
 use crate::projection::{self, Projection};
 use crate::sandbox::{Budget, Sandbox, Scope};
 use crate::store::{self, log, GroupInfo};
+use crate::write::migration::MigrationInput;
 use crate::write::pool::{Pool, Turn};
-use crate::write::writer::{self, Job, Mailbox, Stats};
+use crate::write::writer::{self, Job, Mailbox, MigrationJob, SharedInfo, Stats};
 use ed25519_dalek::SigningKey;
+use pdb_protocol::wire::MigrationResponse;
 use pdb_protocol::{now_ms, quote_ident};
 use rusqlite::{params, Connection};
 use std::path::{Path, PathBuf};
@@ -51,7 +53,9 @@ struct Reader {
 }
 
 pub struct Group {
-    pub info: Arc<GroupInfo>,
+    pub id: String,
+    /// Replaced by the writer after each migration.
+    info: SharedInfo,
     pub path: PathBuf,
     mailbox: Mailbox,
     /// Held by the pool for a turn, or by `close`.
@@ -100,19 +104,22 @@ impl Group {
         let (conn, info, head) = store::open(path)?;
         let (conn, budget) = sandbox_conn(conn, true, sandbox)?;
         let info = Arc::new(info);
+        let shared: SharedInfo = Arc::new(std::sync::RwLock::new(info.clone()));
         Ok(Group {
+            id: info.id.clone(),
             writer: Mutex::new(writer::Writer {
                 conn,
                 budget,
                 limits: sandbox.limits,
                 info: info.clone(),
+                shared: shared.clone(),
                 key,
                 head,
                 dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
                 reserve_bytes: env.reserve_bytes,
                 metrics: env.metrics.clone(),
             }),
-            info,
+            info: shared,
             path: path.to_path_buf(),
             mailbox: Mailbox::default(),
             readers: Mutex::new(Vec::new()),
@@ -122,6 +129,28 @@ impl Group {
             reads: Arc::new(tokio::sync::Semaphore::new(env.reads.max(1))),
             snapshot_lock: Mutex::new(()),
         })
+    }
+
+    /// The group's info: its schema in force (and history).
+    pub fn info(&self) -> Arc<GroupInfo> {
+        self.info.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The group's info on the schema of `head`, read on `c` (in one
+    /// transaction): the one in memory, unless a migration committed
+    /// between the two reads.
+    pub fn info_at(
+        &self,
+        c: &Connection,
+        head: &log::HeadState,
+    ) -> Result<Arc<GroupInfo>, ApiError> {
+        let info = self.info();
+        if info.schema.version == head.schema_version {
+            return Ok(info);
+        }
+        store::load_info(c)
+            .map(Arc::new)
+            .map_err(|e| ApiError::internal("reading the group's schema", e))
     }
 
     pub fn stats(&self) -> &Stats {
@@ -135,6 +164,41 @@ impl Group {
             self.pool.schedule(self.clone());
         }
         Ok(())
+    }
+
+    /// Queues a migration behind the commits already waiting; it runs
+    /// alone, in its own transaction.
+    pub async fn migrate(
+        self: &Arc<Self>,
+        input: MigrationInput,
+    ) -> Result<MigrationResponse, ApiError> {
+        self.queue_migration(input)?
+            .await
+            .map_err(|_| ApiError::Unavailable("the witness is shutting down; retry".into()))?
+    }
+
+    /// [`Group::migrate`] for a caller off the async runtime (the CLI).
+    pub fn migrate_blocking(
+        self: &Arc<Self>,
+        input: MigrationInput,
+    ) -> Result<MigrationResponse, ApiError> {
+        self.queue_migration(input)?
+            .blocking_recv()
+            .map_err(|_| ApiError::Unavailable("the witness is shutting down; retry".into()))?
+    }
+
+    fn queue_migration(
+        self: &Arc<Self>,
+        input: MigrationInput,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<MigrationResponse, ApiError>>, ApiError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if self
+            .mailbox
+            .submit_migration(MigrationJob { input, reply })?
+        {
+            self.pool.schedule(self.clone());
+        }
+        Ok(answer)
     }
 
     fn reader<T>(
@@ -229,7 +293,7 @@ impl Group {
         self.maintenance("pruning the log", |conn, _| {
             log::prune(conn, through).map_err(|e| ApiError::sqlite("pruning the log", e))
         })?;
-        tracing::info!(group = %self.info.id, through, "log pruned");
+        tracing::info!(group = %self.id, through, "log pruned");
         Ok(())
     }
 
@@ -257,7 +321,7 @@ impl Group {
             .map_err(sql)?;
             Ok((version, out))
         })?;
-        tracing::info!(group = %self.info.id, kind, subject, value, by, version = out.0, "access changed");
+        tracing::info!(group = %self.id, kind, subject, value, by, version = out.0, "access changed");
         Ok(out)
     }
 
@@ -272,7 +336,7 @@ impl Group {
         def: &serde_json::Value,
         by: &str,
     ) -> Result<Projection, ApiError> {
-        let p = projection::check(&mut self.check_conn()?, &self.info, name, def)?;
+        let p = projection::check(&mut self.check_conn()?, &self.info(), name, def)?;
         let text = def.to_string();
         let limits = self.sandbox.limits.times(FILL_BUDGETS);
         let (_, p) = self.change_access(
@@ -332,7 +396,7 @@ impl Group {
             .conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
         {
-            tracing::warn!(group = %self.info.id, error = %e, "checkpoint at close failed");
+            tracing::warn!(group = %self.id, error = %e, "checkpoint at close failed");
         }
     }
 }

@@ -7,7 +7,9 @@ use crate::error::ApiError;
 use crate::group::Group;
 use crate::store::log;
 use crate::witness::Witness;
-use pdb_protocol::wire::{CommitsPage, GroupJson, HeadJson, ProjectionPage};
+use pdb_protocol::wire::{
+    CommitsPage, GroupJson, HeadJson, MigrationsPage, ProjectionPage, SchemaJson,
+};
 
 fn sql(e: rusqlite::Error) -> ApiError {
     ApiError::internal("reading the head", e)
@@ -16,14 +18,42 @@ fn sql(e: rusqlite::Error) -> ApiError {
 /// The group's head, signed now.
 pub fn head(w: &Witness, g: &Group) -> Result<HeadJson, ApiError> {
     let head = g.read("reading the head", |c| log::head(c).map_err(sql))?;
-    Ok(g.info.sign_head(&w.key, &head))
+    Ok(g.info().sign_head(&w.key, &head))
 }
 
+/// The group, its schema in force and its history, and its head.
 pub fn group(w: &Witness, g: &Group) -> Result<GroupJson, ApiError> {
+    let (info, head) = g.read("reading the group", |c| {
+        let head = log::head(c).map_err(sql)?;
+        Ok((g.info_at(c, &head)?, head))
+    })?;
     Ok(GroupJson {
-        group: g.info.id.clone(),
-        schema: g.info.schema_json(),
-        head: head(w, g)?,
+        group: g.id.clone(),
+        schema: info.schema_json(),
+        schema_history: if info.history.len() > 1 {
+            info.history.iter().map(|v| v.json()).collect()
+        } else {
+            Vec::new()
+        },
+        head: info.sign_head(&w.key, &head),
+    })
+}
+
+/// The migrations to versions after `after_version` with their signed
+/// entries (kept whatever the log's pruning), and the first schema's
+/// structure when `after_version` is before it.
+pub fn migrations(w: &Witness, g: &Group, after_version: u32) -> Result<MigrationsPage, ApiError> {
+    let _ = w;
+    g.read("reading the migrations", |c| {
+        let head = log::head(c).map_err(sql)?;
+        let info = g.info_at(c, &head)?;
+        let first = info.history.first();
+        Ok(MigrationsPage {
+            migrations: log::migrations(c, after_version)?,
+            first_schema: first
+                .filter(|f| f.schema.version > after_version)
+                .map(|f| SchemaJson::new(&f.schema)),
+        })
     })
 }
 
@@ -44,7 +74,7 @@ pub fn commits_page(
         let known = after <= head.seq
             && after_hash.is_none_or(|h| {
                 let at = if after == 0 {
-                    Ok(Some(g.info.genesis()))
+                    Ok(Some(g.info().genesis()))
                 } else {
                     log::head_hash_at(c, after)
                 };
@@ -53,7 +83,7 @@ pub fn commits_page(
         if !known {
             return Err(ApiError::UnknownHead {
                 message: crate::write::commit::unknown_head(after, head.seq),
-                head: Box::new(g.info.sign_head(&w.key, &head)),
+                head: Box::new(g.info().sign_head(&w.key, &head)),
             });
         }
         let pruned = log::pruned_through(c)?;
@@ -73,7 +103,7 @@ pub fn commits_page(
     let next_after = commits.last().map(|c| c.seq).filter(|s| *s < head.seq);
     Ok(CommitsPage {
         commits,
-        head: g.info.sign_head(&w.key, &head),
+        head: g.info().sign_head(&w.key, &head),
         next_after,
     })
 }
@@ -91,9 +121,9 @@ pub fn projection_page(
     limit: u32,
 ) -> Result<ProjectionPage, ApiError> {
     let (head, columns, page) = g.read_sandboxed("reading a projection", |c, scope| {
-        let p = crate::projection::load(c, &g.info, name)?
-            .ok_or_else(|| ApiError::NotFound(format!("no projection {name:?}")))?;
         let head = log::head(c).map_err(sql)?;
+        let p = crate::projection::load(c, &*g.info_at(c, &head)?, name)?
+            .ok_or_else(|| ApiError::NotFound(format!("no projection {name:?}")))?;
         let page = crate::projection::read_page(c, scope, &p, identity, role.name(), after, limit)?;
         Ok((head, p.columns, page))
     })?;
@@ -101,6 +131,6 @@ pub fn projection_page(
         columns,
         rows: page.rows,
         next_after: page.next_after,
-        head: g.info.sign_head(&w.key, &head),
+        head: g.info().sign_head(&w.key, &head),
     })
 }

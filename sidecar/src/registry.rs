@@ -77,7 +77,7 @@ impl Registry {
     /// dropping this one, which never ran a turn).
     pub fn insert(&self, g: Arc<Group>) -> Arc<Group> {
         let mut open = self.lock();
-        let slot = open.entry(g.info.id.clone()).or_insert(Slot {
+        let slot = open.entry(g.id.clone()).or_insert(Slot {
             group: g,
             used: Instant::now(),
         });

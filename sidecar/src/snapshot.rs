@@ -101,7 +101,6 @@ impl From<std::io::Error> for Failure {
 /// transaction, so commits continue meanwhile). Returns the existing one
 /// when the head has not moved since.
 pub fn create(dir: &Path, g: &Group, key: &SigningKey) -> Result<SnapshotJson, ApiError> {
-    let info = &g.info;
     std::fs::create_dir_all(dir)
         .map_err(|e| ApiError::internal("creating the snapshot directory", e))?;
     let tmp = dir.join(format!(".{}.tmp", std::process::id()));
@@ -110,6 +109,7 @@ pub fn create(dir: &Path, g: &Group, key: &SigningKey) -> Result<SnapshotJson, A
         if let Some(m) = manifest(dir, head.seq)? {
             return Ok(Err(m));
         }
+        let info = g.info_at(conn, &head)?;
         let write = |e: std::io::Error| ApiError::internal("writing a snapshot", e);
         let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(write)?);
         let mut hasher = Sha256::new();
@@ -163,6 +163,7 @@ pub fn create(dir: &Path, g: &Group, key: &SigningKey) -> Result<SnapshotJson, A
         let f = file.into_inner().map_err(|e| write(e.into_error()))?;
         f.sync_all().map_err(write)?;
         Ok(Ok((
+            info,
             head,
             size,
             rows,
@@ -170,7 +171,7 @@ pub fn create(dir: &Path, g: &Group, key: &SigningKey) -> Result<SnapshotJson, A
             <[u8; 32]>::from(hasher.finalize()),
         )))
     })?;
-    let (head, size, rows, offsets, digest) = match written {
+    let (info, head, size, rows, offsets, digest) = match written {
         Err(existing) => return Ok(existing),
         Ok(w) => w,
     };
@@ -179,8 +180,8 @@ pub fn create(dir: &Path, g: &Group, key: &SigningKey) -> Result<SnapshotJson, A
         seq: head.seq,
         head_hash: head.hash,
         state_root: head.root.digest(),
-        schema_version: info.schema.version,
-        schema_hash: info.schema_hash,
+        schema_version: head.schema_version,
+        schema_hash: head.schema_hash,
         size,
         digest,
         rows,

@@ -4,10 +4,10 @@
 //! from-scratch root of the replica itself.
 
 use crate::store::{self, full_root, log, schema, GroupInfo};
-use pdb_protocol::records::Signed;
+use pdb_protocol::records::{Entry, Signed};
 use pdb_protocol::KeyChain as Keys;
 use pdb_protocol::Value;
-use pdb_protocol::{genesis_hash, hex, sha256, Changeset, StateRoot};
+use pdb_protocol::{hex, sha256, Changeset, Migration, MigrationRecord, StateRoot};
 use rusqlite::session::ConflictAction;
 use rusqlite::Connection;
 use std::path::Path;
@@ -40,12 +40,19 @@ fn verify_conn(
     key: &Keys,
 ) -> Result<Report, String> {
     let fail = |seq: u64, what: &str| format!("group {:?}, commit {seq}: {what}", info.id);
+    let first = info
+        .history
+        .first()
+        .ok_or_else(|| format!("group {:?}: no schema history", info.id))?;
+    // The schema in force at each point of the replay, as a group's info.
+    let mut at = GroupInfo::new(info.id.clone(), first.schema.clone(), Vec::new());
     let replica = Connection::open_in_memory().map_err(|e| e.to_string())?;
-    schema::create(&replica, &info.schema)?;
-    let mut prev = genesis_hash(&info.id, info.schema.version, &info.schema_hash);
+    let mut prev = info.genesis();
     let mut root = StateRoot::empty();
     let mut st = conn
-        .prepare("SELECT seq, idem_key, head_hash, changeset, record, signature FROM pdb_log ORDER BY seq")
+        .prepare(
+            "SELECT seq, idem_key, head_hash, changeset, record, signature, migration FROM pdb_log ORDER BY seq",
+        )
         .map_err(|e| e.to_string())?;
     let mut rows = st.query([]).map_err(|e| e.to_string())?;
     let pruned = log::pruned_through(conn).map_err(|e| e.to_string())?;
@@ -61,12 +68,16 @@ fn verify_conn(
             )
         })?
     };
+    if restart == 0 {
+        schema::create(&replica, &at.schema)?;
+    }
     let mut expected_seq = 1u64;
     while let Some(r) = rows.next().map_err(|e| e.to_string())? {
         let get_blob = |i| r.get::<_, Vec<u8>>(i).map_err(|e| e.to_string());
         let seq = r.get::<_, i64>(0).map_err(|e| e.to_string())? as u64;
         let idem: String = r.get(1).map_err(|e| e.to_string())?;
         let (stored_hash, cs, record) = (get_blob(2)?, get_blob(3)?, get_blob(4)?);
+        let migration: Option<Vec<u8>> = r.get(6).map_err(|e| e.to_string())?;
         let signature: [u8; 64] = get_blob(5)?
             .try_into()
             .map_err(|_| fail(seq, "signature is not 64 bytes"))?;
@@ -80,15 +91,50 @@ fn verify_conn(
             bytes: record,
             signature,
         };
-        let rec = signed.commit(key).map_err(|e| fail(seq, &e.to_string()))?;
+        let entry = signed.entry(key).map_err(|e| fail(seq, &e.to_string()))?;
         let head_hash = sha256(&signed.bytes);
-        let checks = [
-            (rec.seq == seq, "certificate names another sequence"),
-            (rec.group == info.id, "certificate names another group"),
+        let base_checks = [
+            (entry.seq() == seq, "certificate names another sequence"),
+            (entry.group() == info.id, "certificate names another group"),
             (
-                rec.prev_head == prev,
+                entry.prev_head() == prev,
                 "certificate does not chain to the previous head",
             ),
+            (
+                stored_hash == head_hash,
+                "stored head hash is not the certificate's hash",
+            ),
+        ];
+        if let Some((_, what)) = base_checks.iter().find(|(ok, _)| !ok) {
+            return Err(fail(seq, what));
+        }
+        let rec = match entry {
+            Entry::Migration(m) => {
+                let bytes = migration
+                    .ok_or_else(|| fail(seq, "a migration entry without its migration"))?;
+                let replayed = seq > restart;
+                root = replay_migration(&replica, &mut at, &m, &bytes, &idem, root, replayed)
+                    .map_err(|e| fail(seq, &e))?;
+                if seq == restart {
+                    root = restart_from(
+                        &replica,
+                        &at,
+                        snapshots,
+                        seq,
+                        &head_hash,
+                        &m.state_root,
+                        key,
+                    )
+                    .map_err(|e| fail(seq, &e))?;
+                }
+                prev = head_hash;
+                expected_seq += 1;
+                continue;
+            }
+            Entry::Commit(c) => c,
+        };
+        let checks = [
+            (migration.is_none(), "a commit entry with a migration"),
             (
                 seq <= pruned || rec.changeset_digest == sha256(&cs),
                 "changeset digest does not match",
@@ -98,12 +144,8 @@ fn verify_conn(
                 "idempotency key does not match the log",
             ),
             (
-                stored_hash == head_hash,
-                "stored head hash is not the certificate's hash",
-            ),
-            (
-                rec.schema_version == info.schema.version && rec.schema_hash == info.schema_hash,
-                "certificate names another schema",
+                rec.schema_version == at.schema.version && rec.schema_hash == at.schema_hash,
+                "certificate names another schema than the one in force",
             ),
         ];
         if let Some((_, what)) = checks.iter().find(|(ok, _)| !ok) {
@@ -114,9 +156,9 @@ fn verify_conn(
             // signature still verify (and the digest, where it is kept). At
             // the restart point, the snapshot stands in for the replay.
             if seq == restart {
-                root = load_snapshot(
+                root = restart_from(
                     &replica,
-                    info,
+                    &at,
                     snapshots,
                     seq,
                     &head_hash,
@@ -131,10 +173,10 @@ fn verify_conn(
         }
         let decoded = Changeset::decode(&cs).map_err(|e| fail(seq, &e.to_string()))?;
         decoded
-            .validate(&info.schema)
+            .validate(&at.schema)
             .map_err(|e| fail(seq, &e.to_string()))?;
-        let touched = info.touched_keys(&decoded);
-        session_apply(&replica, info, &cs, &touched, &mut root)
+        let touched = at.touched_keys(&decoded);
+        session_apply(&replica, &at, &cs, &touched, &mut root)
             .map_err(|e| fail(seq, &format!("replay failed: {e}")))?;
         if root.digest() != rec.state_root {
             return Err(fail(
@@ -159,6 +201,12 @@ fn verify_conn(
             info.id
         ));
     }
+    if at.schema != info.schema || head.schema_version != info.schema.version {
+        return Err(format!(
+            "group {:?}: the replayed migrations do not end at the schema in force",
+            info.id
+        ));
+    }
     let (disk_root, rows) = full_root(conn, info).map_err(|e| e.to_string())?;
     if disk_root != root {
         return Err(format!(
@@ -180,6 +228,75 @@ fn verify_conn(
         head_hash: hex(&prev),
         state_root: hex(&root.digest()),
     })
+}
+
+/// Checks a migration entry against the schema in force (`at`) and makes
+/// it: on the replay database too when `replayed` (past the pruning
+/// point), where the root must then be the certified one. Returns the
+/// root after it.
+fn replay_migration(
+    replica: &Connection,
+    at: &mut GroupInfo,
+    rec: &MigrationRecord,
+    bytes: &[u8],
+    idem: &str,
+    mut root: StateRoot,
+    replayed: bool,
+) -> Result<StateRoot, String> {
+    let m = Migration::decode(bytes)?;
+    let new = m.apply_to(&at.schema)?;
+    let checks = [
+        (
+            rec.migration_digest == sha256(bytes),
+            "the migration does not match its certificate",
+        ),
+        (
+            rec.from_version == at.schema.version && m.from_version == at.schema.version,
+            "the migration does not follow the schema in force",
+        ),
+        (
+            rec.schema_version == new.version && rec.schema_hash == new.hash(),
+            "the certificate names another schema than the migration makes",
+        ),
+        (
+            rec.accepts_from == m.accepts_from,
+            "the certificate names another window",
+        ),
+        (
+            idem == crate::write::migration::entry_key(m.to_version),
+            "the entry's key is not its migration's",
+        ),
+    ];
+    if let Some((_, what)) = checks.iter().find(|(ok, _)| !ok) {
+        return Err(what.to_string());
+    }
+    if replayed {
+        let mut schema = at.schema.clone();
+        for op in &m.ops {
+            crate::write::migration::change_tables(replica, &mut schema, op, &mut root)
+                .map_err(|e| e.body().error.message)?;
+        }
+        if root.digest() != rec.state_root {
+            return Err("state root after the migration differs from the certified one".into());
+        }
+    }
+    *at = GroupInfo::new(at.id.clone(), new, Vec::new());
+    Ok(root)
+}
+
+/// The replay starts at `seq` from its snapshot: the replay database gets
+/// the tables of the schema then in force and the snapshot's rows.
+fn restart_from(
+    replica: &Connection,
+    at: &GroupInfo,
+    dir: &Path,
+    seq: u64,
+    head_hash: &[u8; 32],
+    certified_root: &[u8; 32],
+    key: &Keys,
+) -> Result<StateRoot, String> {
+    schema::create(replica, &at.schema)?;
+    load_snapshot(replica, at, dir, seq, head_hash, certified_root, key)
 }
 
 /// Replays a changeset with SQLite's own session apply (not the witness's
@@ -241,6 +358,9 @@ fn load_snapshot(
         .map_err(|e| format!("snapshot manifest: {e}"))?;
     if rec.seq != seq || &rec.head_hash != head_hash || &rec.state_root != certified_root {
         return Err("the snapshot manifest does not match the certified head".into());
+    }
+    if rec.schema_version != info.schema.version || rec.schema_hash != info.schema_hash {
+        return Err("the snapshot manifest names another schema than the one in force".into());
     }
     let bytes = std::fs::read(crate::snapshot::data_path(dir, seq))
         .map_err(|e| format!("reading the snapshot: {e}"))?;

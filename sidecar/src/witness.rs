@@ -156,10 +156,10 @@ impl Witness {
             }
             let g = Group::open(&path, self.key.clone(), &self.env)
                 .map_err(|e| ApiError::internal("opening a group", e))?;
-            if g.info.id != id {
+            if g.id != id {
                 return Err(ApiError::internal(
                     "opening a group",
-                    format!("{} holds group {:?}", path.display(), g.info.id),
+                    format!("{} holds group {:?}", path.display(), g.id),
                 ));
             }
             if !self.directory.has_group(id)? {
@@ -223,10 +223,10 @@ impl Witness {
     pub fn close_idle(&self, idle: Duration) {
         for g in self.registry.evict(idle) {
             if let Err(e) = self.snapshot_if_due(&g) {
-                tracing::warn!(group = %g.info.id, code = e.code(), "snapshot before closing failed");
+                tracing::warn!(group = %g.id, code = e.code(), "snapshot before closing failed");
             }
             g.close();
-            tracing::debug!(group = %g.info.id, "group closed");
+            tracing::debug!(group = %g.id, "group closed");
         }
     }
 
@@ -270,7 +270,7 @@ impl Witness {
     }
 
     pub fn snapshots_dir(&self, g: &Group) -> PathBuf {
-        crate::snapshot::dir(&self.settings.data_dir, &g.info.id)
+        crate::snapshot::dir(&self.settings.data_dir, &g.id)
     }
 
     /// Makes a snapshot of the group's head now (blocking), then, when the
@@ -425,13 +425,13 @@ impl Witness {
             {
                 return Err(ApiError::StorageFull(format!(
                     "group {:?} could not commit: the disk is full",
-                    g.info.id
+                    g.id
                 )));
             }
             if let Some(busy) = stats.busy_for().filter(|b| *b > STUCK_AFTER) {
                 return Err(ApiError::Unavailable(format!(
                     "the writer of group {:?} has been busy for {} s",
-                    g.info.id,
+                    g.id,
                     busy.as_secs()
                 )));
             }

@@ -10,6 +10,7 @@ mod call;
 mod commits;
 mod connections;
 mod groups;
+mod migrations;
 mod own_errors;
 mod projections;
 pub mod route;
@@ -280,5 +281,6 @@ async fn answer(w: Arc<Witness>, req: Request<Incoming>, peer: IpAddr) -> Answer
         Route::Rule(g, table) => access::rule(&mut call, &g, &table).await,
         Route::Projections(g) => projections::list(&call, &g).await,
         Route::Projection(g, name) => projections::one(&mut call, &g, &name).await,
+        Route::Migrations(g) => migrations::handle(&mut call, &g).await,
     }
 }

@@ -17,7 +17,7 @@ pub async fn list(call: &Call, id: &str) -> Answer {
     let v = call
         .read(&g, move || {
             g2.read("reading projections", |c| {
-                crate::projection::list(c, &g2.info, only.as_deref())
+                crate::projection::list(c, &g2.info(), only.as_deref())
             })
         })
         .await?;

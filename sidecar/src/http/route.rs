@@ -29,6 +29,8 @@ pub enum Route {
     Rule(String, String),
     Projections(String),
     Projection(String, String),
+    /// `/v1/groups/<g>/migrations`: migrate (admin), list (readers).
+    Migrations(String),
 }
 
 impl Route {
@@ -57,6 +59,7 @@ impl Route {
             ["v1", "groups", g, "rules", t] => Route::Rule(s(g), s(t)),
             ["v1", "groups", g, "projections"] => Route::Projections(s(g)),
             ["v1", "groups", g, "projections", n] => Route::Projection(s(g), s(n)),
+            ["v1", "groups", g, "migrations"] => Route::Migrations(s(g)),
             _ => return None,
         })
     }
@@ -81,6 +84,7 @@ impl Route {
             Route::Rule(..) => "rule",
             Route::Projections(_) => "projections",
             Route::Projection(..) => "projection",
+            Route::Migrations(_) => "migrations",
         }
     }
 

@@ -6,6 +6,7 @@
 pub mod disk;
 mod error;
 pub mod log;
+pub mod migrate;
 pub mod schema;
 pub mod tables;
 pub mod value;
@@ -14,8 +15,8 @@ use ed25519_dalek::SigningKey;
 pub use error::{Result, StoreError};
 use log::HeadState;
 use pdb_protocol::records::{HeadRecord, Signed};
-use pdb_protocol::wire::{HeadJson, SchemaJson};
-use pdb_protocol::{genesis_hash, hex, now_ms, Changeset, Schema, StateRoot, Value};
+use pdb_protocol::wire::{HeadJson, SchemaJson, SchemaVersionJson};
+use pdb_protocol::{genesis_hash, hex, now_ms, Changeset, Migration, Schema, StateRoot, Value};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::Path;
 pub use tables::TableSql;
@@ -27,6 +28,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../../sql/witness/002_access.sql"),
     include_str!("../../../sql/witness/003_projections.sql"),
     include_str!("../../../sql/witness/004_isolation.sql"),
+    include_str!("../../../sql/witness/005_migrations.sql"),
 ];
 pub const MAX_GROUP_ID: usize = 64;
 
@@ -44,26 +46,94 @@ pub fn file_name(id: &str) -> String {
     format!("{id}.sqlite")
 }
 
-/// Everything fixed about a group once it exists.
+/// Everything about a group that changes only with its schema: read when
+/// the group opens and again after each migration.
 pub struct GroupInfo {
     pub id: String,
+    /// The schema in force (the newest version).
     pub schema: Schema,
     pub schema_hash: [u8; 32],
     pub tables: Vec<TableSql>,
+    /// Every version the schema has had, oldest first (the last is
+    /// `schema`).
+    pub history: Vec<SchemaVersion>,
+}
+
+/// One version of a group's schema.
+pub struct SchemaVersion {
+    pub schema: Schema,
+    pub hash: [u8; 32],
+    /// The log entry that made it (0: the group's creation).
+    pub seq: u64,
+    /// The oldest version whose commits were accepted while it was the
+    /// newest.
+    pub accepts_from: u32,
+    pub ddl: String,
+    /// The migration that made it (none for the first version).
+    pub migration: Option<Migration>,
+}
+
+impl SchemaVersion {
+    pub fn json(&self) -> SchemaVersionJson {
+        SchemaVersionJson {
+            version: self.schema.version,
+            seq: self.seq,
+            hash: hex(&self.hash),
+            accepts_from: self.accepts_from,
+            ddl: self.ddl.clone(),
+        }
+    }
 }
 
 impl GroupInfo {
+    /// The info of a group with this schema (and history).
+    pub fn new(id: String, schema: Schema, history: Vec<SchemaVersion>) -> GroupInfo {
+        GroupInfo {
+            id,
+            schema_hash: schema.hash(),
+            tables: schema.tables.iter().map(TableSql::new).collect(),
+            schema,
+            history,
+        }
+    }
+
     pub fn schema_json(&self) -> SchemaJson {
         SchemaJson::new(&self.schema)
+    }
+
+    /// The oldest schema version whose commits are accepted now.
+    pub fn accepts_from(&self) -> u32 {
+        self.history
+            .last()
+            .map_or(self.schema.version, |v| v.accepts_from)
+    }
+
+    /// The versions after `version`, oldest first.
+    pub fn since(&self, version: u32) -> &[SchemaVersion] {
+        let i = self
+            .history
+            .iter()
+            .position(|v| v.schema.version > version)
+            .unwrap_or(self.history.len());
+        &self.history[i..]
+    }
+
+    /// A version of the schema, if the group had it.
+    pub fn version(&self, version: u32) -> Option<&SchemaVersion> {
+        self.history.iter().find(|v| v.schema.version == version)
     }
 
     pub fn table_sql(&self, name: &str) -> Option<&TableSql> {
         self.schema.table_index(name).map(|i| &self.tables[i])
     }
 
-    /// The head hash before the first commit.
+    /// The head hash before the first entry: bound to the group's first
+    /// schema.
     pub fn genesis(&self) -> [u8; 32] {
-        genesis_hash(&self.id, self.schema.version, &self.schema_hash)
+        match self.history.first() {
+            Some(v) => genesis_hash(&self.id, v.schema.version, &v.hash),
+            None => genesis_hash(&self.id, self.schema.version, &self.schema_hash),
+        }
     }
 
     /// Signs `head` as of now: the one place a head record is made.
@@ -73,8 +143,8 @@ impl GroupInfo {
             seq: head.seq,
             head_hash: head.hash,
             state_root: head.root.digest(),
-            schema_version: self.schema.version,
-            schema_hash: self.schema_hash,
+            schema_version: head.schema_version,
+            schema_hash: head.schema_hash,
             time_ms: now_ms(),
         };
         let signed = Signed::sign(key, rec.encode());
@@ -187,11 +257,25 @@ pub fn create(dir: &Path, id: &str, schema_sql: &str, schema: &Schema) -> Result
             tx.execute("INSERT INTO pdb_meta(k, v) VALUES (?1, ?2)", params![k, v])?;
         }
         tx.execute(
-            "INSERT INTO pdb_head(id, seq, head_hash, root, time_ms) VALUES (1, 0, ?1, ?2, ?3)",
+            "INSERT INTO pdb_head(id, seq, head_hash, root, time_ms, schema_version, schema_hash)
+             VALUES (1, 0, ?1, ?2, ?3, ?4, ?5)",
             params![
                 genesis_hash(id, schema.version, &hash).to_vec(),
                 StateRoot::empty().to_bytes(),
-                now
+                now,
+                schema.version,
+                hash.to_vec()
+            ],
+        )?;
+        tx.execute(
+            "INSERT INTO pdb_schemas(version, seq, structure, hash, accepts_from, ddl)
+             VALUES (?1, 0, ?2, ?3, ?1, ?4)",
+            params![
+                schema.version,
+                serde_json::to_string(&schema.tables)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                hash.to_vec(),
+                schema_sql
             ],
         )?;
         tx.commit()?;
@@ -250,13 +334,82 @@ pub fn load_info(conn: &Connection) -> Result<GroupInfo> {
             "the tables on disk do not match the group's schema",
         ));
     }
-    let tables = schema.tables.iter().map(TableSql::new).collect();
-    Ok(GroupInfo {
-        id,
-        schema,
-        schema_hash,
-        tables,
-    })
+    let history = load_history(conn, &schema).map_err(|e| corrupt(&e))?;
+    Ok(GroupInfo::new(id, schema, history))
+}
+
+/// Every version of the schema, each checked against its hash and (after
+/// the first) made by its migration from the one before; the last must
+/// be `current`.
+fn load_history(
+    conn: &Connection,
+    current: &Schema,
+) -> std::result::Result<Vec<SchemaVersion>, String> {
+    let mut st = conn
+        .prepare(
+            "SELECT s.version, s.seq, s.structure, s.hash, s.accepts_from, s.ddl, l.migration
+               FROM pdb_schemas s LEFT JOIN pdb_log l ON l.seq = s.seq AND s.seq > 0
+              ORDER BY s.version",
+        )
+        .map_err(|e| e.to_string())?;
+    let rows = st
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, Option<Vec<u8>>>(6)?,
+            ))
+        })
+        .map_err(|e| e.to_string())?;
+    let mut out: Vec<SchemaVersion> = Vec::new();
+    for row in rows {
+        let (version, seq, structure, hash, accepts_from, ddl, migration) =
+            row.map_err(|e| e.to_string())?;
+        let version = u32::try_from(version).map_err(|_| "bad schema version in history")?;
+        let tables = serde_json::from_str(&structure)
+            .map_err(|e| format!("schema version {version}: {e}"))?;
+        let schema = Schema::new(version, tables);
+        schema
+            .validate()
+            .map_err(|e| format!("schema version {version}: {e}"))?;
+        if schema.hash().to_vec() != hash {
+            return Err(format!("schema version {version} does not match its hash"));
+        }
+        let migration = match (out.last(), migration) {
+            (None, _) => None,
+            (Some(prev), Some(bytes)) => {
+                let m = Migration::decode(&bytes)
+                    .map_err(|e| format!("the migration to version {version}: {e}"))?;
+                if m.apply_to(&prev.schema)? != schema {
+                    return Err(format!(
+                        "the migration to version {version} does not make that version"
+                    ));
+                }
+                Some(m)
+            }
+            (Some(_), None) => {
+                return Err(format!(
+                    "the migration to version {version} is not in the log"
+                ))
+            }
+        };
+        out.push(SchemaVersion {
+            hash: schema.hash(),
+            schema,
+            seq: seq.max(0) as u64,
+            accepts_from: u32::try_from(accepts_from).unwrap_or(0),
+            ddl,
+            migration,
+        });
+    }
+    match out.last() {
+        Some(last) if &last.schema == current => Ok(out),
+        _ => Err("the schema history does not end at the schema in force".into()),
+    }
 }
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -7,12 +7,12 @@ use super::apply;
 use super::batch::Batch;
 use crate::error::ApiError;
 use crate::store::log::{self, HeadState};
-use crate::store::GroupInfo;
+use crate::store::{GroupInfo, SchemaVersion};
 use ed25519_dalek::SigningKey;
 use pdb_protocol::records::Signed;
 use pdb_protocol::value::encode_values;
 use pdb_protocol::wire::{CommitResponse, Policy};
-use pdb_protocol::{genesis_hash, now_ms, sha256, Changeset, CommitRecord, Invalid, Value};
+use pdb_protocol::{now_ms, sha256, Changeset, CommitRecord, Invalid, Migration, Value};
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub struct CommitInput {
@@ -55,8 +55,83 @@ fn db(context: &'static str) -> impl Fn(rusqlite::Error) -> ApiError {
     move |e| ApiError::sqlite(context, e)
 }
 
+/// The schema version a commit was sealed on, when it is an older one
+/// the group still accepts (its commits are translated); `None` for the
+/// version in force. Any other is `schema_mismatch`, with the migrations
+/// a client needs to catch up.
+fn sealed_on<'a>(
+    info: &'a GroupInfo,
+    input: &CommitInput,
+) -> Result<Option<&'a SchemaVersion>, ApiError> {
+    if input.schema_version == info.schema.version && input.schema_hash == info.schema_hash {
+        return Ok(None);
+    }
+    let accepts_from = info.accepts_from();
+    let old = info
+        .version(input.schema_version)
+        .filter(|v| v.hash == input.schema_hash);
+    match old {
+        Some(v) if v.schema.version >= accepts_from && v.schema.version < info.schema.version => {
+            Ok(Some(v))
+        }
+        _ => Err(ApiError::SchemaMismatch {
+            expected: info.schema_json(),
+            accepts_from,
+            migrations: info.since(input.schema_version).iter().map(|v| v.json()).collect(),
+            message: match old {
+                Some(_) => format!(
+                    "the commit was sealed on schema version {}, which this group no longer accepts (it accepts versions {accepts_from} to {}): apply the migrations since, then seal it again",
+                    input.schema_version, info.schema.version
+                ),
+                None => format!(
+                    "the commit was made against a schema this group never had; the group is at version {}",
+                    info.schema.version
+                ),
+            },
+        }),
+    }
+}
+
+/// Carries a changeset sealed on the older version `old` into the schema
+/// in force: renamed columns follow, dropped ones go, added ones take
+/// their defaults (`pdb_protocol::migration::translate`).
+fn translate(
+    conn: &Connection,
+    info: &GroupInfo,
+    old: &SchemaVersion,
+    cs: &Changeset,
+) -> Result<Changeset, ApiError> {
+    let migrations: Vec<Migration> = info
+        .since(old.schema.version)
+        .iter()
+        .filter_map(|v| v.migration.clone())
+        .collect();
+    let out = pdb_protocol::migration::translate(
+        cs,
+        &old.schema,
+        &migrations,
+        &info.schema,
+        &mut |d| pdb_protocol::migration::literal_value(d.as_deref()),
+        &mut |table, key| match info.table_sql(table) {
+            Some(t) => t.fetch(conn, key).map_err(|e| e.to_string()),
+            None => Ok(None),
+        },
+    )
+    .map_err(|u| ApiError::InvalidChangeset {
+        table: Some(u.table),
+        key: None,
+        message: format!(
+            "sealed on schema version {}, it cannot be carried to version {}: {}",
+            old.schema.version, info.schema.version, u.message
+        ),
+    })?;
+    out.validate(&info.schema).map_err(invalid)?;
+    Ok(out)
+}
+
 /// Validates and applies one commit in the order docs/witness.md gives:
-/// schema, idempotency, head, then the changeset itself.
+/// idempotency (a retry replays, whatever has changed since), schema,
+/// head, then the changeset itself.
 pub fn process(
     conn: &Connection,
     info: &GroupInfo,
@@ -65,15 +140,10 @@ pub fn process(
     input: &CommitInput,
     batch: &Batch<'_>,
 ) -> Result<CommitResponse, ApiError> {
-    if input.schema_version != info.schema.version || input.schema_hash != info.schema_hash {
-        return Err(ApiError::SchemaMismatch {
-            expected: info.schema_json(),
-        });
-    }
-
     let digest = sha256(&input.changeset);
-    if let Some((certificate, certified)) = log::by_idempotency_key(conn, &input.idempotency_key)? {
-        if certified == digest {
+    if let Some(done) = log::by_idempotency_key(conn, &input.idempotency_key)? {
+        let certificate = done.certificate;
+        if done.digests.contains(&digest) {
             return Ok(CommitResponse {
                 replay: true,
                 certificate,
@@ -84,12 +154,13 @@ pub fn process(
             input.idempotency_key, certificate.seq
         )));
     }
+    let old = sealed_on(info, input)?;
 
     let at_head = input.base_seq == head.seq && input.base_hash == head.hash;
     if !at_head {
         let known = input.base_seq < head.seq
             && if input.base_seq == 0 {
-                input.base_hash == genesis_hash(&info.id, info.schema.version, &info.schema_hash)
+                input.base_hash == info.genesis()
             } else {
                 log::head_hash_at(conn, input.base_seq)? == Some(input.base_hash)
             };
@@ -118,7 +189,18 @@ pub fn process(
         key: None,
         message: format!("malformed changeset: {e}"),
     })?;
-    cs.validate(&info.schema).map_err(invalid)?;
+    let (cs, translated) = match old {
+        None => {
+            cs.validate(&info.schema).map_err(invalid)?;
+            (cs, None)
+        }
+        Some(old) => {
+            cs.validate(&old.schema).map_err(invalid)?;
+            let out = translate(conn, info, old, &cs)?;
+            let bytes = out.encode();
+            (out, Some(bytes))
+        }
+    };
     let touched = info.touched_keys(&cs);
 
     if !at_head {
@@ -152,11 +234,12 @@ pub fn process(
     }
     super::projections::maintain(conn, batch, seq, &touched)?;
 
+    let stored = translated.as_deref().unwrap_or(&input.changeset);
     let record = CommitRecord {
         group: info.id.clone(),
         seq,
         prev_head: head.hash,
-        changeset_digest: digest,
+        changeset_digest: sha256(stored),
         state_root: root.digest(),
         schema_version: info.schema.version,
         schema_hash: info.schema_hash,
@@ -167,18 +250,19 @@ pub fn process(
     let signed = Signed::sign(key, record.encode());
     let head_hash = sha256(&signed.bytes);
     conn.prepare_cached(
-        "INSERT INTO pdb_log(seq, idem_key, head_hash, changeset, record, signature, client_time)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO pdb_log(seq, idem_key, head_hash, changeset, record, signature, client_time, submitted_digest)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )
     .and_then(|mut st| {
         st.execute(params![
             seq as i64,
             input.idempotency_key,
             head_hash.to_vec(),
-            input.changeset,
+            stored,
             signed.bytes,
             signed.signature.to_vec(),
-            input.client_time
+            input.client_time,
+            translated.is_some().then(|| digest.to_vec())
         ])
     })
     .map_err(db("appending to the log"))?;
@@ -199,6 +283,8 @@ pub fn process(
         hash: head_hash,
         root,
         time_ms: record.time_ms,
+        schema_version: info.schema.version,
+        schema_hash: info.schema_hash,
     };
     Ok(CommitResponse {
         replay: false,

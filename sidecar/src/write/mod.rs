@@ -8,6 +8,7 @@
 pub mod apply;
 pub mod batch;
 pub mod commit;
+pub mod migration;
 pub mod pool;
 pub mod projections;
 pub mod rules;

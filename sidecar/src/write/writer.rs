@@ -18,18 +18,19 @@
 
 use super::batch::Batch;
 use super::commit::{self, CommitInput};
+use super::migration::{self, MigrationInput};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::sandbox::{Budget, Limits};
 use crate::store::log::{self, HeadState};
 use crate::store::GroupInfo;
 use ed25519_dalek::SigningKey;
-use pdb_protocol::wire::CommitResponse;
+use pdb_protocol::wire::{CommitResponse, MigrationResponse};
 use rusqlite::Connection;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -100,8 +101,25 @@ pub struct Job {
     pub reply: oneshot::Sender<Result<CommitResponse, ApiError>>,
 }
 
+/// A migration waiting for the writer: it runs alone, in a transaction of
+/// its own, in its place among the commits.
+pub struct MigrationJob {
+    pub input: MigrationInput,
+    pub reply: oneshot::Sender<Result<MigrationResponse, ApiError>>,
+}
+
+/// What waits in a group's mailbox, in order.
+enum Work {
+    Commit(Job),
+    Migration(MigrationJob),
+}
+
+/// The group's info, shared by the writer (which replaces it after a
+/// migration) and everything that reads it.
+pub type SharedInfo = Arc<RwLock<Arc<GroupInfo>>>;
+
 struct Queue {
-    jobs: VecDeque<Job>,
+    jobs: VecDeque<Work>,
     stopping: bool,
     /// A turn is queued on the pool or running.
     scheduled: bool,
@@ -143,6 +161,15 @@ impl Mailbox {
     /// Queues a commit. Fails when shutting down or when too many wait.
     /// True when the group needs a turn scheduled now.
     pub fn submit(&self, job: Job) -> Result<bool, ApiError> {
+        self.push(Work::Commit(job))
+    }
+
+    /// Queues a migration, behind the commits already waiting.
+    pub fn submit_migration(&self, job: MigrationJob) -> Result<bool, ApiError> {
+        self.push(Work::Migration(job))
+    }
+
+    fn push(&self, job: Work) -> Result<bool, ApiError> {
         let mut q = self.lock();
         if q.stopping {
             return Err(stopping());
@@ -185,11 +212,14 @@ impl Mailbox {
     /// The first commit of a turn's batch: `None` when none waits or
     /// maintenance goes first. Once stopping, every commit still queued is
     /// answered `unavailable` instead.
-    pub fn first(&self) -> Option<Job> {
+    fn first(&self) -> Option<Work> {
         let mut q = self.lock();
         if q.stopping {
             for job in q.jobs.drain(..) {
-                let _ = job.reply.send(Err(stopping()));
+                match job {
+                    Work::Commit(j) => drop(j.reply.send(Err(stopping()))),
+                    Work::Migration(j) => drop(j.reply.send(Err(stopping()))),
+                }
             }
             return None;
         }
@@ -199,14 +229,21 @@ impl Mailbox {
         q.jobs.pop_front()
     }
 
-    /// Another commit for the batch in progress, unless maintenance waits
-    /// or the witness is stopping.
+    /// Another commit for the batch in progress, unless maintenance waits,
+    /// the witness is stopping, or a migration is next.
     fn next(&self) -> Option<Job> {
         let mut q = self.lock();
         if q.stopping || self.maintenance.load(Relaxed) > 0 {
             return None;
         }
-        q.jobs.pop_front()
+        match q.jobs.pop_front() {
+            Some(Work::Commit(j)) => Some(j),
+            Some(other) => {
+                q.jobs.push_front(other);
+                None
+            }
+            None => None,
+        }
     }
 
     /// Ends a turn: true when it should be scheduled again.
@@ -242,6 +279,8 @@ pub struct Writer {
     pub budget: Budget,
     pub limits: Limits,
     pub info: Arc<GroupInfo>,
+    /// Where everything else reads the group's info.
+    pub shared: SharedInfo,
     pub key: Arc<SigningKey>,
     pub head: HeadState,
     /// The directory whose file system holds the group, and the free
@@ -266,8 +305,58 @@ impl Writer {
     pub fn turn(&mut self, mailbox: &Mailbox) {
         if let Some(first) = mailbox.first() {
             mailbox.stats.busy(true);
-            self.batch(first, mailbox);
+            match first {
+                Work::Commit(job) => self.batch(job, mailbox),
+                Work::Migration(job) => {
+                    let answer = self.migrate(&job.input);
+                    self.metrics.commit(match &answer {
+                        Ok(_) => "migrated",
+                        Err(e) => e.code(),
+                    });
+                    let _ = job.reply.send(answer);
+                }
+            }
             mailbox.stats.busy(false);
+        }
+    }
+
+    /// Applies a migration in a transaction of its own; on success the
+    /// group's info becomes the new schema's, here and for everyone.
+    fn migrate(&mut self, input: &MigrationInput) -> Result<MigrationResponse, ApiError> {
+        if let Some(e) = self.short_of_space() {
+            return Err(e);
+        }
+        let failed = |e| ApiError::sqlite("migrating", e);
+        self.conn.execute_batch("BEGIN IMMEDIATE").map_err(failed)?;
+        let mut head = self.head.clone();
+        let applied = migration::apply(
+            &mut self.conn,
+            &self.info,
+            &self.key,
+            &mut head,
+            input,
+            &self.budget,
+            self.limits,
+        )
+        .and_then(|out| {
+            self.conn.execute_batch("COMMIT").map_err(failed)?;
+            Ok(out)
+        });
+        match applied {
+            Ok((answer, info)) => {
+                self.head = head;
+                let info = Arc::new(info);
+                *self.shared.write().unwrap_or_else(|p| p.into_inner()) = info.clone();
+                self.info = info;
+                if !answer.replay {
+                    tracing::info!(group = %self.info.id, seq = self.head.seq, version = self.info.schema.version, "migrated");
+                }
+                Ok(answer)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
         }
     }
 
@@ -412,19 +501,7 @@ impl Writer {
         super::projections::record_broken(conn, &batch).map_err(Attempt::Failed)?;
         // The head row moves once per batch; the in-memory head is the
         // truth between commits of one batch.
-        let head = &self.head;
-        conn.prepare_cached(
-            "UPDATE pdb_head SET seq = ?1, head_hash = ?2, root = ?3, time_ms = ?4 WHERE id = 1",
-        )
-        .and_then(|mut st| {
-            st.execute(rusqlite::params![
-                head.seq as i64,
-                head.hash.to_vec(),
-                head.root.to_bytes(),
-                head.time_ms as i64
-            ])
-        })
-        .map_err(failed)?;
+        log::set_head(conn, &self.head).map_err(failed)?;
         let synced = Instant::now();
         conn.execute_batch("COMMIT").map_err(failed)?;
         self.metrics

@@ -1,0 +1,80 @@
+//! `/v1/groups/<g>/migrations`: an admin takes the group's schema to its
+//! next version (`POST`, answered once the migration's log entry is
+//! durable); members read the migrations after a version (`GET`), which
+//! stay available however far the log is pruned.
+
+use super::call::{json, Answer, Call};
+use crate::auth::Role;
+use crate::error::ApiError;
+use crate::read;
+use crate::write::migration::MigrationInput;
+use hyper::{Method, StatusCode};
+use pdb_protocol::wire::MigrationRequest;
+
+pub async fn handle(call: &mut Call, id: &str) -> Answer {
+    match call.method {
+        Method::GET => {
+            let g = call.group(id, Role::Reader).await?;
+            let after = after_version(call.query())?;
+            let (w, g2) = (call.w.clone(), g.clone());
+            let page = call
+                .read(&g, move || read::migrations(&w, &g2, after))
+                .await?;
+            json(StatusCode::OK, &page)
+        }
+        Method::POST => {
+            let g = call.group(id, Role::Admin).await?;
+            let body: MigrationRequest = call.json_body().await?;
+            let info = g.info();
+            let to = match body.schema_version {
+                Some(v) => v,
+                None => info.schema.version.checked_add(1).ok_or_else(|| {
+                    ApiError::BadRequest("the schema version cannot grow further".into())
+                })?,
+            };
+            let accepts_from = body.accepts_from.unwrap_or(info.schema.version);
+            // Derived off the async workers, on the schema in force now; the
+            // writer refuses it if another migration went first.
+            let migration = call
+                .blocking(move || {
+                    crate::store::migrate::derive(&info.schema, &body.ddl, to, accepts_from)
+                        .map_err(ApiError::BadRequest)
+                })
+                .await?;
+            let input = MigrationInput {
+                migration,
+                author: call.caller.identity.clone(),
+            };
+            let answer = g.migrate(input).await?;
+            let status = if answer.replay {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            json(status, &answer)
+        }
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+/// `after_version=V` (default 0: every migration, with the first schema).
+fn after_version(q: &str) -> Result<u32, ApiError> {
+    let mut after = 0;
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("after_version", v)) => {
+                after = v.parse().map_err(|_| {
+                    ApiError::BadRequest(
+                        "after_version must be a schema version (0 to 4294967295)".into(),
+                    )
+                })?
+            }
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter {pair:?} (expected after_version)"
+                )))
+            }
+        }
+    }
+    Ok(after)
+}
