@@ -134,6 +134,17 @@ pub fn bootstrap(
     m: &SnapshotJson,
     own: Option<(Outbox, u64)>,
 ) -> Result<u64> {
+    // A snapshot made after migrations this database has not had: they
+    // are applied first (pending rows carried across), then the snapshot.
+    let version = m
+        .signed
+        .to_signed()
+        .and_then(|s| s.snapshot(&l.key).ok())
+        .map(|r| r.schema_version);
+    if let Some(v) = version.filter(|v| *v > l.schema.version) {
+        let migrated = crate::migrate::catch_up_schema(l, w, v)?;
+        return bootstrap(&migrated, w, m, own);
+    }
     let rec = verify_manifest(l, m)?;
     let file = with_suffix(&db_file(l)?, "-pdb-snapshot");
     let progress = progress_path(l)?;

@@ -174,8 +174,14 @@ fn create_triggers(db: &Db, t: &SyncTable) -> Result<()> {
 /// With `adopt_rows`, rows already in the table are logged as local
 /// inserts (they were there before sync started).
 pub fn install(db: &Db, t: &Table, st: &SyncTable, adopt_rows: bool) -> Result<()> {
+    install_log(db, t, st, adopt_rows)?;
+    create_triggers(db, st)
+}
+
+/// A table's base log without its triggers (they come with [`resume`]),
+/// for a table a migration adds while capture is paused.
+pub fn install_log(db: &Db, t: &Table, st: &SyncTable, adopt_rows: bool) -> Result<()> {
     db.exec(&base_ddl(t))?;
-    create_triggers(db, st)?;
     if adopt_rows {
         let pk = st.key_idents();
         db.exec(&format!(
@@ -193,16 +199,30 @@ pub fn install(db: &Db, t: &Table, st: &SyncTable, adopt_rows: bool) -> Result<(
 /// itself. Call inside a transaction, so no other connection ever sees
 /// them missing (DDL is transactional).
 pub fn paused<T>(l: &Local, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    pause(l)?;
+    let out = f()?;
+    resume(l)?;
+    Ok(out)
+}
+
+/// Drops the capture triggers of every synced table (inside a
+/// transaction that ends with [`resume`]).
+pub fn pause(l: &Local) -> Result<()> {
     for t in &l.tables {
         for what in TRIGGERS {
             l.db.exec(&format!("DROP TRIGGER IF EXISTS {}", trigger_name(t, what)))?;
         }
     }
-    let out = f()?;
+    Ok(())
+}
+
+/// Creates the capture triggers of every synced table of `l` — after a
+/// migration, of the tables of the new schema.
+pub fn resume(l: &Local) -> Result<()> {
     for t in &l.tables {
         create_triggers(&l.db, t)?;
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@
 use crate::error::{Error, Rejection, Result, Stage};
 use crate::transport::Transport;
 use pdb_protocol::wire::{
-    CommitRequest, CommitResponse, CommitsPage, ErrorJson, GroupJson, ProjectionList,
-    ProjectionPage, SnapshotJson, WitnessJson,
+    CommitRequest, CommitResponse, CommitsPage, ErrorJson, GroupJson, MigrationsPage,
+    ProjectionList, ProjectionPage, SnapshotJson, WitnessJson,
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value as Json;
@@ -28,6 +28,10 @@ pub trait WitnessApi {
     fn commits(&self, after: u64, limit: u32) -> Result<CommitsPage>;
     /// Submits a commit; a replay answers with the original certificate.
     fn commit(&self, req: &CommitRequest) -> Result<CommitResponse>;
+    /// The migrations to schema versions after `after_version`, with
+    /// their signed entries (kept however far the log is pruned), and the
+    /// group's first schema when `after_version` is before it.
+    fn migrations(&self, after_version: u32) -> Result<MigrationsPage>;
     /// The newest snapshot's manifest, if the witness keeps one.
     fn latest_snapshot(&self) -> Result<Option<SnapshotJson>>;
     /// Bytes `start..=end` of snapshot `seq`'s file (maybe fewer).
@@ -47,6 +51,9 @@ enum Endpoint<'a> {
         limit: u32,
     },
     Commit,
+    Migrations {
+        after_version: u32,
+    },
     LatestSnapshot,
     SnapshotData {
         seq: u64,
@@ -69,6 +76,9 @@ impl Endpoint<'_> {
                 format!("{g}/commits?after={after}&limit={limit}")
             }
             Endpoint::Commit => format!("{g}/commits"),
+            Endpoint::Migrations { after_version } => {
+                format!("{g}/migrations?after_version={after_version}")
+            }
             Endpoint::LatestSnapshot => format!("{g}/snapshots/latest"),
             Endpoint::SnapshotData { seq } => format!("{g}/snapshots/{seq}/data"),
             Endpoint::Projections => format!("{g}/projections"),
@@ -275,6 +285,13 @@ impl WitnessApi for HttpWitness {
         decode(
             self.body(&url, resp)?,
             "the witness sent a malformed certificate",
+        )
+    }
+
+    fn migrations(&self, after_version: u32) -> Result<MigrationsPage> {
+        self.get(
+            Endpoint::Migrations { after_version },
+            "the witness sent a malformed list of migrations",
         )
     }
 

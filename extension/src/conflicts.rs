@@ -97,3 +97,33 @@ pub fn record(l: &Local, st: &SyncTable, seq: u64, key: &[Value], c: &Conflict) 
     }
     Ok(())
 }
+
+/// Records a local edit that the migration at log entry `seq` took away
+/// (kind `schema`): the value of a dropped column `col`, or (`col` None) a
+/// pending row of a dropped table, its values as JSON arrays. Kept is
+/// `remote`: the group's schema no longer has it.
+pub fn record_schema(
+    l: &Local,
+    table: &str,
+    seq: u64,
+    key: &[Value],
+    col: Option<&str>,
+    base: Value,
+    local: Value,
+) -> Result<()> {
+    l.sql.run(
+        "INSERT INTO pdb_conflicts(seq, tbl, pk, col, base_value, local_value, remote_value, kept, policy, at_ms, kind, key_values)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, 'remote', ?7, ?8, 'schema', ?9)",
+        &[
+            Value::Integer(seq as i64),
+            Value::text(table),
+            Value::text(&values_json(key)),
+            col.map_or(Value::Null, Value::text),
+            base,
+            local,
+            Value::text(l.policy.name()),
+            Value::Integer(now_ms() as i64),
+            Value::Blob(encode_values(key)),
+        ],
+    )
+}

@@ -29,6 +29,10 @@ pub enum Error {
     /// replayed answer; or a key rotation not yet seen): nothing of it was
     /// used.
     Untrusted(String),
+    /// Sync cannot go on until something outside it changes, found on
+    /// this side (the group's schema moved past what the app understands):
+    /// a code, like a witness's, and what to do.
+    Stopped { code: &'static str, message: String },
     /// An error of any kind above, told with what was being done: the
     /// message is the whole text shown, the cause keeps the kind.
     Context { message: String, cause: Box<Error> },
@@ -107,6 +111,10 @@ impl Rejection {
             // does not.
             "unauthorized" if self.body.table.is_some() => Class::FixRows,
             "snapshot_required" => Class::CatchUp,
+            // Sealed on a schema the group no longer accepts: pull (which
+            // migrates), seal again. Without migrations to apply, the
+            // schema is one the group never had.
+            "schema_mismatch" if !self.body.migrations.is_empty() => Class::Rebase,
             _ => Class::Stop,
         }
     }
@@ -124,6 +132,16 @@ impl Error {
     /// Whether an answer failed verification.
     pub fn is_untrusted(&self) -> bool {
         matches!(self.root(), Error::Untrusted(_))
+    }
+
+    /// The code that names what stopped sync: the witness's rejection
+    /// code, or this side's own.
+    pub fn code(&self) -> Option<&str> {
+        match self.root() {
+            Error::Rejected(r) => Some(&r.body.code),
+            Error::Stopped { code, .. } => Some(code),
+            _ => None,
+        }
     }
 
     /// The same error, its message rewritten by `f` (which gets the
@@ -163,6 +181,7 @@ impl Error {
         match self.root() {
             Error::Network { .. } => Some(Class::Retry),
             Error::Rejected(r) => Some(r.class()),
+            Error::Stopped { .. } => Some(Class::Stop),
             _ => None,
         }
     }
@@ -260,6 +279,7 @@ impl fmt::Display for Error {
             | Error::Network { message, .. }
             | Error::Invalid(message)
             | Error::Untrusted(message)
+            | Error::Stopped { message, .. }
             | Error::Context { message, .. } => f.write_str(message),
             Error::Rejected(r) => write!(f, "{}: {}", r.body.code, r.body.message),
         }

@@ -14,6 +14,7 @@ mod hold;
 mod keys;
 mod kv;
 mod merge;
+mod migrate;
 mod open;
 mod pending;
 mod projection;

@@ -11,7 +11,7 @@ use crate::state::{self, Head};
 use crate::tables::{self, read_local, SyncTable};
 use crate::transport::{Transport, DEFAULT_TIMEOUT_MS};
 use crate::{bootstrap, capture, keys, pending, pull, signed, status};
-use pdb_protocol::{genesis_hash, StateRoot, Value};
+use pdb_protocol::{genesis_hash, Schema, StateRoot, Value};
 use serde_json::{json, Value as Json};
 
 pub struct OpenOptions {
@@ -25,6 +25,8 @@ pub struct OpenOptions {
     /// Whether the token is stored in the database (for SQL-only
     /// workflows and other processes) or held by this process only.
     pub store_token: bool,
+    /// The schema versions the app's code understands (`None`: any).
+    pub schema_versions: Option<(u32, u32)>,
 }
 
 const OPTIONS: &[&str] = &[
@@ -36,6 +38,7 @@ const OPTIONS: &[&str] = &[
     "timeout_ms",
     "max_head_age_ms",
     "store_token",
+    "schema_versions",
 ];
 
 pub fn parse_options(s: Option<&str>) -> Result<OpenOptions> {
@@ -107,6 +110,7 @@ pub fn parse_options(s: Option<&str>) -> Result<OpenOptions> {
             Some(Json::Bool(b)) => *b,
             Some(_) => return Err(Error::invalid("store_token must be true or false")),
         },
+        schema_versions: schema_versions(obj.get("schema_versions"))?,
         max_head_age_ms: match obj.get("max_head_age_ms") {
             None => signed::DEFAULT_MAX_HEAD_AGE_MS,
             Some(v) => v.as_u64().ok_or_else(|| {
@@ -114,6 +118,69 @@ pub fn parse_options(s: Option<&str>) -> Result<OpenOptions> {
             })?,
         },
     })
+}
+
+/// `schema_versions`: `[min, max]` (or one version N, meaning `[N, N]`),
+/// or null for any.
+fn schema_versions(v: Option<&Json>) -> Result<Option<(u32, u32)>> {
+    let bad = || {
+        Error::invalid(
+            "schema_versions must be [min, max]: the range of the group's schema versions this app's code understands (or one version)",
+        )
+    };
+    let version = |v: &Json| {
+        v.as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(bad)
+    };
+    match v {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::Array(a)) if a.len() == 2 => {
+            let (min, max) = (version(&a[0])?, version(&a[1])?);
+            if min > max {
+                return Err(bad());
+            }
+            Ok(Some((min, max)))
+        }
+        Some(n @ Json::Number(_)) => {
+            let n = version(n)?;
+            Ok(Some((n, n)))
+        }
+        Some(_) => Err(bad()),
+    }
+}
+
+/// The schema a new database starts from: the group's schema in force
+/// when its history has no migrations; else the schema of the snapshot it
+/// will start from (when it has no rows of its own to keep), or of the
+/// log's start — checked against signed records (the snapshot's, the
+/// migrations', or the genesis its first entry must chain to).
+fn start_schema(
+    db: &Db,
+    w: &dyn WitnessApi,
+    key: &pdb_protocol::KeyChain,
+    group: &str,
+    g: &pdb_protocol::wire::GroupJson,
+    current: Schema,
+) -> Result<Schema> {
+    let Some(first) = g.schema_history.first() else {
+        return Ok(current);
+    };
+    let names: Vec<String> = current.tables.iter().map(|t| t.name.clone()).collect();
+    let own_rows = read_local(db, &names)?.is_some();
+    let snapshot = match bootstrap::newer_snapshot(w, 0)? {
+        Some(m) if !own_rows => m
+            .signed
+            .to_signed()
+            .and_then(|s| s.snapshot(key).ok())
+            .map(|r| r.schema_version),
+        _ => None,
+    };
+    let version = snapshot.unwrap_or(first.version);
+    if version == current.version {
+        return Ok(current);
+    }
+    crate::migrate::schema_at(key, group, w, version)
 }
 
 /// Opens (or re-opens) a database for sync with a group.
@@ -162,17 +229,33 @@ pub fn open_with(
     signed::check_fresh(&db, &head_rec, opts.max_head_age_ms)?;
     // The schema is data: checked against the grammar and its hash, which
     // the signed head must name, before any of it is used.
-    let schema = g.schema.schema().map_err(|e| {
+    let current = g.schema.schema().map_err(|e| {
         Error::invalid(format!(
             "the witness sent a schema that is refused ({e}); nothing was created"
         ))
     })?;
-    let schema_hash = schema.hash();
-    if head_rec.schema_hash != schema_hash || head_rec.schema_version != schema.version {
+    if head_rec.schema_hash != current.hash() || head_rec.schema_version != current.version {
         return Err(Error::invalid(
             "the group's schema is not the one its signed head names; nothing was created",
         ));
     }
+    let fresh = state::get(&db, "head_seq")?.is_none();
+    if let Some((min, max)) = opts.schema_versions {
+        if current.version < min {
+            return Err(crate::migrate::group_too_old(current.version, min));
+        }
+        if fresh && current.version > max {
+            return Err(crate::migrate::upgrade_required(current.version, max));
+        }
+    }
+    // A database already in sync keeps its own schema (pulling migrates
+    // it); a new one starts where its history will start.
+    let schema = if fresh {
+        start_schema(&db, w, &key, group, &g, current)?
+    } else {
+        state::stored_schema(&db)?
+    };
+    let schema_hash = schema.hash();
     let names: Vec<String> = schema.tables.iter().map(|t| t.name.clone()).collect();
 
     transaction(&db, || {
@@ -194,7 +277,7 @@ pub fn open_with(
             }
         }
         tables::check_local(&db, &schema)?;
-        let fresh = state::get(&db, "head_seq")?.is_none();
+        crate::migrate::set_app_range(&db, opts.schema_versions)?;
         if let Some(limits) = &info.limits {
             state::set_limits(&db, limits)?;
         }
@@ -244,8 +327,10 @@ pub fn open_with(
     }
     let pulled = pull::pull(&l, w)?;
     state::clear_error(&db)?;
+    let l = state::load(db)?;
     Ok(json!({
         "group": group, "pulled": pulled.commits, "conflicts": pulled.conflicts,
+        "migrations": pulled.migrations,
         "bootstrapped_from": bootstrapped, "head": status::head_json(&l)?,
     }))
 }

@@ -175,11 +175,14 @@ pub struct Outbox {
     pub changeset: Vec<u8>,
     pub rows: i64,
     pub attempts: i64,
+    /// The schema version and hash (hex) it was sealed on (`None`: sealed
+    /// before migrations existed, on the schema in force).
+    pub schema: Option<(u32, String)>,
 }
 
 pub fn outbox(db: &Db) -> Result<Option<Outbox>> {
     let Some(r) = db.row(
-        "SELECT id, idem_key, base_seq, base_hash, changeset, rows, attempts FROM pdb_outbox ORDER BY id LIMIT 1",
+        "SELECT id, idem_key, base_seq, base_hash, changeset, rows, attempts, schema_version, schema_hash FROM pdb_outbox ORDER BY id LIMIT 1",
         &[],
     )?
     else {
@@ -196,6 +199,10 @@ pub fn outbox(db: &Db) -> Result<Option<Outbox>> {
             changeset: blob(4)?.to_vec(),
             rows: int(5)?,
             attempts: int(6)?,
+            schema: match (int(7), r.get(8).and_then(as_text)) {
+                (Some(v), Some(h)) => Some((u32::try_from(v).ok()?, h)),
+                _ => None,
+            },
         })
     })();
     o.map(Some)

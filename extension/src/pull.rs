@@ -24,31 +24,46 @@ use pdb_protocol::{now_ms, sha256, Change, Changeset, HeadRecord, Op, Signed, St
 /// Commits asked for per page.
 const PAGE: u32 = 500;
 
-/// What a pull did: commits applied and conflicts met.
+/// What a pull did: commits applied, conflicts met, migrations applied.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Pulled {
     pub commits: usize,
     pub conflicts: usize,
+    pub migrations: usize,
 }
 
 impl std::ops::AddAssign for Pulled {
     fn add_assign(&mut self, o: Pulled) {
         self.commits += o.commits;
         self.conflicts += o.conflicts;
+        self.migrations += o.migrations;
     }
 }
 
-/// Pulls and applies every commit after the verified head.
-pub fn pull(l: &Local, w: &dyn WitnessApi) -> Result<Pulled> {
+/// Pulls and applies every entry after the verified head. After a
+/// migration the database's schema is another: callers holding a `Local`
+/// load it again when `migrations` > 0. A migration past the versions the
+/// app understands is not applied: what came before it is kept and the
+/// pull stops with `app_upgrade_required`.
+pub fn pull(l0: &Local, w: &dyn WitnessApi) -> Result<Pulled> {
     let mut pulled = Pulled::default();
+    let mut reloaded: Option<Local> = None;
     loop {
+        let l = reloaded.as_ref().unwrap_or(l0);
         let after = l.head()?.seq;
         let page = match w.commits(after, PAGE) {
             Ok(p) => p,
             Err(e) if e.is_rejection("snapshot_required") => {
                 // The log after our head is gone: restart from a snapshot,
-                // pending rows re-based on it.
+                // pending rows re-based on it (migrated first if the
+                // snapshot is of a later schema).
+                let schema = l.schema.version;
                 bootstrap::catch_up(l, w, after)?;
+                let next = state::load(l.db)?;
+                if next.schema.version != schema {
+                    pulled.migrations += 1;
+                }
+                reloaded = Some(next);
                 continue;
             }
             Err(e) => return Err(e),
@@ -62,9 +77,16 @@ pub fn pull(l: &Local, w: &dyn WitnessApi) -> Result<Pulled> {
                 signed_head.seq
             )));
         }
-        pulled += transaction(&l.db, || {
-            capture::paused(l, || apply_page(l, &page.commits, &signed_head))
-        })?;
+        let (p, stopped) = transaction(&l.db, || apply_page(l, &page.commits, &signed_head))?;
+        pulled += p;
+        if p.migrations > 0 {
+            let next = state::load(l.db)?;
+            reloaded = Some(next);
+        }
+        let l = reloaded.as_ref().unwrap_or(l0);
+        if let Some(e) = stopped {
+            return Err(e);
+        }
         if l.head()?.seq == signed_head.seq {
             // The signed head says this copy is current as of now.
             state::set(&l.db, "verified_at_ms", Value::Integer(now_ms() as i64))?;
@@ -76,40 +98,78 @@ pub fn pull(l: &Local, w: &dyn WitnessApi) -> Result<Pulled> {
 }
 
 /// Applies a page's entries after the verified head and moves the head;
-/// at the page's end it must be the signed head the page came with.
-/// Call inside a transaction with capture off.
-fn apply_page(l: &Local, entries: &[LogEntryJson], signed_head: &HeadRecord) -> Result<Pulled> {
-    let mut page = Page {
-        l,
-        rebase: Rebase::new(l)?,
-        own_key: pending::outbox(&l.db)?.map(|o| o.key),
-        head: l.head()?,
-    };
+/// at the page's end it must be the signed head the page came with. A
+/// migration entry is applied where it stands, and the entries after it
+/// on the new schema. Returns what was applied, and the stop when the
+/// page holds a migration past what the app understands (everything
+/// before it is applied). Call inside a transaction.
+fn apply_page(
+    l0: &Local,
+    entries: &[LogEntryJson],
+    signed_head: &HeadRecord,
+) -> Result<(Pulled, Option<Error>)> {
+    capture::pause(l0)?;
     let mut pulled = Pulled::default();
-    for e in entries {
-        if e.seq <= page.head.seq {
-            continue;
-        }
-        let cs = unb64(&e.changeset)
-            .ok_or_else(|| Error::invalid(format!("commit {}: changeset is not base64", e.seq)))?;
-        let cert =
-            e.certificate.signed.to_signed().ok_or_else(|| {
+    let mut reloaded: Option<Local> = None;
+    let mut rest = entries;
+    let mut stopped = None;
+    loop {
+        let l = reloaded.as_ref().unwrap_or(l0);
+        let mut page = Page {
+            l,
+            rebase: Rebase::new(l)?,
+            own_key: pending::outbox(&l.db)?.map(|o| o.key),
+            head: l.head()?,
+        };
+        let mut migration = None;
+        for (i, e) in rest.iter().enumerate() {
+            if e.seq <= page.head.seq {
+                continue;
+            }
+            if e.migration.is_some() {
+                migration = Some((i, e));
+                break;
+            }
+            let cs = unb64(&e.changeset).ok_or_else(|| {
+                Error::invalid(format!("commit {}: changeset is not base64", e.seq))
+            })?;
+            let cert = e.certificate.signed.to_signed().ok_or_else(|| {
                 Error::invalid(format!("commit {}: malformed certificate", e.seq))
             })?;
-        page.apply_entry(e.seq, &cs, &cert)?;
-        pulled.commits += 1;
+            page.apply_entry(e.seq, &cs, &cert)?;
+            pulled.commits += 1;
+        }
+        pulled.conflicts += page.rebase.conflicts;
+        let head = page.head;
+        l.set_head(&head)?;
+        let Some((i, e)) = migration else { break };
+        let v = crate::migrate::verify(l, &head, e, true)?;
+        let (_, max) = crate::migrate::app_range(&l.db)?;
+        if v.schema.version > max {
+            stopped = Some(crate::migrate::upgrade_required(v.schema.version, max));
+            break;
+        }
+        let after = crate::migrate::apply(l, &v, &head, true)?;
+        l.set_head(&after)?;
+        pulled.migrations += 1;
+        let next = state::load(l.db)?;
+        reloaded = Some(next);
+        rest = &rest[i + 1..];
     }
-    pulled.conflicts = page.rebase.conflicts;
-    let h = &page.head;
+    let l = reloaded.as_ref().unwrap_or(l0);
+    let h = l.head()?;
     if h.seq == signed_head.seq
-        && (h.hash != signed_head.head_hash || h.root.digest() != signed_head.state_root)
+        && (h.hash != signed_head.head_hash
+            || h.root.digest() != signed_head.state_root
+            || signed_head.schema_version != l.schema.version
+            || signed_head.schema_hash != l.schema_hash)
     {
         return Err(Error::invalid(
             "the local copy does not match the witness's signed head; nothing was applied",
         ));
     }
-    l.set_head(h)?;
-    Ok(pulled)
+    capture::resume(l)?;
+    Ok((pulled, stopped))
 }
 
 /// One page being applied: the rows being settled, the outbox commit's

@@ -27,8 +27,13 @@ pub fn send(l: &Local, w: &dyn WitnessApi, o: &Outbox) -> Result<u64> {
             seq: o.base_seq,
             hash: hex(&o.base_hash),
         },
-        schema_version: l.schema.version,
-        schema_hash: hex(&l.schema_hash),
+        // The schema it was sealed on: a migration pulled since does not
+        // change the bytes sent (a retry must replay).
+        schema_version: o.schema.as_ref().map_or(l.schema.version, |s| s.0),
+        schema_hash: o
+            .schema
+            .as_ref()
+            .map_or_else(|| hex(&l.schema_hash), |s| s.1.clone()),
         idempotency_key: o.key.clone(),
         changeset: b64(&o.changeset),
         policy: WirePolicy::RebaseIfClean,
@@ -42,7 +47,11 @@ pub fn send(l: &Local, w: &dyn WitnessApi, o: &Outbox) -> Result<u64> {
         .ok_or_else(|| Error::invalid("the witness sent a malformed certificate"))?
         .commit(&l.key)
         .map_err(|e| Error::untrusted(format!("the witness's certificate was rejected ({e})")))?;
-    if rec.changeset_digest != sha256(&o.changeset)
+    // Sealed on an older schema version, it was carried to the group's
+    // (the witness certifies the translated changeset, which the pull
+    // checks against the certificate like any other).
+    let translated = rec.schema_version != req.schema_version;
+    if (rec.changeset_digest != sha256(&o.changeset) && !translated)
         || rec.idempotency_key != o.key
         || rec.group != l.group
     {

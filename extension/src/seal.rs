@@ -242,7 +242,8 @@ pub fn seal(l: &Local, hold: &mut Hold, scope: Scope, budget: Budget) -> Result<
     }
     let head = l.head()?;
     l.db.run(
-        "INSERT INTO pdb_outbox(idem_key, base_seq, base_hash, changeset, rows, sealed_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO pdb_outbox(idem_key, base_seq, base_hash, changeset, rows, sealed_ms, schema_version, schema_hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         &[
             Value::text(&fresh_key()?),
             Value::Integer(head.seq as i64),
@@ -250,6 +251,8 @@ pub fn seal(l: &Local, hold: &mut Hold, scope: Scope, budget: Budget) -> Result<
             Value::Blob(cs.encode()),
             Value::Integer(rows as i64),
             Value::Integer(now_ms() as i64),
+            Value::Integer(l.schema.version.into()),
+            Value::text(&hex(&l.schema_hash)),
         ],
     )?;
     pending::outbox(&l.db)

@@ -16,6 +16,7 @@ use pdb_protocol::{hex, KeyChain, Schema, StateRoot, Value};
 const MIGRATIONS: &[&str] = &[
     include_str!("../../sql/extension/001_local.sql"),
     include_str!("../../sql/extension/002_never_stuck.sql"),
+    include_str!("../../sql/extension/003_migrations.sql"),
 ];
 
 /// Creates or updates the extension's tables (idempotent).
@@ -92,7 +93,7 @@ pub fn record_error(db: &Db, e: &Error) {
     let r = e.rejection();
     let detail = serde_json::json!({
         "class": e.class().map_or("local", |c| c.name()),
-        "code": r.map(|r| r.body.code.clone()),
+        "code": e.code(),
         "table": r.and_then(|r| r.body.table.clone()),
         "key": r.and_then(|r| r.body.key.clone()),
         "retry_after_s": e.retry_after(),

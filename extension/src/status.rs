@@ -57,6 +57,11 @@ pub fn status(db: Db) -> Result<Json> {
         "url": l.url,
         "policy": l.policy.name(),
         "head_seq": h.seq,
+        "schema_version": l.schema.version,
+        "app_schema_versions": match crate::migrate::app_range(&db)? {
+            (0, u32::MAX) => Json::Null,
+            (min, max) => json!([min, max]),
+        },
         "pending_rows": pending::count(&l)?,
         "outbox": o.map(|o| json!({"idempotency_key": o.key, "rows": o.rows, "attempts": o.attempts, "base_seq": o.base_seq})),
         "last_error": state::get_text(&db, "last_error")?,
@@ -99,7 +104,15 @@ fn at_a_glance(
             ),
             (_, "schema_mismatch") => (
                 "blocked",
-                "upgrade the app or migrate this database to the group's schema",
+                "this database's schema is not one the group ever had: open a fresh database for the group",
+            ),
+            (_, "app_upgrade_required") => (
+                "blocked",
+                "upgrade the app, then call pdb_open with schema_versions including the group's version; local reads and writes go on meanwhile, and sync resumes where it stopped",
+            ),
+            (_, "schema_too_old") => (
+                "blocked",
+                "the group's admin must migrate the group to a version this app understands",
             ),
             ("local", _) => (
                 "blocked",

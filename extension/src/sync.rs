@@ -57,7 +57,9 @@ fn finish(l: &Local, result: Result<Json>) -> Result<Json> {
 
 /// One pdb_sync's work and what it has done so far.
 struct Run<'a> {
-    l: &'a Local,
+    base: &'a Local,
+    /// The database loaded again after a pull migrated it.
+    reloaded: Option<Local>,
     w: &'a dyn WitnessApi,
     hold: Hold,
     limits: LimitsJson,
@@ -68,7 +70,8 @@ struct Run<'a> {
 
 pub fn rounds(l: &Local, w: &dyn WitnessApi) -> Result<Json> {
     let mut run = Run {
-        l,
+        base: l,
+        reloaded: None,
         w,
         hold: Hold::load(l)?,
         limits: l.limits.clone(),
@@ -91,7 +94,7 @@ pub fn rounds(l: &Local, w: &dyn WitnessApi) -> Result<Json> {
             // more, on their own, so they cannot hold the rest back.
             if !retried {
                 retried = true;
-                run.hold = Hold::load(l)?;
+                run.hold = Hold::load(run.l())?;
                 if run.hold.any_due() {
                     scope = Scope::Retry;
                     continue;
@@ -103,11 +106,11 @@ pub fn rounds(l: &Local, w: &dyn WitnessApi) -> Result<Json> {
             run.too_large_to_send(&o)?;
             continue;
         }
-        match push::send(l, w, &o) {
+        match push::send(run.l(), w, &o) {
             Ok(seq) => {
                 run.pushed += 1;
                 run.pull()?;
-                if pending::outbox(&l.db)?.is_some_and(|x| x.key == o.key) {
+                if pending::outbox(&run.l().db)?.is_some_and(|x| x.key == o.key) {
                     return Err(Error::invalid(format!(
                         "commit {seq} was certified but is not in the log the witness serves"
                     )));
@@ -133,33 +136,45 @@ pub fn rounds(l: &Local, w: &dyn WitnessApi) -> Result<Json> {
             },
         }
     }
+    let l = run.l();
     state::clear_error(&l.db)?;
     state::set(&l.db, "last_sync_ms", Value::Integer(now_ms() as i64))?;
     Ok(json!({
         "pushed": run.pushed, "pulled": run.pulled.commits, "conflicts": run.pulled.conflicts,
+        "migrations": run.pulled.migrations,
         "blocked": hold::list(&l.db)?,
         "head": head_json(l)?,
     }))
 }
 
 impl Run<'_> {
+    /// The database as it is now (its schema may have moved this sync).
+    fn l(&self) -> &Local {
+        self.reloaded.as_ref().unwrap_or(self.base)
+    }
+
     /// The outbox commit to push (one already sent is kept byte for byte),
     /// else a new seal of the rows in `scope`.
     fn seal(&mut self, scope: Scope) -> Result<Option<Outbox>> {
-        let (l, budget, hold) = (self.l, self.budget, &mut self.hold);
+        let l = self.reloaded.as_ref().unwrap_or(self.base);
+        let (budget, hold) = (self.budget, &mut self.hold);
         transaction(&l.db, || seal::seal(l, hold, scope, budget))
     }
 
     fn unseal(&self, o: &Outbox) -> Result<()> {
-        transaction(&self.l.db, || seal::unseal(self.l, o))
+        let l = self.l();
+        transaction(&l.db, || seal::unseal(l, o))
     }
 
     /// Pulls; a pull may open conflicts (policy manual) that hold rows
     /// back, so the held rows are read again after it applied anything.
     fn pull(&mut self) -> Result<()> {
-        let p = pull(self.l, self.w)?;
-        if p.conflicts > 0 {
-            self.hold = Hold::load(self.l)?;
+        let p = pull(self.l(), self.w)?;
+        if p.migrations > 0 {
+            self.reloaded = Some(state::load(self.base.db)?);
+        }
+        if p.conflicts > 0 || p.migrations > 0 {
+            self.hold = Hold::load(self.l())?;
         }
         self.pulled += p;
         Ok(())
@@ -167,7 +182,7 @@ impl Run<'_> {
 
     fn refresh_limits(&mut self) -> Result<()> {
         if let Some(limits) = self.w.witness()?.limits {
-            state::set_limits(&self.l.db, &limits)?;
+            state::set_limits(&self.l().db, &limits)?;
             self.budget = Budget::of(&limits);
             self.limits = limits;
         }
@@ -180,7 +195,7 @@ impl Run<'_> {
     /// unsealed and its rows go again in smaller commits.
     fn too_large_to_send(&mut self, o: &Outbox) -> Result<()> {
         self.pull()?;
-        if pending::outbox(&self.l.db)?.is_some_and(|x| x.key == o.key) {
+        if pending::outbox(&self.l().db)?.is_some_and(|x| x.key == o.key) {
             self.unseal(o)?;
         }
         self.budget = Budget::of(&self.limits);
@@ -191,7 +206,6 @@ impl Run<'_> {
     /// hold back the row it names (or, when it names none, halve the next
     /// commit until the one row is found), so the rest goes.
     fn fix_rows(&mut self, o: &Outbox, e: &Error) -> Result<()> {
-        let l = self.l;
         self.unseal(o)?;
         let Some(r) = e.rejection() else {
             return Err(Error::invalid("a refusal without the witness's answer"));
@@ -213,6 +227,7 @@ impl Run<'_> {
         }
         let cs = Changeset::decode(&o.changeset)
             .map_err(|_| Error::invalid("the outbox commit does not decode"))?;
+        let l = self.reloaded.as_ref().unwrap_or(self.base);
         let named = r.body.table.as_deref().zip(r.body.key.as_ref());
         let mut found = None;
         for t in &cs.tables {
@@ -291,6 +306,7 @@ mod tests {
             transport: Default::default(),
             max_head_age_ms: 0,
             store_token: true,
+            schema_versions: None,
         };
         open_with(c.db(), w, "http://fake", "g", opts).unwrap()
     }

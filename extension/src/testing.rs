@@ -12,8 +12,8 @@ use ed25519_dalek::SigningKey;
 use pdb_protocol::value::encode_values;
 use pdb_protocol::wire::{
     b64, unb64, CertificateJson, CommitRequest, CommitResponse, CommitsPage, ErrorJson, GroupJson,
-    HeadJson, LogEntryJson, ProjectionList, ProjectionPage, SchemaJson, SignedJson, SnapshotJson,
-    WitnessJson,
+    HeadJson, LogEntryJson, MigrationsPage, ProjectionList, ProjectionPage, SchemaJson, SignedJson,
+    SnapshotJson, WitnessJson,
 };
 use pdb_protocol::{
     genesis_hash, hex, sha256, Change, Changeset, CommitRecord, HeadRecord, Schema, Signed,
@@ -335,6 +335,13 @@ impl WitnessApi for FakeWitness {
             schema: SchemaJson::new(&self.schema),
             head: self.head(),
             schema_history: Vec::new(),
+        })
+    }
+
+    fn migrations(&self, _after_version: u32) -> Result<MigrationsPage> {
+        Ok(MigrationsPage {
+            migrations: Vec::new(),
+            first_schema: None,
         })
     }
 

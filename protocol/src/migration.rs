@@ -233,12 +233,16 @@ impl Migration {
         if self.accepts_from > self.to_version {
             return Err("accepts_from is after the new version".into());
         }
-        let mut s = old.clone();
+        if self.ops.is_empty() {
+            return Err("a migration makes at least one change".into());
+        }
+        // Each step must pass the grammar, not just the end: both sides
+        // build statements from every operation.
+        let mut s = Schema::new(self.to_version, old.tables.clone());
         for op in &self.ops {
             op.apply(&mut s)?;
+            s.validate()?;
         }
-        let s = Schema::new(self.to_version, s.tables);
-        s.validate()?;
         Ok(s)
     }
 
@@ -439,7 +443,8 @@ pub type CurrentRow<'a> = dyn FnMut(&str, &[Value]) -> Result<Option<Vec<Value>>
 
 /// Translates a changeset made on an older schema into the newest one,
 /// given the migrations since (in order) and the newest schema: columns
-/// renamed follow, dropped ones are left out, added ones take `default_of`
+/// renamed follow, dropped ones (and tables dropped) are left out, added
+/// ones take `default_of`
 /// on an INSERT and stay unchanged in an UPDATE; an UPDATE left with no
 /// change goes away. `current_row` gives the stored row for a DELETE's
 /// added columns (a DELETE states every old value).
@@ -461,8 +466,11 @@ pub fn translate(
             .table(&t.name)
             .ok_or_else(|| bad("no such table at the commit's schema version".into()))?;
         let old_cols: Vec<String> = old_table.columns.iter().map(|c| c.name.clone()).collect();
-        let (name, cols) = trace_table(&old_table.name, &old_cols, migrations)
-            .ok_or_else(|| bad("a migration since dropped this table".into()))?;
+        // A table dropped since: its changes go with it (the devices that
+        // made them record them when they migrate).
+        let Some((name, cols)) = trace_table(&old_table.name, &old_cols, migrations) else {
+            continue;
+        };
         let new_table = new
             .table(&name)
             .ok_or_else(|| bad("the table is not in the current schema".into()))?;

@@ -299,6 +299,23 @@ fn every_endpoint_answers_every_caller_exactly_as_documented() {
             200,
         ),
         (
+            "GET",
+            "/v1/groups/{g}/migrations".into(),
+            Box::new(|_| None),
+            Need::Reader,
+            200,
+        ),
+        (
+            "POST",
+            "/v1/groups/{g}/migrations".into(),
+            Box::new(|who| {
+                let name = format!("by_{}", who.replace('-', "_"));
+                Some(json!({"ddl": format!("CREATE INDEX {name} ON tasks(owner)")}))
+            }),
+            Need::Admin,
+            201,
+        ),
+        (
             "POST",
             "/v1/groups".into(),
             Box::new(|who| Some(json!({"group": format!("new-{who}"), "schema_sql": DDL}))),

@@ -32,12 +32,30 @@ pub async fn handle(call: &mut Call, id: &str) -> Answer {
                     ApiError::BadRequest("the schema version cannot grow further".into())
                 })?,
             };
-            let accepts_from = body.accepts_from.unwrap_or(info.schema.version);
-            // Derived off the async workers, on the schema in force now; the
-            // writer refuses it if another migration went first.
+            // Made on the schema in force now; or, for a version the group
+            // already has, on the one before it (a retry of that migration
+            // replays; anything else is a conflict).
+            let from = if to <= info.schema.version {
+                info.history
+                    .iter()
+                    .take_while(|v| v.schema.version < to)
+                    .last()
+                    .map(|v| v.schema.clone())
+                    .ok_or_else(|| {
+                        ApiError::MigrationConflict(format!(
+                            "the group's schema is already at version {}: a migration must make a later version",
+                            info.schema.version
+                        ))
+                    })?
+            } else {
+                info.schema.clone()
+            };
+            let accepts_from = body.accepts_from.unwrap_or(from.version);
+            // Derived off the async workers; the writer refuses it if
+            // another migration went first.
             let migration = call
                 .blocking(move || {
-                    crate::store::migrate::derive(&info.schema, &body.ddl, to, accepts_from)
+                    crate::store::migrate::derive(&from, &body.ddl, to, accepts_from)
                         .map_err(ApiError::BadRequest)
                 })
                 .await?;

@@ -53,6 +53,9 @@ pub fn derive(
         .map_err(|e| e.to_string())?;
     let seen: Arc<Mutex<Vec<Kind>>> = Arc::default();
     let log = seen.clone();
+    // DROP TABLE deletes the dropped table's rows: allowed for it only.
+    let dropping: Arc<Mutex<Option<String>>> = Arc::default();
+    let dropped = dropping.clone();
     // Checks the admin's statements only, not the schema reads between them.
     let armed = Arc::new(AtomicBool::new(false));
     let on = armed.clone();
@@ -79,7 +82,19 @@ pub fn derive(
                 ..
             } => note(Kind::Alter),
             AuthAction::CreateTable { .. } if main => note(Kind::CreateTable),
-            AuthAction::DropTable { .. } if main => note(Kind::DropTable),
+            AuthAction::DropTable { table_name } if main => {
+                *dropped.lock().unwrap_or_else(|p| p.into_inner()) = Some(table_name.to_string());
+                note(Kind::DropTable)
+            }
+            AuthAction::Delete { table_name }
+                if dropped
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_deref()
+                    .is_some_and(|d| d.eq_ignore_ascii_case(table_name)) =>
+            {
+                Authorization::Allow
+            }
             AuthAction::CreateIndex { .. } if main => note(Kind::CreateIndex),
             AuthAction::DropIndex { .. } if main => note(Kind::DropIndex),
             AuthAction::Insert { table_name }
@@ -110,6 +125,7 @@ pub fn derive(
     let mut batch = rusqlite::Batch::new(&conn, ddl);
     loop {
         seen.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        *dropping.lock().unwrap_or_else(|p| p.into_inner()) = None;
         armed.store(true, Relaxed);
         let Some(mut st) = batch.next().map_err(refused)? else {
             break;
@@ -366,6 +382,17 @@ mod tests {
         ] {
             assert!(derive(&v1(), bad, 2, 1).is_err(), "accepted: {bad}");
         }
+        let drop = derive(
+            &v1(),
+            "CREATE TABLE x(id INTEGER PRIMARY KEY); DROP TABLE notes",
+            2,
+            1,
+        )
+        .unwrap();
+        assert_eq!(drop.tables.len(), 1);
+        assert!(derive(&v1(), "DROP TABLE notes", 2, 1)
+            .unwrap_err()
+            .contains("no table"));
         assert!(
             derive(&v1(), "DROP TABLE notes", 1, 1).is_err(),
             "same version"
