@@ -651,3 +651,61 @@ fn bad_migrations_are_refused_clearly_and_change_nothing() {
     a.sync().unwrap();
     verified(&a);
 }
+
+#[test]
+fn the_command_line_migrates_a_stopped_witness_and_devices_follow() {
+    let dir = TempDir::new("cli-migrate");
+    let mut w = Witness::start(dir.path());
+    w.create_group("g", DDL);
+    let d = Device::new(&dir.path().join("d.db"));
+    d.open(&w, "g", "remote_wins").unwrap();
+    d.exec("INSERT INTO notes VALUES (1, 'one', 'o');");
+    d.sync().unwrap();
+    let file = dir.path().join("v2.sql");
+    std::fs::write(&file, "ALTER TABLE notes RENAME COLUMN title TO heading;\nALTER TABLE notes ADD COLUMN pinned INTEGER DEFAULT 0;").unwrap();
+    let run = |data: &std::path::Path| {
+        std::process::Command::new(target_binary("pdb-witness"))
+            .arg("--data-dir")
+            .arg(data)
+            .args(["migrate", "--group", "g", "--file"])
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let out = run(&w.data_dir);
+    assert!(!out.status.success(), "refused while the witness runs");
+    w.terminate();
+    let out = run(&w.data_dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("schema version 1 -> 2"), "{text}");
+    let (ok, report) = verify_cli(&w.data_dir);
+    assert!(ok, "{report}");
+    let w = Witness::start(dir.path());
+    d.call(&format!(
+        "pdb_open('{}', 'g', json_object('token', '{TOKEN}'))",
+        w.url
+    ))
+    .unwrap();
+    let cols: Vec<String> = {
+        let mut st = d
+            .conn
+            .prepare("SELECT name FROM pragma_table_info('notes')")
+            .unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert_eq!(cols, ["id", "heading", "old", "pinned"]);
+    d.exec("UPDATE notes SET heading = 'renamed', pinned = 1 WHERE id = 1;");
+    d.sync().unwrap();
+    verified(&d);
+    let fresh = Device::new(&dir.path().join("fresh.db"));
+    fresh.open(&w, "g", "remote_wins").unwrap();
+    assert_eq!(fresh.dump(&["notes"]), d.dump(&["notes"]));
+}

@@ -34,6 +34,10 @@
 //!    them in pages bounded by bytes; its time and the peak memory of
 //!    client and witness, beside the log's size and `cp` of the witness's
 //!    group file.
+//! 10. Migrations: adding a column with a default to an R-row group
+//!     (`--migration-rows`, default 1,000,000): the witness's time for the
+//!     migration and a device's for pulling it, beside SQLite's own
+//!     `ALTER TABLE ... ADD COLUMN` on a copy of the same database.
 
 use pdb_e2e::*;
 use pdb_protocol::wire::Policy;
@@ -53,6 +57,7 @@ fn main() {
     let mut only: Option<String> = None;
     let mut group_counts = vec![1_000usize, 10_000, 100_000];
     let (mut catchup_commits, mut catchup_mb) = (100u64, 6.0f64);
+    let mut migration_rows = 1_000_000i64;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         if a == "--only" {
@@ -77,6 +82,7 @@ fn main() {
             "--bootstrap-rows" => boot_rows = val() as i64,
             "--catchup-commits" => catchup_commits = val() as u64,
             "--catchup-mb" => catchup_mb = val(),
+            "--migration-rows" => migration_rows = val() as i64,
             _ => usage(),
         }
     }
@@ -129,6 +135,9 @@ fn main() {
             &manual,
         );
     }
+    if migration_rows > 0 && runs("migration") {
+        migration(&dir.path().join("migration"), migration_rows, &manual);
+    }
     let w = Witness::start_with(dir.path(), 0, &manual);
     let (ok, out) = w.verify_cli();
     println!(
@@ -139,7 +148,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: pdb-bench [--seconds S] [--rows N] [--bootstrap-rows B] [--groups 1000,10000,100000] [--catchup-commits C] [--catchup-mb M] [--only commits|extension|projections|isolation|trust|groups|bootstrap|catchup]"
+        "usage: pdb-bench [--seconds S] [--rows N] [--bootstrap-rows B] [--groups 1000,10000,100000] [--catchup-commits C] [--catchup-mb M] [--migration-rows R] [--only commits|extension|projections|isolation|trust|groups|bootstrap|catchup|migration]"
     );
     std::process::exit(2)
 }
@@ -549,6 +558,73 @@ fn catchup(dir: &Path, commits: u64, mb: f64, manual: &[&str]) {
         log_bytes as f64 / 1e6,
         log_bytes as f64 / 1e6 / secs.max(1e-9),
         page as f64 / 1048576.0
+    );
+}
+
+/// Adding a column with a default to an `n`-row group: the witness's
+/// migration and a device's pull of it, beside SQLite's own ALTER TABLE
+/// on a copy of the device's database.
+fn migration(dir: &Path, n: i64, manual: &[&str]) {
+    std::fs::create_dir_all(dir).expect("dir");
+    println!();
+    println!("== adding a column with a default to a {n}-row group, baseline in the same run ==");
+    let w = Witness::start_with(dir, 0, manual);
+    let g = w.create_group(
+        "wide",
+        "CREATE TABLE items(id INTEGER PRIMARY KEY, label TEXT NOT NULL, score REAL);",
+    );
+    let per_commit = 20_000i64;
+    let mut from = 0;
+    while from < n {
+        let changes = (from..(from + per_commit).min(n))
+            .map(|i| {
+                insert(vec![
+                    Value::Integer(i),
+                    Value::text(&format!("item {i:>9}")),
+                    Value::Real(i as f64 / 4.0),
+                ])
+            })
+            .collect();
+        let cs = changeset("items", &[1, 0, 0], changes);
+        let r = w.commit_at_head(&g, &format!("load-{from}"), &cs, Policy::Strict);
+        assert_eq!(r.status, 201, "{r:?}");
+        from += per_commit;
+    }
+    assert_eq!(w.post("/v1/groups/wide/snapshots", &Json::Null).status, 201);
+    let d = Device::new(&dir.join("device.db"));
+    d.open(&w, "wide", "remote_wins").expect("pdb_open");
+    let copy = dir.join("copy.db");
+    let ok = std::process::Command::new("cp")
+        .arg(dir.join("device.db"))
+        .arg(&copy)
+        .status()
+        .expect("cp")
+        .success();
+    assert!(ok);
+    let ddl = "ALTER TABLE items ADD COLUMN flag INTEGER NOT NULL DEFAULT 0";
+    let sqlite = timed(|| {
+        let c = rusqlite::Connection::open(&copy).expect("copy");
+        c.execute_batch(&format!("PRAGMA synchronous = FULL; {ddl}"))
+            .expect("alter");
+    });
+    let witness = timed(|| {
+        let r = w.post(
+            "/v1/groups/wide/migrations",
+            &serde_json::json!({ "ddl": ddl }),
+        );
+        assert_eq!(r.status, 201, "{r:?}");
+    });
+    let device = timed(|| {
+        let r = d.sync().expect("pull the migration");
+        assert_eq!(r["migrations"], 1, "{r}");
+    });
+    let v = d.call("pdb_verify()").expect("verify");
+    assert_eq!(v["ok"], Json::Bool(true), "{v}");
+    println!(
+        "{n} rows: witness migration {witness:.2}s ({:.0}x) | device pull {device:.2}s ({:.0}x) | SQLite ALTER TABLE ADD COLUMN on a copy {:.1} ms",
+        witness / sqlite.max(1e-9),
+        device / sqlite.max(1e-9),
+        sqlite * 1e3
     );
 }
 
