@@ -307,6 +307,10 @@ pub struct LimitsJson {
     /// pruned (absent: the whole log is kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_log_commits: Option<u64>,
+    /// The longest wait `GET /v1/groups/<g>/head?after=&wait=` grants, in
+    /// seconds (absent: the witness cannot watch heads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait_seconds: Option<u64>,
 }
 
 /// `{"error": {...}}` for every failed call.

@@ -151,6 +151,16 @@ pub struct ServeArgs {
     /// so devices a little behind it catch up from the log.
     #[arg(long, env = "PDB_KEEP_LOG_COMMITS", default_value_t = witness::DEFAULT_KEEP_LOG_COMMITS)]
     keep_log_commits: u64,
+    /// The longest wait a head watch (`GET .../head?after=&wait=`) may ask
+    /// for, in seconds.
+    #[arg(long, env = "PDB_MAX_WAIT_SECONDS", default_value_t = 60)]
+    max_wait_seconds: u64,
+    /// Head watches waiting at once, in all.
+    #[arg(long, env = "PDB_MAX_WATCHERS", default_value_t = 10_000)]
+    max_watchers: usize,
+    /// Head watches waiting at once per caller identity.
+    #[arg(long, env = "PDB_MAX_WATCHERS_PER_CALLER", default_value_t = 16)]
+    max_watchers_per_caller: usize,
     /// Static tokens: JSON list of {"identity", "sha256"} (default:
     /// DATA/tokens.json; see `add-token`).
     #[arg(long, env = "PDB_TOKENS_FILE")]
@@ -409,6 +419,11 @@ fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), String> {
         },
         limits: args.limits.limits(),
         rotations,
+        watch: crate::watch::WatchLimits {
+            max_wait: std::time::Duration::from_secs(args.max_wait_seconds.clamp(1, 3600)),
+            max_waiters: args.max_watchers,
+            max_waiters_per_caller: args.max_watchers_per_caller.max(1),
+        },
     };
     let blocking = settings.limits.blocking;
     let tls = match (&args.tls_cert, &args.tls_key) {
@@ -702,6 +717,7 @@ fn offline_witness(data_dir: &Path) -> Result<Witness, String> {
         snapshots: SnapshotPolicy::default(),
         limits: Limits::default(),
         rotations: Vec::new(),
+        watch: Default::default(),
     };
     Witness::open(settings, key)
 }

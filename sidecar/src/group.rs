@@ -44,6 +44,8 @@ pub struct Env {
     /// The threads that run every group's writer.
     pub pool: Pool,
     pub metrics: Arc<Metrics>,
+    /// The heads clients watch; the writer moves its group's.
+    pub heads: Arc<crate::watch::Heads>,
 }
 
 /// A read connection with the budget its admin SQL runs under.
@@ -118,6 +120,7 @@ impl Group {
                 dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
                 reserve_bytes: env.reserve_bytes,
                 metrics: env.metrics.clone(),
+                heads: env.heads.clone(),
             }),
             info: shared,
             path: path.to_path_buf(),

@@ -31,6 +31,7 @@ pub mod snapshot;
 pub mod store;
 pub mod tokens;
 pub mod verify;
+pub mod watch;
 pub mod witness;
 pub mod write;
 

@@ -31,6 +31,8 @@ pub struct Settings {
     /// The signing key's rotations, in order (served to clients, which
     /// follow them from the key they pinned).
     pub rotations: Vec<pdb_protocol::Rotation>,
+    /// Bounds on head watches (`crate::watch`).
+    pub watch: crate::watch::WatchLimits,
 }
 
 /// When snapshots are made on their own, and whether the log before the
@@ -75,6 +77,8 @@ pub struct Witness {
     /// closes one itself).
     closer: Mutex<Option<Closer>>,
     pub metrics: Arc<Metrics>,
+    /// The heads being watched; writers move them.
+    pub heads: Arc<crate::watch::Heads>,
 }
 
 /// Groups waiting to be closed by the closer thread at most.
@@ -109,7 +113,9 @@ impl Witness {
         let key = Arc::new(key);
         let limits = &settings.limits;
         let metrics = Arc::new(Metrics::default());
+        let heads = Arc::new(crate::watch::Heads::new(settings.watch));
         let env = Env {
+            heads: heads.clone(),
             metrics: metrics.clone(),
             sandbox: Sandbox::new(crate::sandbox::Limits {
                 value_bytes: limits.sql.value_bytes.max(settings.max_body_bytes),
@@ -137,6 +143,7 @@ impl Witness {
             env,
             directory,
             metrics,
+            heads,
         })
     }
 
@@ -293,6 +300,7 @@ impl Witness {
             max_page_bytes: self.settings.max_page_bytes,
             max_page_commits: crate::store::log::MAX_PAGE,
             keep_log_commits: p.prune_log.then_some(p.keep_log_commits),
+            max_wait_seconds: Some(self.settings.watch.max_wait.as_secs()),
         }
     }
 

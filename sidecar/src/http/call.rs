@@ -82,6 +82,12 @@ impl Call {
         })
     }
 
+    /// Gives back the caller's slot among its calls in progress: for a
+    /// call that now only waits (a head watch, bounded on its own).
+    pub fn release_slot(&mut self) {
+        self._slot = None;
+    }
+
     pub fn query(&self) -> &str {
         self.parts.uri.query().unwrap_or("")
     }

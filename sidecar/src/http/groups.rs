@@ -102,14 +102,73 @@ pub async fn one(call: &Call, id: &str) -> Answer {
     )
 }
 
-pub async fn head(call: &Call, id: &str) -> Answer {
+/// `?after=SEQ&wait=SECONDS` of a head watch, if asked for.
+fn watch_query(q: &str, max_wait: u64) -> Result<Option<(u64, u64)>, ApiError> {
+    let (mut after, mut wait) = (None, None);
+    for pair in q.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let n = v.parse::<u64>();
+        match (k, n) {
+            ("after", Ok(n)) => after = Some(n),
+            ("wait", Ok(n)) if n <= max_wait => wait = Some(n),
+            ("wait", _) => {
+                return Err(ApiError::BadRequest(format!(
+                    "wait must be 0 to {max_wait} seconds"
+                )))
+            }
+            ("after", _) => {
+                return Err(ApiError::BadRequest(
+                    "after must be a sequence number".into(),
+                ))
+            }
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter {k:?}"
+                )))
+            }
+        }
+    }
+    match (after, wait) {
+        (None, None) => Ok(None),
+        (Some(a), w) => Ok(Some((a, w.unwrap_or(0)))),
+        (None, Some(_)) => Err(ApiError::BadRequest("wait needs after".into())),
+    }
+}
+
+/// `GET /v1/groups/<g>/head`: the signed head now; with `after` and
+/// `wait`, as soon as it passes `after` or when the wait ends
+/// (`crate::watch`).
+pub async fn head(call: &mut Call, id: &str) -> Answer {
     get_only(call)?;
+    let heads = call.w.heads.clone();
+    let watch = watch_query(call.query(), heads.limits().max_wait.as_secs())?;
     let g = call.group(id, Role::Reader).await?;
+    let Some((after, wait)) = watch else {
+        return json(StatusCode::OK, &signed_head(call, g).await?);
+    };
+    // The place to wait first, then the head: no move in between is missed.
+    let mut waiter = heads.waiter(id, &call.caller.identity)?;
+    let head = signed_head(call, g).await?;
+    if head.seq > after || wait == 0 {
+        return json(StatusCode::OK, &head);
+    }
+    // Waiting holds no group open and no slot among the caller's calls
+    // in progress; the watch has bounds of its own.
+    call.release_slot();
+    waiter
+        .wait(after, std::time::Duration::from_secs(wait))
+        .await;
+    drop(waiter);
+    let g = call.group(id, Role::Reader).await?;
+    json(StatusCode::OK, &signed_head(call, g).await?)
+}
+
+async fn signed_head(
+    call: &Call,
+    g: Arc<crate::group::Group>,
+) -> Result<pdb_protocol::wire::HeadJson, ApiError> {
     let (w, g2) = (call.w.clone(), g.clone());
-    json(
-        StatusCode::OK,
-        &call.read(&g, move || read::head(&w, &g2)).await?,
-    )
+    call.read(&g, move || read::head(&w, &g2)).await
 }
 
 pub async fn stats(call: &Call, id: &str) -> Answer {

@@ -101,6 +101,9 @@ pub async fn run(
     }
     background.abort();
     drop(listener);
+    // Head watches answer now (with the current head), so they do not
+    // hold the drain.
+    witness.heads.stop();
     tracing::info!("shutting down: draining open requests");
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
@@ -269,7 +272,7 @@ async fn answer(w: Arc<Witness>, req: Request<Incoming>, peer: IpAddr) -> Answer
         Route::Metrics => groups::metrics(&call).await,
         Route::Groups => groups::collection(&mut call).await,
         Route::Group(g) => groups::one(&call, &g).await,
-        Route::Head(g) => groups::head(&call, &g).await,
+        Route::Head(g) => groups::head(&mut call, &g).await,
         Route::Stats(g) => groups::stats(&call, &g).await,
         Route::Commits(g) => commits::handle(&mut call, &g).await,
         Route::Snapshots(g) => snapshots::make(&call, &g).await,

@@ -288,6 +288,8 @@ pub struct Writer {
     pub dir: PathBuf,
     pub reserve_bytes: u64,
     pub metrics: Arc<Metrics>,
+    /// Told each new durable head, for clients watching it.
+    pub heads: Arc<crate::watch::Heads>,
 }
 
 type Answer = Result<CommitResponse, ApiError>;
@@ -395,6 +397,9 @@ impl Writer {
                     .accepted
                     .fetch_add(self.head.seq.saturating_sub(before.seq), Relaxed);
                 tracing::debug!(group = %self.info.id, size = jobs.len(), seq = self.head.seq, "batch durable");
+                if self.head.seq > before.seq {
+                    self.heads.moved(&self.info.id, self.head.seq);
+                }
                 let mut answers = answers.into_iter();
                 finish(&self.metrics, jobs, |_| {
                     answers
