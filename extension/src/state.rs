@@ -118,6 +118,7 @@ pub fn limits(db: &Db) -> Result<LimitsJson> {
             max_page_bytes: 4 * 1024 * 1024,
             max_page_commits: 1000,
             keep_log_commits: None,
+            max_wait_seconds: None,
         }))
 }
 

@@ -680,6 +680,7 @@ mod tests {
             max_page_bytes: 1 << 20,
             max_page_commits: 1000,
             keep_log_commits: None,
+            max_wait_seconds: None,
         });
         let c = device(&w, Policy::RemoteWins);
         insert_notes(&c, 1..301, &"b".repeat(200));

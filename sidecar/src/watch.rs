@@ -34,6 +34,8 @@ impl Default for WatchLimits {
     }
 }
 
+type Groups = Mutex<HashMap<String, watch::Sender<u64>>>;
+
 #[derive(Default)]
 struct Counts {
     total: usize,
@@ -43,7 +45,7 @@ struct Counts {
 /// The heads being watched, and who waits.
 pub struct Heads {
     limits: WatchLimits,
-    groups: Mutex<HashMap<String, watch::Sender<u64>>>,
+    groups: Arc<Groups>,
     counts: Arc<Mutex<Counts>>,
     stopping: watch::Sender<bool>,
 }
@@ -51,13 +53,28 @@ pub struct Heads {
 /// One waiter's place; released when dropped.
 pub struct Waiter {
     counts: Arc<Mutex<Counts>>,
+    groups: Arc<Groups>,
+    group: String,
     caller: String,
-    head: watch::Receiver<u64>,
+    /// Always `Some` until dropped.
+    head: Option<watch::Receiver<u64>>,
     stopping: watch::Receiver<bool>,
 }
 
 impl Drop for Waiter {
     fn drop(&mut self) {
+        // The last waiter on a group takes its watch away (under the lock
+        // new waiters subscribe under, so none is missed).
+        {
+            let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+            drop(self.head.take());
+            if groups
+                .get(&self.group)
+                .is_some_and(|tx| tx.receiver_count() == 0)
+            {
+                groups.remove(&self.group);
+            }
+        }
         let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         c.total = c.total.saturating_sub(1);
         if let Some(n) = c.by_caller.get_mut(&self.caller) {
@@ -77,7 +94,7 @@ impl Heads {
     pub fn new(limits: WatchLimits) -> Heads {
         Heads {
             limits,
-            groups: Mutex::default(),
+            groups: Arc::default(),
             counts: Arc::default(),
             stopping: watch::channel(false).0,
         }
@@ -88,7 +105,7 @@ impl Heads {
     }
 
     /// The group's head moved to `seq` (called by its writer after a
-    /// durable batch). Cheap when nobody watches.
+    /// durable batch or migration). Cheap when nobody watches.
     pub fn moved(&self, group: &str, seq: u64) {
         let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(tx) = groups.get(group) {
@@ -131,8 +148,10 @@ impl Heads {
             .subscribe();
         Ok(Waiter {
             counts: self.counts.clone(),
+            groups: self.groups.clone(),
+            group: group.to_string(),
             caller: caller.to_string(),
-            head,
+            head: Some(head),
             stopping: self.stopping.subscribe(),
         })
     }
@@ -155,9 +174,12 @@ impl Waiter {
         if *self.stopping.borrow() {
             return;
         }
+        let Some(head) = self.head.as_mut() else {
+            return;
+        };
         let stopping = &mut self.stopping;
         tokio::select! {
-            _ = self.head.wait_for(|seq| *seq > after) => {}
+            _ = head.wait_for(|seq| *seq > after) => {}
             _ = stopping.wait_for(|s| *s) => {}
             _ = tokio::time::sleep(wait) => {}
         }
@@ -189,7 +211,7 @@ mod tests {
         });
         w.wait(5, Duration::from_secs(600)).await;
         mover.await.unwrap();
-        assert_eq!(*w.head.borrow(), 6);
+        assert_eq!(w.head.as_ref().map(|h| *h.borrow()), Some(6));
         let mut w2 = h.waiter("g", "ann").unwrap();
         h.stop();
         w2.wait(100, Duration::from_secs(600)).await;
@@ -216,7 +238,7 @@ mod tests {
         h.waiter("h", "cy").unwrap();
         // Nobody watches "g" once its waiters are gone: the entry goes.
         drop(_a2);
-        h.moved("g", 1);
         assert!(!h.groups.lock().unwrap().contains_key("g"));
+        assert!(h.groups.lock().unwrap().contains_key("h"));
     }
 }

@@ -410,6 +410,7 @@ impl Witness {
         m.groups.set(self.directory.count()? as i64);
         m.db_bytes.set(db as i64);
         m.wal_bytes.set(wal as i64);
+        m.waiters.set(self.heads.waiting() as i64);
         Ok(m.render())
     }
 

@@ -138,3 +138,52 @@ fn watches_are_bounded_and_end_on_shutdown() {
         assert_eq!((status, head["seq"].as_u64()), (200, Some(0)), "{head}");
     }
 }
+
+#[test]
+fn a_migration_moves_the_head_and_a_closed_group_keeps_its_watchers() {
+    let dir = TempDir::new("watchmig");
+    // One group open at once: touching another closes the watched one.
+    let w = Witness::start_with(dir.path(), 0, &["--max-open-groups", "1"]);
+    w.create_group("g", DDL);
+    w.create_group("h", DDL);
+    // A migration entry moves the head: the watch answers.
+    let waiting = watch(&w, TOKEN, "after=0&wait=60");
+    let r = w.post(
+        "/v1/groups/g/migrations",
+        &serde_json::json!({"ddl": "ALTER TABLE items ADD COLUMN n INTEGER"}),
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    let (status, head) = waiting.join().unwrap();
+    assert_eq!((status, head["seq"].as_u64()), (200, Some(1)), "{head}");
+    // The watched group closes (another is opened) while a watch waits;
+    // the commit that reopens it still answers the watch.
+    let waiting = watch(&w, TOKEN, "after=1&wait=60");
+    let metrics = || {
+        raw_request(
+            w.port(),
+            format!("GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .body
+    };
+    for _ in 0..100 {
+        if metrics().contains("pdb_waiters 1") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(metrics().contains("pdb_waiters 1"), "{}", metrics());
+    assert_eq!(w.get("/v1/groups/h").status, 200);
+    let g = GroupRef::from_json(&w.get("/v1/groups/g").body);
+    let c = changeset(
+        "items",
+        &[1, 0, 0],
+        vec![insert(vec![
+            Value::Integer(1),
+            Value::text("x"),
+            Value::Null,
+        ])],
+    );
+    assert_eq!(w.commit_at_head(&g, "k1", &c, Policy::Strict).status, 201);
+    let (status, head) = waiting.join().unwrap();
+    assert_eq!((status, head["seq"].as_u64()), (200, Some(2)), "{head}");
+}

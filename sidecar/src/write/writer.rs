@@ -346,7 +346,11 @@ impl Writer {
         });
         match applied {
             Ok((answer, info)) => {
+                let moved = head.seq > self.head.seq;
                 self.head = head;
+                if moved {
+                    self.heads.moved(&self.info.id, self.head.seq);
+                }
                 let info = Arc::new(info);
                 *self.shared.write().unwrap_or_else(|p| p.into_inner()) = info.clone();
                 self.info = info;
