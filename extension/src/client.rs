@@ -11,8 +11,8 @@
 use crate::error::{Error, Rejection, Result, Stage};
 use crate::transport::Transport;
 use pdb_protocol::wire::{
-    CommitRequest, CommitResponse, CommitsPage, ErrorJson, GroupJson, MigrationsPage,
-    ProjectionList, ProjectionPage, SnapshotJson, WitnessJson,
+    CommitRequest, CommitResponse, CommitsPage, ErrorJson, GroupJson, MigrationRequest,
+    MigrationResponse, MigrationsPage, ProjectionList, ProjectionPage, SnapshotJson, WitnessJson,
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value as Json;
@@ -54,6 +54,7 @@ enum Endpoint<'a> {
     Migrations {
         after_version: u32,
     },
+    SubmitMigration,
     LatestSnapshot,
     SnapshotData {
         seq: u64,
@@ -79,6 +80,7 @@ impl Endpoint<'_> {
             Endpoint::Migrations { after_version } => {
                 format!("{g}/migrations?after_version={after_version}")
             }
+            Endpoint::SubmitMigration => format!("{g}/migrations"),
             Endpoint::LatestSnapshot => format!("{g}/snapshots/latest"),
             Endpoint::SnapshotData { seq } => format!("{g}/snapshots/{seq}/data"),
             Endpoint::Projections => format!("{g}/projections"),
@@ -244,6 +246,19 @@ impl HttpWitness {
             body: error,
             retry_after: wait,
         })))
+    }
+
+    /// Submits a migration (the caller must be the group's admin). Not in
+    /// [`WitnessApi`]: sync never submits one, `pdb_migrate` does.
+    pub fn submit_migration(&self, req: &MigrationRequest) -> Result<MigrationResponse> {
+        let url = self.url(&Endpoint::SubmitMigration);
+        let resp = self.send(&url, |a, url, auth| {
+            a.post(url).header("Authorization", auth).send_json(req)
+        })?;
+        decode(
+            self.body(&url, resp)?,
+            "the witness sent a malformed migration certificate",
+        )
     }
 
     /// GET an endpoint answering `T`; `malformed` is the error when the

@@ -91,6 +91,12 @@ fn resolve_fn(db: Db, args: &[*mut sqlite3_value]) -> Result<String, Error> {
     Ok(resolve::resolve(db, id, &side)?.to_string())
 }
 
+fn migrate_fn(db: Db, args: &[*mut sqlite3_value]) -> Result<String, Error> {
+    let ddl = required(args, 0, "the migration's DDL")?;
+    let opts = text_arg(args, 1, "options JSON")?;
+    Ok(crate::migrate::submit(db, &ddl, opts.as_deref())?.to_string())
+}
+
 fn head(db: Db, _: &[*mut sqlite3_value]) -> Result<String, Error> {
     Ok(status::head(db)?.to_string())
 }
@@ -115,6 +121,8 @@ pub fn register(db: *mut sqlite3) -> sqlite_loadable::Result<()> {
         ("pdb_sync", 0, sync_fn, stateful),
         ("pdb_commit", 0, commit, stateful),
         ("pdb_resolve", 2, resolve_fn, stateful),
+        ("pdb_migrate", 1, migrate_fn, stateful),
+        ("pdb_migrate", 2, migrate_fn, stateful),
         ("pdb_head", 0, head, stateful),
         ("pdb_status", 0, status_fn, stateful),
         ("pdb_verify", 0, verify, stateful),

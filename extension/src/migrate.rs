@@ -83,6 +83,65 @@ pub fn group_too_old(group_version: u32, min: u32) -> Error {
     }
 }
 
+/// `pdb_migrate(ddl [, options])`: submits a migration to the group, as
+/// its admin, from any device opened for it. `options` may give
+/// `schema_version` (default: the group's + 1) and `accepts_from` (the
+/// oldest version whose commits stay accepted; default: the group's
+/// current one). Nothing changes here: the next `pdb_sync()` pulls the
+/// migration, verified like every entry, and applies it when the app's
+/// `schema_versions` include it. The answer is the witness's, summed up.
+pub fn submit(db: Db, ddl: &str, options: Option<&str>) -> Result<serde_json::Value> {
+    let opts: serde_json::Value = match options {
+        None => serde_json::json!({}),
+        Some(s) => serde_json::from_str(s)
+            .map_err(|e| Error::invalid(format!("options must be a JSON object: {e}")))?,
+    };
+    let obj = opts
+        .as_object()
+        .ok_or_else(|| Error::invalid("options must be a JSON object"))?;
+    let version = |k: &str| -> Result<Option<u32>> {
+        match obj.get(k) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n > 0)
+                .map(Some)
+                .ok_or_else(|| Error::invalid(format!("{k} must be a schema version (1, 2, ...)"))),
+        }
+    };
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !["schema_version", "accepts_from"].contains(&k.as_str()))
+    {
+        return Err(Error::invalid(format!(
+            "unknown option {k:?} (expected schema_version, accepts_from)"
+        )));
+    }
+    if ddl.trim().is_empty() {
+        return Err(Error::invalid(
+            "the migration is empty: give its DDL (ALTER TABLE, CREATE TABLE, CREATE INDEX, ...)",
+        ));
+    }
+    let req = pdb_protocol::wire::MigrationRequest {
+        ddl: ddl.to_string(),
+        schema_version: version("schema_version")?,
+        accepts_from: version("accepts_from")?,
+    };
+    let l = state::load(db)?;
+    let r = l.witness()?.submit_migration(&req)?;
+    Ok(serde_json::json!({
+        "schema_version": r.schema.version,
+        "seq": r.certificate.seq,
+        "accepts_from": r.accepts_from,
+        "operations": r.ops.iter().map(describe).collect::<Vec<_>>(),
+        "replay": r.replay,
+        "projections_rebuilt": r.projections_rebuilt,
+        "rules_removed": r.rules_removed,
+        "next": "pdb_sync() applies it here once this app's schema_versions include it",
+    }))
+}
+
 /// A migration entry, verified.
 pub struct Verified {
     pub seq: u64,

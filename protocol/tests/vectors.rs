@@ -4,8 +4,8 @@
 
 use ed25519_dalek::SigningKey;
 use pdb_protocol::{
-    genesis_hash, hex, Column, CommitRecord, HeadRecord, Index, IndexColumn, Schema, Signed,
-    StateRoot, Table, Value,
+    genesis_hash, hex, Column, CommitRecord, Entry, HeadRecord, Index, IndexColumn, Migration,
+    MigrationRecord, Schema, SchemaOp, Signed, StateRoot, Table, Value,
 };
 
 fn key() -> SigningKey {
@@ -277,3 +277,89 @@ const COMMIT_SIGNATURE: &str = "89477cbafce8ca81f3fc4e8c4c5c0695fa14a9114781556e
 const COMMIT_HEAD_HASH: &str = "9e5bcc31e7d98415cdba7752a76ba2e7fd38ae0a6e5fa1cd094a6a925dfa3f1e";
 const HEAD_RECORD: &str = "0f706572736f6e616c64622f6865616401000a7461736b732d64656d6f00000000000000019e5bcc31e7d98415cdba7752a76ba2e7fd38ae0a6e5fa1cd094a6a925dfa3f1ebdaef1d36e04791174ed32821a490762e4e20a76332e244e26753363dc097acf000000017dfd275368a762375c71edf14c49a336eff930be4d0e9cafad2c0be7af9e96c80000019ab697e800";
 const HEAD_SIGNATURE: &str = "5bfc74eafa38fab3913e94a766ae2490150d408e1c923937cae8f5f858e3482665351d72310ccedac99552f705311e43657071f652767fd60463fd70a031ea09";
+
+/// `ALTER TABLE tasks ADD COLUMN due TEXT` after the commit above: the
+/// migration's canonical bytes, the schema it makes, its signed record,
+/// and the root of the three rows moved to version 2.
+#[test]
+fn migration_vector() {
+    let v1 = schema();
+    let due = Column {
+        name: "due".into(),
+        decl_type: "TEXT".into(),
+        ..Default::default()
+    };
+    let ops = vec![SchemaOp::AddColumn {
+        table: "tasks".into(),
+        column: due,
+    }];
+    let mut v2 = v1.clone();
+    for op in &ops {
+        op.apply(&mut v2).unwrap();
+    }
+    v2.version = 2;
+    let m = Migration {
+        from_version: 1,
+        to_version: 2,
+        ops,
+        tables: v2.tables.clone(),
+        accepts_from: 1,
+        ddl: "ALTER TABLE tasks ADD COLUMN due TEXT".into(),
+    };
+    let bytes = m.encode();
+    show("migration bytes", &String::from_utf8_lossy(&bytes));
+    assert_eq!(String::from_utf8(bytes.clone()).unwrap(), MIGRATION_JSON);
+    assert_eq!(Migration::decode(&bytes).unwrap(), m);
+    show("v2 schema hash", &hex(&v2.hash()));
+    assert_eq!(hex(&v2.hash()), V2_SCHEMA_HASH);
+
+    // Three rows under version 1, then each out as it was and in with the
+    // new column's default.
+    let mut root = StateRoot::empty();
+    for r in rows() {
+        root.add_row("tasks", &r);
+    }
+    for mut r in rows() {
+        root.remove_row("tasks", &r);
+        r.push(Value::Null);
+        root.add_row("tasks", &r);
+    }
+    show("three rows at version 2", &hex(&root.digest()));
+    assert_eq!(hex(&root.digest()), V2_THREE_ROW_ROOT);
+
+    let c = commit();
+    let rec = MigrationRecord {
+        group: c.group.clone(),
+        seq: 2,
+        prev_head: c.head_hash(),
+        migration_digest: pdb_protocol::sha256(&bytes),
+        state_root: StateRoot::empty().digest(),
+        from_version: 1,
+        schema_version: 2,
+        schema_hash: v2.hash(),
+        accepts_from: 1,
+        author: "admin".into(),
+        time_ms: c.time_ms + 1,
+    };
+    let signed = Signed::sign(&key(), rec.encode());
+    show("migration record", &hex(&signed.bytes));
+    show("migration signature", &hex(&signed.signature));
+    show("migration head hash", &hex(&rec.head_hash()));
+    assert_eq!(hex(&signed.bytes), MIGRATION_RECORD);
+    assert_eq!(hex(&signed.signature), MIGRATION_SIGNATURE);
+    assert_eq!(hex(&rec.head_hash()), MIGRATION_HEAD_HASH);
+    let vk = key().verifying_key();
+    assert_eq!(signed.migration(&vk).unwrap(), rec);
+    assert_eq!(signed.entry(&vk).unwrap(), Entry::Migration(rec));
+    // A migration's certificate is not a commit's, nor the other way.
+    assert!(signed.commit(&vk).is_err());
+    assert!(Signed::sign(&key(), c.encode()).migration(&vk).is_err());
+}
+
+const MIGRATION_JSON: &str = r#"{"from_version":1,"to_version":2,"ops":[{"op":"add_column","table":"tasks","column":{"name":"due","type":"TEXT"}}],"tables":[{"name":"tasks","columns":[{"name":"id","type":"INTEGER","pk":1},{"name":"title","type":"TEXT","not_null":true},{"name":"done","type":"INTEGER","default":"0"},{"name":"due","type":"TEXT"}]}],"accepts_from":1,"ddl":"ALTER TABLE tasks ADD COLUMN due TEXT"}"#;
+const V2_SCHEMA_HASH: &str = "e3e8dfb4c99e20651734f23e45e785c6873c315d7e5a027a6687b11b7ea1f5c6";
+const V2_THREE_ROW_ROOT: &str = "d129754872da8f310aee7562e45b5cc28c1d70e5d58121dfba86da72d680fead";
+const MIGRATION_RECORD: &str = "14706572736f6e616c64622f6d6967726174696f6e01000a7461736b732d64656d6f00000000000000029e5bcc31e7d98415cdba7752a76ba2e7fd38ae0a6e5fa1cd094a6a925dfa3f1e8d198ce9575791abe138c787bff83eb64b33bd852b019d3e26c62a708fb5d402bdaef1d36e04791174ed32821a490762e4e20a76332e244e26753363dc097acf0000000100000002e3e8dfb4c99e20651734f23e45e785c6873c315d7e5a027a6687b11b7ea1f5c600000001000561646d696e0000019ab697e801";
+const MIGRATION_SIGNATURE: &str = "d71de8aa247041331e8a01284e740560739b1d3a96af7767b5ae541ebe70a642f5d718292563fe77540c93bb0e9c557f8ddac39c21a2b341b9210f5b6fec9003";
+const MIGRATION_HEAD_HASH: &str =
+    "a82ad3c007f0ba31fc3acae65340e6ef340e4d9009fa4630b979817614d025a4";

@@ -173,6 +173,60 @@ fn the_sql_walkthrough_converges_two_devices() {
     assert_eq!(line("A rows: "), line("B rows: "));
     assert_eq!(line("A root: "), line("B root: "));
     assert!(line("A root: ").ends_with("verified=1"), "{out}");
+
+    // Part two: version 2 of the app, shipped from the CLI. The one error
+    // is the version-1 install's sync stopping; everything else succeeds.
+    let migrations = dir.path().join("sql/migrations");
+    std::fs::create_dir_all(&migrations).unwrap();
+    std::fs::copy(
+        root.join("sql/migrations/walkthrough_002.sql"),
+        migrations.join("walkthrough_002.sql"),
+    )
+    .unwrap();
+    let v2 = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "sqlite3 < {}",
+            root.join("sql/walkthrough_v2.sql").display()
+        ))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&v2.stdout).to_string(),
+        String::from_utf8_lossy(&v2.stderr).to_string(),
+    );
+    let errors: Vec<&str> = err.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "{out}{err}");
+    assert!(errors[0].contains("app_upgrade_required"), "{out}{err}");
+    assert!(err.contains("understands up to version 1"), "{err}");
+    let line = |prefix: &str| {
+        out.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} ({:?}) in:\n{out}{err}", v2.status))
+            .trim_start_matches(prefix)
+            .to_string()
+    };
+    assert!(
+        line("migrated to version ").starts_with("2 at seq "),
+        "{out}"
+    );
+    assert_eq!(
+        line("B stopped: "),
+        "app_upgrade_required, still at schema version 1, 3 tasks here",
+        "{out}"
+    );
+    assert_eq!(
+        line("A v2 rows: "),
+        "t1=Buy oat milk/1/-, t3=Call Bob/0/2026-12-24, t4=Plan the trip/0/-",
+        "{out}"
+    );
+    assert_eq!(line("A v2 rows: "), line("B v2 rows: "));
+    assert_eq!(line("A v2 root: "), line("B v2 root: "));
+    assert!(
+        line("A v2 root: ").ends_with("schema=2 verified=1"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -709,3 +709,85 @@ fn the_command_line_migrates_a_stopped_witness_and_devices_follow() {
     fresh.open(&w, "g", "remote_wins").unwrap();
     assert_eq!(fresh.dump(&["notes"]), d.dump(&["notes"]));
 }
+
+#[test]
+fn pdb_migrate_submits_as_the_groups_admin_and_refuses_anyone_else() {
+    let dir = TempDir::new("pdb-migrate");
+    let wendy = add_token(&dir.path().join("data"), "wendy");
+    let w = Witness::start(dir.path());
+    w.create_group("g", DDL);
+    let r = w.request(
+        "PUT",
+        "/v1/groups/g/members/wendy",
+        Some(TOKEN),
+        Some(&json!({"role": "writer"})),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let admin = Device::new(&dir.path().join("admin.db"));
+    admin.open(&w, "g", "remote_wins").unwrap();
+    let writer = Device::new(&dir.path().join("writer.db"));
+    writer
+        .call(&format!(
+            "pdb_open('{}', 'g', json_object('token', '{wendy}'))",
+            w.url
+        ))
+        .unwrap();
+
+    // Bad input: a clear error, and nothing reaches the witness.
+    for (args, why) in [
+        ("' '", "the migration is empty"),
+        (
+            "'CREATE INDEX i ON notes(title)', '{\"schema_version\": \"two\"}'",
+            "schema_version must be a schema version",
+        ),
+        (
+            "'CREATE INDEX i ON notes(title)', '{\"when\": 1}'",
+            "unknown option \"when\"",
+        ),
+        (
+            "'CREATE INDEX i ON notes(title)', 'nope'",
+            "options must be a JSON object",
+        ),
+    ] {
+        let e = admin.call(&format!("pdb_migrate({args})")).unwrap_err();
+        assert!(e.contains(why), "{args}: {e}");
+    }
+    // The witness's refusals come back with their code: DDL it does not
+    // take, and a caller who is not the group's admin.
+    let e = admin
+        .call("pdb_migrate('CREATE TRIGGER t AFTER INSERT ON notes BEGIN SELECT 1; END')")
+        .unwrap_err();
+    assert!(e.contains("bad_request"), "{e}");
+    let e = writer
+        .call("pdb_migrate('CREATE INDEX i ON notes(title)')")
+        .unwrap_err();
+    assert!(e.contains("unauthorized"), "{e}");
+    assert_eq!(w.get("/v1/groups/g").body["schema"]["version"], 1);
+    assert_eq!(w.head("g").seq, 0, "nothing changed");
+
+    // The admin's migration: nothing moves here until the next sync, then
+    // every device follows.
+    let m = admin
+        .call("pdb_migrate('ALTER TABLE notes ADD COLUMN due TEXT DEFAULT ''soon''', json_object('accepts_from', 1))")
+        .unwrap();
+    assert_eq!(
+        (
+            &m["schema_version"],
+            &m["seq"],
+            &m["accepts_from"],
+            &m["replay"]
+        ),
+        (&json!(2), &json!(1), &json!(1), &json!(false)),
+        "{m}"
+    );
+    assert_eq!(status(&admin)["schema_version"], 1);
+    writer.exec("INSERT INTO notes(id, title) VALUES (1, 'from wendy')");
+    writer.sync().unwrap();
+    admin.sync().unwrap();
+    assert_eq!(
+        count(&admin, "SELECT count(*) FROM notes WHERE due = 'soon'"),
+        1
+    );
+    assert_eq!(status(&writer)["schema_version"], 2);
+    same(&[&admin, &writer], &["notes"]);
+}

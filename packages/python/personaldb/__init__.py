@@ -170,7 +170,7 @@ def open(  # noqa: A001 -- personaldb.open mirrors pdb_open
     calls, from any process, can sync; pass ``store_token=False`` to keep it
     in this process only (see :func:`set_token`). Any other option of
     ``pdb_open`` passes through as a keyword: ``ca_file``, ``allow_http``,
-    ``max_head_age_ms``, ...
+    ``max_head_age_ms``, ``schema_versions``, ...
     """
     given: Dict[str, Any] = dict(options)
     if token is not None:
