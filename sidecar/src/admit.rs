@@ -170,8 +170,9 @@ impl Admission {
         run(permit, None, f).await
     }
 
-    /// Runs a read of group `g` off the async workers, within the group's
-    /// bound on concurrent reads and the witness's on blocking work.
+    /// Runs work on group `g` (a read, or an admin's change or snapshot)
+    /// off the async workers, within the group's bound on concurrent work
+    /// and the witness's on blocking work.
     pub async fn read<T: Send + 'static>(
         &self,
         g: &Group,

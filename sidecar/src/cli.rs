@@ -230,7 +230,8 @@ pub struct LimitArgs {
     /// Requests one caller may have in progress at once (429 over it).
     #[arg(long, env = "PDB_MAX_CALLS_PER_CALLER", default_value_t = 32)]
     max_calls_per_caller: usize,
-    /// Reads running at once against one group.
+    /// Reads (and admins' changes and snapshots) running at once against
+    /// one group.
     #[arg(long, env = "PDB_GROUP_READS", default_value_t = 4)]
     group_reads: usize,
     /// Blocking jobs (reads, maintenance, snapshots) running at once.

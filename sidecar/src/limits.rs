@@ -20,7 +20,8 @@ pub struct Limits {
     pub max_buffered_bytes: usize,
     /// Requests one caller (identity) may have in progress at once.
     pub max_calls_per_caller: usize,
-    /// Reads running at once against one group.
+    /// Reads (and admins' changes and snapshots) running at once against
+    /// one group.
     pub group_reads: usize,
     /// Blocking jobs (SQLite reads, snapshots, maintenance) at once.
     pub blocking: usize,

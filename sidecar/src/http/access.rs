@@ -44,16 +44,16 @@ async fn item(call: &mut Call, id: &str, subject: &str, set: Set, remove: Remove
         Method::PUT => {
             let g = call.group(id, Role::Admin).await?;
             let body: Json = call.json_body().await?;
-            let w = call.w.clone();
+            let (w, g2) = (call.w.clone(), g.clone());
             ok(call
-                .blocking(move || set(&w.directory, &g, &by, &subject, &body))
+                .group_work(&g, move || set(&w.directory, &g2, &by, &subject, &body))
                 .await)
         }
         Method::DELETE => {
             let g = call.group(id, Role::Admin).await?;
-            let w = call.w.clone();
+            let (w, g2) = (call.w.clone(), g.clone());
             ok(call
-                .blocking(move || remove(&w.directory, &g, &by, &subject))
+                .group_work(&g, move || remove(&w.directory, &g2, &by, &subject))
                 .await)
         }
         _ => Err(ApiError::MethodNotAllowed),

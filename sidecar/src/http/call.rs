@@ -153,8 +153,22 @@ impl Call {
         self.w.admission.read(g, f).await
     }
 
-    /// Runs other blocking work (maintenance, files, group creation) off
-    /// the async workers, within the witness's bound.
+    /// Runs an admin's work on `g` (changing access or projections,
+    /// deriving a migration, making a snapshot) off the async workers, within the group's bound
+    /// on concurrent work as well as the witness's: such work can wait
+    /// long (maintenance writes go one at a time; fills and snapshots take
+    /// a while), and the admins of one group must not hold the blocking
+    /// slots every group shares.
+    pub async fn group_work<T: Send + 'static>(
+        &self,
+        g: &Group,
+        f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        self.w.admission.read(g, f).await
+    }
+
+    /// Runs other blocking work (the directory, opening files, group
+    /// creation) off the async workers, within the witness's bound.
     pub async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,

@@ -51,10 +51,10 @@ pub async fn handle(call: &mut Call, id: &str) -> Answer {
                 info.schema.clone()
             };
             let accepts_from = body.accepts_from.unwrap_or(from.version);
-            // Derived off the async workers; the writer refuses it if
-            // another migration went first.
+            // Derived off the async workers, in one of the group's slots;
+            // the writer refuses it if another migration went first.
             let migration = call
-                .blocking(move || {
+                .group_work(&g, move || {
                     crate::store::migrate::derive(&from, &body.ddl, to, accepts_from)
                         .map_err(ApiError::BadRequest)
                 })

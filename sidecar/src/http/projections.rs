@@ -55,16 +55,18 @@ pub async fn one(call: &mut Call, id: &str, name: &str) -> Answer {
                 ));
             }
             let def: serde_json::Value = call.json_body().await?;
-            let by = call.caller.identity.clone();
+            let (by, g2) = (call.caller.identity.clone(), g.clone());
             let p = call
-                .blocking(move || g.define_projection(&name, &def, &by))
+                .group_work(&g, move || g2.define_projection(&name, &def, &by))
                 .await?;
             json(StatusCode::OK, &p.info())
         }
         Method::DELETE => {
             let g = call.group(id, Role::Admin).await?;
-            let by = call.caller.identity.clone();
-            let v = call.blocking(move || g.drop_projection(&name, &by)).await?;
+            let (by, g2) = (call.caller.identity.clone(), g.clone());
+            let v = call
+                .group_work(&g, move || g2.drop_projection(&name, &by))
+                .await?;
             Ok(Reply::Json(
                 StatusCode::OK,
                 serde_json::json!({ "version": v }),

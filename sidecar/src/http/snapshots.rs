@@ -12,10 +12,10 @@ pub async fn make(call: &Call, id: &str) -> Answer {
         return Err(ApiError::MethodNotAllowed);
     }
     let g = call.group(id, Role::Admin).await?;
-    let w = call.w.clone();
+    let (w, g2) = (call.w.clone(), g.clone());
     json(
         StatusCode::CREATED,
-        &call.blocking(move || w.snapshot_now(&g)).await?,
+        &call.group_work(&g, move || w.snapshot_now(&g2)).await?,
     )
 }
 
