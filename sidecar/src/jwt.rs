@@ -77,7 +77,12 @@ struct Issuer {
     audience: Option<String>,
     keys: Vec<Key>,
     jwks_url: Option<String>,
-    jwks: tokio::sync::Mutex<JwksCache>,
+    /// The fetched keys; locked only to read or replace them, never
+    /// while a fetch runs.
+    jwks: std::sync::Mutex<JwksCache>,
+    /// Held by the one request fetching the JWKS: others that need a key
+    /// the cache lacks wait for it; those the cache serves never do.
+    refresh: tokio::sync::Mutex<()>,
 }
 
 /// The configured issuers.
@@ -190,11 +195,12 @@ impl Jwt {
                 audience: c.audience,
                 keys,
                 jwks_url: c.jwks_url,
-                jwks: tokio::sync::Mutex::new(JwksCache {
+                jwks: std::sync::Mutex::new(JwksCache {
                     keys: Vec::new(),
                     fetched: None,
                     tried: None,
                 }),
+                refresh: tokio::sync::Mutex::new(()),
             });
         }
         Ok(Jwt { issuers })
@@ -307,39 +313,66 @@ impl Issuer {
     }
 
     /// JWKS keys that fit the token; fetches the set when it is old or
-    /// the `kid` is unknown (rate-limited).
+    /// the `kid` is unknown (rate-limited, one fetch at a time). A token
+    /// the cached keys serve never waits for a fetch, so tokens with
+    /// made-up `kid`s cannot hold other callers up while the identity
+    /// provider is slow.
     async fn jwks_keys(
         &self,
         alg: Algorithm,
         kid: Option<&str>,
     ) -> Result<Vec<DecodingKey>, ApiError> {
-        let mut cache = self.jwks.lock().await;
-        let fits = |c: &JwksCache| -> Vec<DecodingKey> {
-            c.keys
-                .iter()
-                .filter(|k| k.alg == alg && kid_fits(k, kid))
-                .map(|k| k.key.clone())
-                .collect()
-        };
-        let stale = cache.fetched.is_none_or(|t| t.elapsed() > JWKS_MAX_AGE);
-        let found = fits(&cache);
-        let may_try = cache.tried.is_none_or(|t| t.elapsed() > JWKS_MIN_INTERVAL);
-        if (stale || found.is_empty()) && may_try {
-            cache.tried = Some(Instant::now());
-            let url = self.jwks_url.clone().unwrap_or_default();
-            let fetched = tokio::task::spawn_blocking(move || fetch_jwks(&url))
-                .await
-                .map_err(|e| ApiError::internal("fetching a JWKS", e))?;
-            match fetched {
-                Ok(keys) => {
-                    cache.keys = keys;
-                    cache.fetched = Some(Instant::now());
-                }
-                Err(e) => tracing::warn!(issuer = %self.name, error = %e, "JWKS fetch failed"),
-            }
-            return Ok(fits(&cache));
+        let (found, stale, _) = self.cached(alg, kid);
+        if !found.is_empty() && !stale {
+            return Ok(found);
         }
-        Ok(found)
+        // A fetch is due. With usable (if old) keys, do not wait for one
+        // already under way; without, wait for it, then look again.
+        let _fetching = if found.is_empty() {
+            self.refresh.lock().await
+        } else {
+            match self.refresh.try_lock() {
+                Ok(guard) => guard,
+                Err(_) => return Ok(found),
+            }
+        };
+        let (found, stale, may_try) = self.cached(alg, kid);
+        if !(stale || found.is_empty()) || !may_try {
+            return Ok(found);
+        }
+        self.cache().tried = Some(Instant::now());
+        let url = self.jwks_url.clone().unwrap_or_default();
+        let fetched = tokio::task::spawn_blocking(move || fetch_jwks(&url))
+            .await
+            .map_err(|e| ApiError::internal("fetching a JWKS", e))?;
+        match fetched {
+            Ok(keys) => {
+                let mut cache = self.cache();
+                cache.keys = keys;
+                cache.fetched = Some(Instant::now());
+            }
+            Err(e) => tracing::warn!(issuer = %self.name, error = %e, "JWKS fetch failed"),
+        }
+        Ok(self.cached(alg, kid).0)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, JwksCache> {
+        self.jwks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cached keys that fit, whether the set is old, and whether a
+    /// fetch may be tried now.
+    fn cached(&self, alg: Algorithm, kid: Option<&str>) -> (Vec<DecodingKey>, bool, bool) {
+        let c = self.cache();
+        let found = c
+            .keys
+            .iter()
+            .filter(|k| k.alg == alg && kid_fits(k, kid))
+            .map(|k| k.key.clone())
+            .collect();
+        let stale = c.fetched.is_none_or(|t| t.elapsed() > JWKS_MAX_AGE);
+        let may_try = c.tried.is_none_or(|t| t.elapsed() > JWKS_MIN_INTERVAL);
+        (found, stale, may_try)
     }
 }
 

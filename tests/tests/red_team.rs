@@ -3,16 +3,33 @@
 //!
 //! - the admins of one group, flooding slow projection definitions, held
 //!   every blocking slot of the witness and another group's reads got
-//!   `503 overloaded`.
+//!   `503 overloaded`;
+//! - tokens with made-up `kid`s made every JWKS-verified caller wait for
+//!   the identity provider while it was slow.
 //!
 //! No timing thresholds: waits are generous bounds on completion.
 
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::Algorithm;
 use pdb_e2e::*;
 use serde_json::{json, Value as Json};
-use std::sync::Arc;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 fn put(w: &Witness, path: &str, token: &str, body: Json) -> Reply {
     w.request("PUT", path, Some(token), Some(&body))
+}
+
+/// Waits (bounded) until `f` holds.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(120);
+    while !f() {
+        assert!(Instant::now() < until, "gave up waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A projection query whose every step rewrites a megabyte: it runs into
@@ -90,4 +107,146 @@ fn one_groups_admins_cannot_take_the_blocking_slots_every_group_needs() {
         json!({ "query": "SELECT id FROM t" }),
     );
     assert_eq!(r.status, 200, "{r:?}");
+}
+
+/// A JWKS endpoint on loopback that can be made to hold requests: a held
+/// one is parked unanswered until the test lets it go.
+struct Jwks {
+    url: String,
+    body: String,
+    hold: Arc<AtomicBool>,
+    held: Arc<Mutex<Vec<TcpStream>>>,
+    fetches: Arc<AtomicU64>,
+}
+
+impl Jwks {
+    fn start() -> Jwks {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        let body = serde_json::to_string(&JwkSet {
+            keys: vec![jwt::jwk(Algorithm::RS256)],
+        })
+        .unwrap();
+        let (hold, held, fetches) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(Mutex::new(Vec::new())),
+            Arc::new(AtomicU64::new(0)),
+        );
+        let j = Jwks {
+            url,
+            body: body.clone(),
+            hold: hold.clone(),
+            held: held.clone(),
+            fetches: fetches.clone(),
+        };
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                fetches.fetch_add(1, Ordering::SeqCst);
+                if hold.load(Ordering::SeqCst) {
+                    held.lock().unwrap().push(stream);
+                    continue;
+                }
+                let mut s = stream;
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        j
+    }
+
+    /// Whether a held request's client (the witness) still waits on it.
+    fn held_fetch_still_waiting(&self) -> bool {
+        let held = self.held.lock().unwrap();
+        let Some(s) = held.first() else { return false };
+        s.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 1];
+        let open = matches!(s.peek(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+        s.set_nonblocking(false).unwrap();
+        open
+    }
+
+    /// Answers the held requests and holds no more.
+    fn release(&self) {
+        self.hold.store(false, Ordering::SeqCst);
+        for mut s in self.held.lock().unwrap().drain(..) {
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                self.body.len(),
+                self.body
+            );
+        }
+    }
+}
+
+#[test]
+fn tokens_with_unknown_kids_do_not_hold_up_callers_the_jwks_cache_serves() {
+    let dir = TempDir::new("red-jwks");
+    let jwks = Jwks::start();
+    let w = Witness::start_with(dir.path(), 0, &["--jwt-jwks-url", &jwks.url]);
+    w.create_group("g", "CREATE TABLE t(id INTEGER PRIMARY KEY)");
+    let r = put(
+        &w,
+        "/v1/groups/g/members/jwt:alice",
+        TOKEN,
+        json!({"role": "reader"}),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let claims = |sub: &str| json!({"sub": sub, "exp": jwt::now_secs() + 600});
+    let alice = jwt::token(Algorithm::RS256, &claims("alice"));
+    // The first use fetches the JWKS; it is cached from then on.
+    let r = w.request("GET", "/v1/groups/g/head", Some(&alice), None);
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // The identity provider stops answering. A token with a kid nobody
+    // knows makes the witness fetch the JWKS again, which now hangs.
+    jwks.hold.store(true, Ordering::SeqCst);
+    let before = jwks.fetches.load(Ordering::SeqCst);
+    let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
+    header.kid = Some("made-up".into());
+    let forged = jsonwebtoken::encode(
+        &header,
+        &claims("mallory"),
+        &jwt::encoding_key(Algorithm::RS256),
+    )
+    .unwrap();
+    let w = Arc::new(w);
+    // The witness fetches again at most every 2 s: the attacker sends its
+    // tokens until one makes it fetch (that request then hangs).
+    let attacker = {
+        let (w, fetches) = (w.clone(), jwks.fetches.clone());
+        std::thread::spawn(move || {
+            for _ in 0..10_000 {
+                let r = w.request("GET", "/v1/groups/g/head", Some(&forged), None);
+                if fetches.load(Ordering::SeqCst) > before {
+                    return r;
+                }
+                assert_eq!(r.status, 401, "{r:?}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            panic!("the witness never fetched the JWKS again");
+        })
+    };
+    eventually("the witness fetching the JWKS again", || {
+        jwks.fetches.load(Ordering::SeqCst) > before && !jwks.held.lock().unwrap().is_empty()
+    });
+
+    // Alice's token is served from the cache while that fetch hangs.
+    let r = w.request("GET", "/v1/groups/g/head", Some(&alice), None);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        jwks.held_fetch_still_waiting(),
+        "alice was answered only after the hanging JWKS fetch gave up"
+    );
+    jwks.release();
+    let r = attacker.join().expect("attacker");
+    assert_eq!(r.status, 401, "{r:?}");
 }
