@@ -5,13 +5,18 @@
 //!   every blocking slot of the witness and another group's reads got
 //!   `503 overloaded`;
 //! - tokens with made-up `kid`s made every JWKS-verified caller wait for
-//!   the identity provider while it was slow.
+//!   the identity provider while it was slow;
+//! - path segments were not percent-decoded: a grant to `jwt:auth0%7C1`
+//!   went to that literal identity, a table named `my tasks` could get no
+//!   rule.
 //!
 //! No timing thresholds: waits are generous bounds on completion.
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::Algorithm;
 use pdb_e2e::*;
+use pdb_protocol::wire::Policy;
+use pdb_protocol::Value;
 use serde_json::{json, Value as Json};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -249,4 +254,83 @@ fn tokens_with_unknown_kids_do_not_hold_up_callers_the_jwks_cache_serves() {
     jwks.release();
     let r = attacker.join().expect("attacker");
     assert_eq!(r.status, 401, "{r:?}");
+}
+
+#[test]
+fn identities_and_table_names_in_paths_are_percent_decoded() {
+    let dir = TempDir::new("red-paths");
+    // Static token identities may hold '/', which a path segment can only
+    // carry encoded.
+    let alice = add_token(&dir.path().join("data"), "team/alice");
+    let w = Witness::start(dir.path());
+    w.create_group(
+        "g",
+        "CREATE TABLE \"my tasks\"(id INTEGER PRIMARY KEY, owner TEXT)",
+    );
+    let head_as_alice = || w.request("GET", "/v1/groups/g/head", Some(&alice), None);
+    assert_eq!(head_as_alice().status, 403);
+
+    let r = put(
+        &w,
+        "/v1/groups/g/members/team%2Falice",
+        TOKEN,
+        json!({"role": "writer"}),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["identity"], "team/alice", "{r:?}");
+    assert_eq!(head_as_alice().status, 200);
+    let members = w.get("/v1/groups/g/members");
+    assert_eq!(
+        members.body["members"],
+        json!([{"identity": "team/alice", "role": "writer"}]),
+        "{members:?}"
+    );
+
+    // A rule for the table whose name has a space; it holds for alice.
+    let r = put(
+        &w,
+        "/v1/groups/g/rules/my%20tasks",
+        TOKEN,
+        json!({"expr": "new.owner = :caller"}),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["table"], "my tasks", "{r:?}");
+    let g = GroupRef::from_json(&w.get("/v1/groups/g").body);
+    let row = |id: i64, owner: &str| {
+        changeset(
+            "my tasks",
+            &[1, 0],
+            vec![insert(vec![Value::Integer(id), Value::text(owner)])],
+        )
+    };
+    let h = w.head("g");
+    let r = w.request(
+        "POST",
+        "/v1/groups/g/commits",
+        Some(&alice),
+        Some(&g.commit_body(h.seq, &h.head_hash, "a-1", &row(1, "bob"), Policy::Strict)),
+    );
+    assert_eq!(r.status, 403, "the rule refuses another owner: {r:?}");
+    let r = w.request(
+        "POST",
+        "/v1/groups/g/commits",
+        Some(&alice),
+        Some(&g.commit_body(
+            h.seq,
+            &h.head_hash,
+            "a-2",
+            &row(1, "team/alice"),
+            Policy::Strict,
+        )),
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+
+    let r = w.request(
+        "DELETE",
+        "/v1/groups/g/members/team%2Falice",
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(head_as_alice().status, 403);
 }

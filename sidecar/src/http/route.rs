@@ -35,9 +35,24 @@ pub enum Route {
 
 impl Route {
     /// The endpoint a request is for; `None` for a path the API does not
-    /// have (the public endpoints exist for GET only).
+    /// have (the public endpoints exist for GET only). Each segment is
+    /// percent-decoded (after splitting, so `%2F` stays inside its
+    /// segment): identities, table and projection names are taken as the
+    /// client meant them (`jwt:auth0%7C123` is `jwt:auth0|123`, a table
+    /// `my tasks` is `my%20tasks`). A segment that does not decode to
+    /// UTF-8 is no path of the API.
     pub fn parse(method: &Method, path: &str) -> Option<Route> {
-        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let decoded: Vec<String> = path
+            .trim_start_matches('/')
+            .split('/')
+            .map(|s| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8()
+                    .ok()
+                    .map(|s| s.into_owned())
+            })
+            .collect::<Option<_>>()?;
+        let segs: Vec<&str> = decoded.iter().map(String::as_str).collect();
         let s = |x: &str| x.to_string();
         Some(match segs.as_slice() {
             ["healthz"] if method == Method::GET => Route::Health,
@@ -113,6 +128,20 @@ mod tests {
             Some(Route::Member("g".into(), "alice".into()))
         );
         assert_eq!(Route::parse(&get, "/v1/groups/g/nope"), None);
+        // Segments are percent-decoded, each on its own.
+        assert_eq!(
+            Route::parse(&Method::PUT, "/v1/groups/g/members/jwt:auth0%7C12%2F3"),
+            Some(Route::Member("g".into(), "jwt:auth0|12/3".into()))
+        );
+        assert_eq!(
+            Route::parse(&Method::PUT, "/v1/groups/g/rules/my%20tasks"),
+            Some(Route::Rule("g".into(), "my tasks".into()))
+        );
+        assert_eq!(
+            Route::parse(&Method::POST, "/v1/groups/g%2Dx/migration%73"),
+            Some(Route::Migrations("g-x".into()))
+        );
+        assert_eq!(Route::parse(&get, "/v1/groups/g/members/%FF"), None);
         assert_eq!(Route::parse(&get, "/v1/groups/g/head/extra"), None);
     }
 }
