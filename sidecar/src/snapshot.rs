@@ -103,6 +103,7 @@ impl From<std::io::Error> for Failure {
 pub fn create(dir: &Path, g: &Group, key: &SigningKey) -> Result<SnapshotJson, ApiError> {
     std::fs::create_dir_all(dir)
         .map_err(|e| ApiError::internal("creating the snapshot directory", e))?;
+    remove_leftovers(dir);
     let tmp = dir.join(format!(".{}.tmp", std::process::id()));
     let written = g.read("making a snapshot", |conn| {
         let head = log::head(conn).map_err(|e| ApiError::internal("reading the head", e))?;
@@ -215,6 +216,31 @@ pub fn create(dir: &Path, g: &Group, key: &SigningKey) -> Result<SnapshotJson, A
     }
     tracing::info!(group = %info.id, seq = head.seq, size, rows, "snapshot made");
     Ok(json)
+}
+
+/// Removes what an earlier process left half-written here (it was killed
+/// while making a snapshot): temporary files of other process ids. Only
+/// the witness holding the data directory writes snapshots, one at a time
+/// per group, and its own temporary names carry its process id.
+fn remove_leftovers(dir: &Path) {
+    let mine = format!(".{}.", std::process::id());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with('.') && name.ends_with(".tmp") && !name.starts_with(&mine) {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => {
+                    tracing::info!(file = %e.path().display(), "removed a snapshot left half-written")
+                }
+                Err(err) => {
+                    tracing::warn!(file = %e.path().display(), error = %err, "cannot remove a snapshot left half-written")
+                }
+            }
+        }
+    }
 }
 
 /// Reads `[start, end]` (inclusive, clamped to the file and `MAX_RANGE`)

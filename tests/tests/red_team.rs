@@ -8,7 +8,9 @@
 //!   the identity provider while it was slow;
 //! - path segments were not percent-decoded: a grant to `jwt:auth0%7C1`
 //!   went to that literal identity, a table named `my tasks` could get no
-//!   rule.
+//!   rule;
+//! - a snapshot left half-written by a killed witness stayed on disk
+//!   forever.
 //!
 //! No timing thresholds: waits are generous bounds on completion.
 
@@ -333,4 +335,51 @@ fn identities_and_table_names_in_paths_are_percent_decoded() {
     );
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(head_as_alice().status, 403);
+}
+
+#[test]
+fn a_snapshot_left_half_written_by_a_killed_witness_is_removed() {
+    let dir = TempDir::new("red-snaptmp");
+    let mut w = Witness::start(dir.path());
+    let g = w.create_group("g", "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)");
+    let cs = changeset(
+        "t",
+        &[1, 0],
+        vec![insert(vec![Value::Integer(1), Value::text("x")])],
+    );
+    assert_eq!(w.commit_at_head(&g, "k1", &cs, Policy::Strict).status, 201);
+    let r = w.post("/v1/groups/g/snapshots", &json!(null));
+    assert_eq!(r.status, 201, "{r:?}");
+    w.terminate();
+
+    // What a witness killed while writing a snapshot leaves behind (its
+    // process id is in the names).
+    let snaps = dir.path().join("data/snapshots/g");
+    let leftovers = [".4242424.tmp", ".4242424.manifest.tmp"];
+    for f in leftovers {
+        std::fs::write(snaps.join(f), vec![7u8; 64 * 1024]).unwrap();
+    }
+    let w = Witness::start(dir.path());
+    let cs = changeset(
+        "t",
+        &[1, 0],
+        vec![insert(vec![Value::Integer(2), Value::text("y")])],
+    );
+    assert_eq!(w.commit_at_head(&g, "k2", &cs, Policy::Strict).status, 201);
+    let r = w.post("/v1/groups/g/snapshots", &json!(null));
+    assert_eq!(r.status, 201, "{r:?}");
+    for f in leftovers {
+        assert!(!snaps.join(f).exists(), "{f} is still there");
+    }
+    let names: Vec<String> = std::fs::read_dir(&snaps)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.starts_with('.')),
+        "temporary files left: {names:?}"
+    );
+    let (ok, out) = w.verify_cli();
+    assert!(ok, "{out}");
 }
