@@ -553,8 +553,13 @@ fn migrate(
             .checked_add(1)
             .ok_or("the schema version cannot grow further")?,
     };
-    let migration =
-        store::migrate::derive(&current, &ddl, to, accepts_from.unwrap_or(current.version))?;
+    let migration = store::migrate::derive(
+        &current,
+        &ddl,
+        to,
+        accepts_from.unwrap_or(current.version),
+        g.sql_limits(),
+    )?;
     let input = crate::write::migration::MigrationInput {
         migration,
         author: "operator-cli".into(),

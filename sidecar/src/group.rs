@@ -251,6 +251,11 @@ impl Group {
         })
     }
 
+    /// The budget of one unit of admin SQL.
+    pub fn sql_limits(&self) -> crate::sandbox::Limits {
+        self.sandbox.limits
+    }
+
     /// A connection of its own for checking definitions (the allow-lists
     /// install an authorizer while they compile).
     pub fn check_conn(&self) -> Result<Connection, ApiError> {

@@ -51,11 +51,12 @@ pub async fn handle(call: &mut Call, id: &str) -> Answer {
                 info.schema.clone()
             };
             let accepts_from = body.accepts_from.unwrap_or(from.version);
+            let limits = g.sql_limits();
             // Derived off the async workers, in one of the group's slots;
             // the writer refuses it if another migration went first.
             let migration = call
                 .group_work(&g, move || {
-                    crate::store::migrate::derive(&from, &body.ddl, to, accepts_from)
+                    crate::store::migrate::derive(&from, &body.ddl, to, accepts_from, limits)
                         .map_err(ApiError::BadRequest)
                 })
                 .await?;

@@ -5,6 +5,7 @@
 //! operations — never from the admin's text.
 
 use super::schema::{create, read, MAX_DDL_BYTES};
+use crate::sandbox::{Budget, Failure, Limits};
 use pdb_protocol::migration::{Migration, SchemaOp};
 use pdb_protocol::{Schema, Table};
 use rusqlite::fallible_iterator::FallibleIterator;
@@ -23,12 +24,21 @@ enum Kind {
     DropIndex,
 }
 
+/// Units of the admin-SQL budget deriving one migration may take (as
+/// many as filling a projection).
+const DERIVE_BUDGETS: u32 = 10;
+
 /// Turns an admin's DDL into the migration from `current` to `to_version`.
+/// The statements, and the reading of the schema after each, run under
+/// [`DERIVE_BUDGETS`] units of `limits`: a `SELECT` — alone, or in `CREATE
+/// TABLE ... AS` — runs before anything can refuse it, and each statement
+/// reads the whole schema back.
 pub fn derive(
     current: &Schema,
     ddl: &str,
     to_version: u32,
     accepts_from: u32,
+    limits: Limits,
 ) -> Result<Migration, String> {
     if ddl.len() > MAX_DDL_BYTES {
         return Err(format!(
@@ -47,10 +57,21 @@ pub fn derive(
             current.version
         ));
     }
+    let refused = |e: rusqlite::Error| {
+        format!(
+            "migration SQL was refused (allowed: ALTER TABLE ... ADD COLUMN / DROP COLUMN / RENAME COLUMN, CREATE TABLE, DROP TABLE, CREATE INDEX, DROP INDEX): {e}"
+        )
+    };
     let mut conn = Connection::open_in_memory().map_err(|e| e.to_string())?;
     create(&conn, current)?;
     conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_ATTACHED, 0)
         .map_err(|e| e.to_string())?;
+    let budget = Budget::install(&mut conn, Arc::default()).map_err(|e| e.to_string())?;
+    let scope = budget.scope(limits.times(DERIVE_BUDGETS));
+    let over = |f: Failure| match f {
+        Failure::Exceeded(e) => over_budget(e),
+        Failure::Sql(e) => refused(e),
+    };
     let seen: Arc<Mutex<Vec<Kind>>> = Arc::default();
     let log = seen.clone();
     // DROP TABLE deletes the dropped table's rows: allowed for it only.
@@ -115,11 +136,6 @@ pub fn derive(
         }
     }))
     .map_err(|e| e.to_string())?;
-    let refused = |e: rusqlite::Error| {
-        format!(
-            "migration SQL was refused (allowed: ALTER TABLE ... ADD COLUMN / DROP COLUMN / RENAME COLUMN, CREATE TABLE, DROP TABLE, CREATE INDEX, DROP INDEX): {e}"
-        )
-    };
     let mut ops = Vec::new();
     let mut before = current.clone();
     let mut batch = rusqlite::Batch::new(&conn, ddl);
@@ -130,10 +146,12 @@ pub fn derive(
         let Some(mut st) = batch.next().map_err(refused)? else {
             break;
         };
-        st.raw_execute().map_err(refused)?;
+        scope.run(&conn, || st.raw_execute()).map_err(over)?;
         armed.store(false, Relaxed);
         let kinds = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
-        let after = read(&conn, to_version)?;
+        let after = scope
+            .run(&conn, || Ok(read(&conn, to_version)))
+            .map_err(over)??;
         ops.push(infer(&before, &after, &kinds)?);
         before = after;
     }
@@ -171,6 +189,12 @@ pub fn derive(
     }
     m.tables = target.tables;
     Ok(m)
+}
+
+fn over_budget(e: crate::sandbox::Exceeded) -> String {
+    format!(
+        "migration SQL went over the budget of admin SQL: it {e} (a migration's statements only change the schema)"
+    )
 }
 
 /// The one operation a statement made, from the schemas before and after
@@ -328,6 +352,7 @@ mod tests {
              DROP INDEX notes_title;",
             2,
             1,
+            Limits::default(),
         )
         .unwrap();
         let kinds: Vec<&str> = m
@@ -380,25 +405,29 @@ mod tests {
             "ATTACH ':memory:' AS x",
             "",
         ] {
-            assert!(derive(&v1(), bad, 2, 1).is_err(), "accepted: {bad}");
+            assert!(
+                derive(&v1(), bad, 2, 1, Limits::default()).is_err(),
+                "accepted: {bad}"
+            );
         }
         let drop = derive(
             &v1(),
             "CREATE TABLE x(id INTEGER PRIMARY KEY); DROP TABLE notes",
             2,
             1,
+            Limits::default(),
         )
         .unwrap();
         assert_eq!(drop.tables.len(), 1);
-        assert!(derive(&v1(), "DROP TABLE notes", 2, 1)
+        assert!(derive(&v1(), "DROP TABLE notes", 2, 1, Limits::default())
             .unwrap_err()
             .contains("no table"));
         assert!(
-            derive(&v1(), "DROP TABLE notes", 1, 1).is_err(),
+            derive(&v1(), "DROP TABLE notes", 1, 1, Limits::default()).is_err(),
             "same version"
         );
         assert!(
-            derive(&v1(), "DROP TABLE notes", 2, 2).is_err(),
+            derive(&v1(), "DROP TABLE notes", 2, 2, Limits::default()).is_err(),
             "window past current"
         );
     }

@@ -415,6 +415,7 @@ mod tests {
              CREATE TABLE u(k TEXT PRIMARY KEY)",
             2,
             1,
+            Limits::default(),
         )
         .unwrap();
         let input = MigrationInput {
