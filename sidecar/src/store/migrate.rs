@@ -217,6 +217,12 @@ fn infer(before: &Schema, after: &Schema, kinds: &[Kind]) -> Result<SchemaOp, St
         .filter_map(|b| after.table(&b.name).filter(|a| *a != b).map(|a| (b, a)))
         .collect();
     let one_statement = "write one schema change per statement";
+    if added.is_empty() && gone.is_empty() && changed.is_empty() {
+        return Err(
+            "a statement changed none of the group's tables (a migration holds schema changes only; names starting with \"pdb_\" are reserved)"
+                .into(),
+        );
+    }
     // A table's own constraints create its automatic indexes with it.
     if kinds.contains(&Kind::CreateTable)
         && kinds

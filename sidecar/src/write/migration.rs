@@ -76,8 +76,13 @@ pub fn apply(
         change_tables(conn, &mut at, op, &mut root)?;
     }
     let new_info = GroupInfo::new(info.id.clone(), new.clone(), Vec::new());
-    let rules_removed = follow_rules(conn, &new_info)?;
-    let projections_rebuilt = follow_projections(conn, &new_info, budget, limits)?;
+    // Everything the migration would break is named at once.
+    let (rules_removed, mut broken) = follow_rules(conn, &new_info)?;
+    let (projections_rebuilt, more) = follow_projections(conn, &new_info, budget, limits)?;
+    broken.extend(more);
+    if !broken.is_empty() {
+        return Err(breaks(&broken));
+    }
 
     let seq = head.seq + 1;
     let bytes = m.encode();
@@ -252,8 +257,12 @@ pub fn change_tables(
 }
 
 /// Write rules on the new schema: those of a dropped table go with it
-/// (returned); every other one must still pass its checks.
-fn follow_rules(conn: &mut Connection, info: &GroupInfo) -> Result<Vec<String>, ApiError> {
+/// (returned first); every other one must still pass its checks (those
+/// that do not, returned second).
+fn follow_rules(
+    conn: &mut Connection,
+    info: &GroupInfo,
+) -> Result<(Vec<String>, Vec<String>), ApiError> {
     let sql = db("checking write rules");
     let rules: Vec<(String, String, Option<String>)> = {
         let mut st = conn
@@ -287,21 +296,18 @@ fn follow_rules(conn: &mut Connection, info: &GroupInfo) -> Result<Vec<String>, 
             }
         }
     }
-    if !broken.is_empty() {
-        return Err(breaks(&broken));
-    }
-    Ok(removed)
+    Ok((removed, broken))
 }
 
 /// Projections on the new schema: each is checked again, its table made
-/// anew and refilled; one that no longer checks or fills refuses the
-/// migration.
+/// anew and refilled (returned first); those that no longer check or fill
+/// (returned second) refuse the migration.
 fn follow_projections(
     conn: &mut Connection,
     info: &GroupInfo,
     budget: &Budget,
     limits: Limits,
-) -> Result<Vec<String>, ApiError> {
+) -> Result<(Vec<String>, Vec<String>), ApiError> {
     let sql = db("rebuilding projections");
     let defs: Vec<(String, String, i64)> = {
         let mut st = conn
@@ -336,10 +342,7 @@ fn follow_projections(
         projection::store(conn, &p, &def, version).map_err(&sql)?;
         rebuilt.push(name);
     }
-    if !broken.is_empty() {
-        return Err(breaks(&broken));
-    }
-    Ok(rebuilt)
+    Ok((rebuilt, broken))
 }
 
 fn breaks(what: &[String]) -> ApiError {
