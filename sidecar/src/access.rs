@@ -181,6 +181,8 @@ pub fn set_rule(
             Some(_) => Err(ApiError::BadRequest(format!("{k} must be SQL text"))),
         }
     };
+    // Each expression, with what it is.
+    let mut checks: Vec<(String, String)> = Vec::new();
     let (expr, ops) = match text("expr")? {
         Some(e) => {
             if obj.len() > 1 {
@@ -189,13 +191,16 @@ pub fn set_rule(
                 ));
             }
             validate(g, &t, "rule", &e)?;
+            checks.push(("rule".into(), e.clone()));
             (e, None)
         }
         None => {
             let mut each = serde_json::Map::new();
             for op in OPS {
                 if let Some(e) = text(op)? {
-                    validate(g, &t, &format!("{op} rule"), &e)?;
+                    let what = format!("{op} rule");
+                    validate(g, &t, &what, &e)?;
+                    checks.push((what, e.clone()));
                     each.insert(op.to_string(), Json::String(e));
                 }
             }
@@ -204,6 +209,14 @@ pub fn set_rule(
     };
     let logged = ops.clone().unwrap_or_else(|| expr.clone());
     let (v, ()) = g.change_access("rule", &t, Some(&logged), &by.identity, |c, _, v| {
+        // Checked again on the schema in force now: a migration may have
+        // gone before this write (it waited its turn behind it).
+        let now =
+            crate::store::load_info(c).map_err(|e| ApiError::internal("changing access", e))?;
+        for (what, e) in &checks {
+            check_rule(c, &now, &t, what, e)
+                .map_err(|why| ApiError::BadRequest(format!("the {what} is refused: {why}")))?;
+        }
         c.execute(
             "INSERT OR REPLACE INTO pdb_rules(tbl, expr, ops, version) VALUES (?1, ?2, ?3, ?4)",
             params![t, expr, ops, v],

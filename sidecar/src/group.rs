@@ -344,7 +344,7 @@ impl Group {
         def: &serde_json::Value,
         by: &str,
     ) -> Result<Projection, ApiError> {
-        let p = projection::check(&mut self.check_conn()?, &self.info(), name, def)?;
+        projection::check(&mut self.check_conn()?, &self.info(), name, def)?;
         let text = def.to_string();
         let limits = self.sandbox.limits.times(FILL_BUDGETS);
         let (_, p) = self.change_access(
@@ -353,6 +353,11 @@ impl Group {
             Some(&text),
             by,
             |conn, budget, version| {
+                // Checked again on the schema in force now: a migration
+                // may have gone before this write.
+                let info = store::load_info(conn)
+                    .map_err(|e| ApiError::internal("defining a projection", e))?;
+                let p = projection::check(conn, &info, name, def)?;
                 projection::create(conn, &p)?;
                 projection::refill(conn, &budget.scope(limits), &p).map_err(|e| match e {
                     projection::MaintainError::Witness(e) => e,

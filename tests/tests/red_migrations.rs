@@ -6,12 +6,18 @@
 //!   it — hours of work, or a gigabyte value, for one request;
 //! - a migration that would break both a write rule and a projection named
 //!   only the rule: the admin fixed it and only then learnt of the other;
-//!   a table named `pdb_...` got "write one schema change per statement".
+//!   a table named `pdb_...` got "write one schema change per statement";
+//! - a write rule defined while a migration was being applied was checked
+//!   on the schema before it and stored after it: a rule naming a dropped
+//!   column refused every later commit to its table.
 //!
 //! No timing thresholds: loops are bounded by counts.
 
 use pdb_e2e::*;
+use pdb_protocol::wire::Policy;
+use pdb_protocol::Value;
 use serde_json::{json, Value as Json};
+use std::sync::Arc;
 
 fn migrate(w: &Witness, g: &str, ddl: &str) -> Reply {
     w.post(
@@ -107,4 +113,72 @@ fn a_refused_migration_names_everything_that_must_change() {
         assert!(message(&r).contains("reserved"), "{ddl}: {r:?}");
     }
     assert_eq!(version(&w, "g"), 1, "nothing changed");
+}
+
+#[test]
+fn a_rule_defined_while_a_migration_lands_is_checked_on_the_schema_it_meets() {
+    let dir = TempDir::new("redm-race");
+    let w = Arc::new(Witness::start(dir.path()));
+    let g = w.create_group(
+        "g",
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, owner TEXT, body TEXT)",
+    );
+    // Rows enough that a migration rewriting the table takes a while.
+    for part in 0..4i64 {
+        let rows = (0..100_000i64)
+            .map(|i| {
+                insert(vec![
+                    Value::Integer(part * 100_000 + i),
+                    Value::text("bob"),
+                    Value::text("some text of a note"),
+                ])
+            })
+            .collect();
+        let cs = changeset("t", &[1, 0, 0], rows);
+        let r = w.commit_at_head(&g, &format!("rows-{part}"), &cs, Policy::Strict);
+        assert_eq!(r.status, 201, "{r:?}");
+    }
+    let mut raced = 0;
+    for i in 0..6 {
+        let col = format!("c{i}");
+        let r = migrate(&w, "g", &format!("ALTER TABLE t ADD COLUMN {col} TEXT"));
+        assert_eq!(r.status, 201, "{r:?}");
+        // The column goes while a rule naming it is defined.
+        let dropping = {
+            let (w, col) = (w.clone(), col.clone());
+            std::thread::spawn(move || {
+                migrate(&w, "g", &format!("ALTER TABLE t DROP COLUMN {col}"))
+            })
+        };
+        // Not a bound on anything: it lets the migration start first most
+        // times, which is when the rule used to be checked on the old schema.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let rule = w.request(
+            "PUT",
+            "/v1/groups/g/rules/t",
+            Some(TOKEN),
+            Some(&json!({ "expr": format!("new.{col} IS NULL OR new.owner = :caller") })),
+        );
+        let dropped = dropping.join().expect("migration");
+        if rule.status == 200 && dropped.status == 201 {
+            raced += 1;
+        }
+        // Whatever the order, the group takes commits afterwards: no rule
+        // names a column the table no longer has.
+        let now = GroupRef::from_json(&w.get("/v1/groups/g").body);
+        let n = now.schema.table("t").expect("table t").columns.len();
+        let mut row = vec![Value::Integer(1_000_000 + i), Value::text("bob")];
+        row.resize(n, Value::Null);
+        let mut pk = vec![1u8];
+        pk.resize(n, 0);
+        let cs = changeset("t", &pk, vec![insert(row)]);
+        let r = w.commit_at_head(&now, &format!("after-{i}"), &cs, Policy::Strict);
+        assert_eq!(
+            r.status, 201,
+            "rule {rule:?}, migration {dropped:?}, then a commit: {r:?}"
+        );
+        let r = w.request("DELETE", "/v1/groups/g/rules/t", Some(TOKEN), None);
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    eprintln!("rule and migration both accepted in {raced} of 6 rounds");
 }
