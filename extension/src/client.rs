@@ -46,6 +46,12 @@ pub trait WitnessApi {
 enum Endpoint<'a> {
     Witness,
     Group,
+    /// A head watch: answers once the head passes `after`, or after
+    /// `wait` seconds.
+    Head {
+        after: u64,
+        wait: u64,
+    },
     Commits {
         after: u64,
         limit: u32,
@@ -73,6 +79,7 @@ impl Endpoint<'_> {
         match self {
             Endpoint::Witness => "/v1/witness".into(),
             Endpoint::Group => g,
+            Endpoint::Head { after, wait } => format!("{g}/head?after={after}&wait={wait}"),
             Endpoint::Commits { after, limit } => {
                 format!("{g}/commits?after={after}&limit={limit}")
             }
@@ -259,6 +266,13 @@ impl HttpWitness {
             self.body(&url, resp)?,
             "the witness sent a malformed migration certificate",
         )
+    }
+
+    /// The group's signed head once it passes `after`, or when `wait`
+    /// seconds have passed (the background worker's long poll; not in
+    /// [`WitnessApi`]: sync never waits). The caller verifies it.
+    pub fn watch_head(&self, after: u64, wait: u64) -> Result<pdb_protocol::wire::HeadJson> {
+        self.get(Endpoint::Head { after, wait }, "malformed signed head")
     }
 
     /// GET an endpoint answering `T`; `malformed` is the error when the

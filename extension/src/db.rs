@@ -209,6 +209,130 @@ impl Db {
     }
 }
 
+/// A connection of the extension's own (the background worker's), opened
+/// through the host's SQLite and closed on drop.
+pub struct Owned(Db);
+
+const SQLITE_OPEN_READWRITE: c_int = 0x0000_0002;
+const SQLITE_OPEN_NOMUTEX: c_int = 0x0000_8000;
+
+impl Owned {
+    /// Opens `path` read-write (never creating it), waiting up to
+    /// `busy_ms` for locks other connections hold.
+    pub fn open(path: &str, busy_ms: i32) -> Result<Owned> {
+        let (open, busy) = (api!(open_v2), api!(busy_timeout));
+        let c = CString::new(path).map_err(|_| Error::invalid("path contains a NUL byte"))?;
+        let mut raw: *mut sqlite3 = std::ptr::null_mut();
+        // SAFETY: NUL-terminated path, valid out-pointer; one thread uses
+        // the connection (NOMUTEX).
+        let rc = unsafe {
+            open(
+                c.as_ptr(),
+                &mut raw,
+                SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
+                std::ptr::null(),
+            )
+        };
+        if raw.is_null() {
+            return Err(Error::Sqlite {
+                code: rc,
+                message: format!("opening {path}: out of memory"),
+            });
+        }
+        let owned = Owned(Db(raw));
+        if rc != SQLITE_OK {
+            let e = owned.0.error(&format!(" (opening {path})"));
+            drop(owned);
+            return Err(e);
+        }
+        // SAFETY: valid connection.
+        unsafe { busy(raw, busy_ms) };
+        Ok(owned)
+    }
+
+    pub fn db(&self) -> Db {
+        self.0
+    }
+
+    /// `PRAGMA data_version`: changes when another connection commits to
+    /// the file.
+    pub fn data_version(&self) -> Result<i64> {
+        self.0
+            .row("PRAGMA data_version", &[])?
+            .and_then(|r| r.first().and_then(as_i64))
+            .ok_or_else(|| Error::invalid("PRAGMA data_version answered nothing"))
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let table = API.load(Ordering::Acquire);
+        if !table.is_null() {
+            // SAFETY: closing the connection we opened, once; every
+            // statement on it was finalised (Stmt and Cache drop first).
+            unsafe {
+                if let Some(f) = (*table).close_v2 {
+                    f(self.0 .0);
+                }
+            }
+        }
+    }
+}
+
+impl Db {
+    /// The raw handle (for hooks keyed by connection).
+    pub fn raw(&self) -> *mut sqlite3 {
+        self.0
+    }
+
+    /// Registers a function on this connection whose only use is its
+    /// destructor: SQLite calls `on_close(app)` when the connection
+    /// closes (or the function is registered again).
+    pub fn on_close(
+        &self,
+        name: &str,
+        app: *mut c_void,
+        on_close: unsafe extern "C" fn(*mut c_void),
+    ) -> Result<()> {
+        let f = api!(create_function_v2);
+        let c = CString::new(name).map_err(|_| Error::invalid("name contains a NUL byte"))?;
+        // SAFETY: valid connection and name; a function with no body (it
+        // cannot be called: nArg 127 is never given by SQL calls of a
+        // sane length) and a destructor SQLite calls once.
+        let rc = unsafe {
+            f(
+                self.0,
+                c.as_ptr(),
+                127,
+                1, // SQLITE_UTF8
+                app,
+                Some(never_called),
+                None,
+                None,
+                Some(on_close),
+            )
+        };
+        if rc != SQLITE_OK {
+            // SQLite calls the destructor itself when registration fails.
+            return Err(self.error(""));
+        }
+        Ok(())
+    }
+}
+
+unsafe extern "C" fn never_called(
+    ctx: *mut sqlite_loadable::ext::sqlite3_context,
+    _n: c_int,
+    _v: *mut *mut sqlite_loadable::ext::sqlite3_value,
+) {
+    let table = API.load(Ordering::Acquire);
+    if !table.is_null() {
+        if let Some(f) = (*table).result_null {
+            f(ctx);
+        }
+    }
+}
+
 /// A prepared statement, finalised on drop.
 pub struct Stmt {
     raw: *mut sqlite3_stmt,

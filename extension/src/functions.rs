@@ -78,7 +78,24 @@ fn set_token(db: Db, args: &[*mut sqlite3_value]) -> Result<String, Error> {
 }
 
 fn sync_fn(db: Db, _: &[*mut sqlite3_value]) -> Result<String, Error> {
+    // One sync at a time per file in this process (the worker's too).
+    let _one = db.file()?.map(|f| crate::worker::sync_lock(&f));
     Ok(sync::sync(db)?.to_string())
+}
+
+fn sync_start(db: Db, args: &[*mut sqlite3_value]) -> Result<String, Error> {
+    let opts = crate::worker::parse_options(text_arg(args, 0, "options JSON")?.as_deref())?;
+    Ok(crate::worker::start(db, opts)?.to_string())
+}
+
+fn sync_stop(db: Db, _: &[*mut sqlite3_value]) -> Result<String, Error> {
+    Ok(crate::worker::stop(db)?.to_string())
+}
+
+fn wait_fn(db: Db, args: &[*mut sqlite3_value]) -> Result<String, Error> {
+    let seq = int_arg(args, 0, "sequence number")?;
+    let timeout = int_arg(args, 1, "timeout in milliseconds")?;
+    Ok(crate::worker::wait(db, seq, timeout)?.to_string())
 }
 
 fn commit(db: Db, _: &[*mut sqlite3_value]) -> Result<String, Error> {
@@ -119,6 +136,10 @@ pub fn register(db: *mut sqlite3) -> sqlite_loadable::Result<()> {
         ("pdb_open", 3, open_fn, stateful),
         ("pdb_set_token", 1, set_token, stateful),
         ("pdb_sync", 0, sync_fn, stateful),
+        ("pdb_sync_start", 0, sync_start, stateful),
+        ("pdb_sync_start", 1, sync_start, stateful),
+        ("pdb_sync_stop", 0, sync_stop, stateful),
+        ("pdb_wait", 2, wait_fn, stateful),
         ("pdb_commit", 0, commit, stateful),
         ("pdb_resolve", 2, resolve_fn, stateful),
         ("pdb_migrate", 1, migrate_fn, stateful),

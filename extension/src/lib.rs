@@ -5,6 +5,7 @@
 mod baselog;
 mod bootstrap;
 mod capture;
+mod changes;
 mod client;
 mod conflicts;
 mod db;
@@ -33,6 +34,7 @@ mod testing;
 mod token;
 mod transport;
 mod unique;
+mod worker;
 
 use sqlite_loadable::ext::{sqlite3, sqlite3_api_routines};
 use sqlite_loadable::prelude::register_entrypoint;

@@ -60,6 +60,7 @@ pub fn pull(l0: &Local, w: &dyn WitnessApi) -> Result<Pulled> {
                 let schema = l.schema.version;
                 bootstrap::catch_up(l, w, after)?;
                 let next = state::load(l.db)?;
+                crate::changes::all(&next, next.head()?.seq, "snapshot")?;
                 if next.schema.version != schema {
                     pulled.migrations += 1;
                 }
@@ -109,6 +110,7 @@ fn apply_page(
     signed_head: &HeadRecord,
 ) -> Result<(Pulled, Option<Error>)> {
     capture::pause(l0)?;
+    let mut changes = crate::changes::Recorder::default();
     let mut pulled = Pulled::default();
     let mut reloaded: Option<Local> = None;
     let mut rest = entries;
@@ -120,6 +122,7 @@ fn apply_page(
             rebase: Rebase::new(l)?,
             own_key: pending::outbox(&l.db)?.map(|o| o.key),
             head: l.head()?,
+            changes: &mut changes,
         };
         let mut migration = None;
         for (i, e) in rest.iter().enumerate() {
@@ -153,6 +156,7 @@ fn apply_page(
         l.set_head(&after)?;
         pulled.migrations += 1;
         let next = state::load(l.db)?;
+        crate::changes::all(&next, after.seq, "migration")?;
         reloaded = Some(next);
         rest = &rest[i + 1..];
     }
@@ -169,6 +173,7 @@ fn apply_page(
         ));
     }
     capture::resume(l)?;
+    crate::changes::trim(l)?;
     Ok((pulled, stopped))
 }
 
@@ -179,6 +184,8 @@ struct Page<'a> {
     rebase: Rebase<'a>,
     own_key: Option<String>,
     head: Head,
+    /// What remote commits changed, for `pdb_changes`.
+    changes: &'a mut crate::changes::Recorder,
 }
 
 impl Page<'_> {
@@ -280,6 +287,9 @@ impl Page<'_> {
             .get(ti)
             .ok_or_else(|| Error::invalid("unknown table"))?;
         let key = c.pk(&st.pk_flags);
+        if !own {
+            self.changes.row(self.l, seq, ti, &key, c.op)?;
+        }
         let entry = self.rebase.entry(ti, &key);
         // A row nobody changed here is the server's row: an insert of it needs
         // no lookup (if it exists, the INSERT's key constraint says so).

@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../sql/extension/001_local.sql"),
     include_str!("../../sql/extension/002_never_stuck.sql"),
     include_str!("../../sql/extension/003_migrations.sql"),
+    include_str!("../../sql/extension/004_live.sql"),
 ];
 
 /// Creates or updates the extension's tables (idempotent).

@@ -26,7 +26,7 @@ pub fn head(db: Db) -> Result<Json> {
 
 pub fn status(db: Db) -> Result<Json> {
     if !state::is_open(&db)? {
-        return Ok(json!({ "open": false }));
+        return Ok(json!({ "open": false, "worker": crate::worker::status(&db)? }));
     }
     let l = state::load(db)?;
     let o = pending::outbox(&db)?;
@@ -74,6 +74,8 @@ pub fn status(db: Db) -> Result<Json> {
             .map(|t| (pdb_protocol::now_ms() as i64 - t).max(0)),
         "bootstrap": crate::bootstrap::progress(&l),
         "conflicts": conflicts,
+        // This process's background worker for the file, if one runs.
+        "worker": crate::worker::status(&db)?,
     }))
 }
 
