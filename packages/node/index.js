@@ -56,4 +56,44 @@ function load(db) {
   db.loadExtension(file);
 }
 
-module.exports = { load, getLoadablePath, version };
+// One SQL function call on `db`, its JSON answer parsed. Works with
+// better-sqlite3 and node:sqlite alike.
+function call(db, sql, ...params) {
+  const row = db.prepare(sql).get(...params);
+  const text = row && Object.values(row)[0];
+  return JSON.parse(text);
+}
+
+/**
+ * Starts the background sync worker for this database file (pdb_sync_start):
+ * it pushes soon after local writes and pulls when the witness's head moves.
+ * A second call is harmless and applies new options.
+ */
+function syncStart(db, options) {
+  return options === undefined
+    ? call(db, 'SELECT pdb_sync_start()')
+    : call(db, 'SELECT pdb_sync_start(?)', JSON.stringify(options));
+}
+
+/** Stops this file's background worker (pdb_sync_stop). */
+function syncStop(db) {
+  return call(db, 'SELECT pdb_sync_stop()');
+}
+
+/**
+ * Blocks until the verified head reaches `seq` or `timeoutMs` passed
+ * (pdb_wait; it blocks the calling thread).
+ */
+function wait(db, seq, timeoutMs) {
+  return call(db, 'SELECT pdb_wait(?, ?)', seq, timeoutMs);
+}
+
+/** Rows of pdb_changes after id `after`, oldest first: [{id, seq, tbl, key, op}]. */
+function changes(db, after = 0, limit = 1000) {
+  const rows = db
+    .prepare('SELECT id, seq, tbl, key, op FROM pdb_changes WHERE id > ? ORDER BY id LIMIT ?')
+    .all(after, limit);
+  return rows.map((r) => ({ ...r, key: r.key === null ? null : JSON.parse(r.key) }));
+}
+
+module.exports = { load, getLoadablePath, version, syncStart, syncStop, wait, changes };

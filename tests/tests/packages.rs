@@ -213,7 +213,12 @@ if mode == "write":
     has_worker = db.execute(
         "SELECT count(*) FROM pragma_function_list WHERE name = 'pdb_sync_start'"
     ).fetchone()[0]
-    if not has_worker:
+    if has_worker:
+        out["sync_start"] = personaldb.sync_start(db)["worker"]
+        out["wait"] = personaldb.wait(db, out["head_sql"]["seq"], 0)["reached"]
+        out["changes"] = personaldb.changes(db)
+        out["sync_stop"] = personaldb.sync_stop(db)["worker"]
+    else:
         try:
             personaldb.sync_start(db)
             out["sync_start"] = "no error"
@@ -284,12 +289,13 @@ fn python_quickstart_through_the_wheel_in_a_fresh_venv() {
     assert_eq!(a["head_sql"], a["synced"]["head"], "{a}");
     assert_eq!(a["head"], a["head_sql"], "{a}");
     assert_eq!(a["verify"]["ok"], true, "{a}");
-    if let Some(msg) = a["sync_start"].as_str() {
-        assert!(
-            msg.starts_with("personaldb.sync_start:") && msg.contains("pdb_sync_start"),
-            "{msg}"
-        );
-    }
+    // The background worker through the layer.
+    assert_eq!(
+        (&a["sync_start"], &a["wait"], &a["sync_stop"]),
+        (&json!("started"), &json!(true), &json!("stopped")),
+        "{a}"
+    );
+    assert_eq!(a["changes"], json!([]), "{a}");
     let msg = a["no_loading"].as_str().unwrap_or("");
     assert!(
         msg.contains("without extension loading")

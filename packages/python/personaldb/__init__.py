@@ -13,6 +13,7 @@ parsed JSON::
     db.execute("INSERT INTO tasks VALUES ('t1', 'Buy milk', 0)")
     db.commit()
     print(personaldb.sync(db))   # {'pushed': 1, 'pulled': 1, ...}
+    personaldb.sync_start(db)    # or: sync in the background from now on
 
 Errors raised by the SQL functions reach you unchanged as
 ``sqlite3.OperationalError`` whose message starts with the function name
@@ -26,7 +27,7 @@ import json
 import os
 import sqlite3
 import sys
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ._version import __version__
 
@@ -48,6 +49,8 @@ __all__ = [
     "version",
     "sync_start",
     "sync_stop",
+    "wait",
+    "changes",
 ]
 
 #: A parsed JSON object returned by a ``pdb_*`` function.
@@ -256,9 +259,9 @@ def version(conn: sqlite3.Connection) -> str:
 
 
 # --- The background worker -------------------------------------------------
-# pdb_sync_start([options]) / pdb_sync_stop() are not in libpdb yet. These
-# wrappers call them and, while the loaded library lacks them, raise
-# FunctionUnavailable. Update the docstrings and options once they land.
+# pdb_sync_start([options]) / pdb_sync_stop() / pdb_wait(seq, timeout_ms) and
+# the pdb_changes table (libpdb 0.1 with live sync). With an older libpdb
+# loaded, these raise FunctionUnavailable.
 
 
 def _has_function(conn: sqlite3.Connection, name: str) -> bool:
@@ -266,30 +269,36 @@ def _has_function(conn: sqlite3.Connection, name: str) -> bool:
     return conn.execute(sql, (name,)).fetchone() is not None
 
 
-def _worker_call(conn: sqlite3.Connection, name: str, sql: str, params: Tuple[Any, ...]) -> Any:
+def _worker_call(conn: sqlite3.Connection, name: str, sql: str, params: Tuple[Any, ...]) -> Json:
     try:
         value = _call(conn, sql, params)
     except sqlite3.OperationalError as e:
         if not _has_function(conn, name):
             raise FunctionUnavailable(
                 f"personaldb.{name[len('pdb_'):]}: the loaded libpdb "
-                f"({version(conn)}) has no {name}() yet; call "
+                f"({version(conn)}) has no {name}(); call "
                 "personaldb.sync(conn) when you want to sync instead"
             ) from e
         raise
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
+    parsed = json.loads(value)
+    if not isinstance(parsed, dict):
+        raise Error(f"personaldb: {sql} returned {value!r}, expected a JSON object")
+    return parsed
 
 
-def sync_start(conn: sqlite3.Connection, options: Optional[Mapping[str, Any]] = None) -> Any:
+def sync_start(conn: sqlite3.Connection, options: Optional[Mapping[str, Any]] = None) -> Json:
     """``pdb_sync_start([options])``: start the background sync worker.
 
-    Not available yet: raises ``FunctionUnavailable`` while the loaded
-    libpdb has no ``pdb_sync_start``.
+    One worker per database file per process, on its own connection: it
+    pushes soon after local writes (from any connection) and pulls as soon
+    as the witness's head moves, retrying network failures by itself. A
+    second call is harmless (``{"worker": "running"}``) and applies new
+    options. ``options`` (all optional): ``debounce_ms``, ``max_delay_ms``,
+    ``poll_ms``, ``wait_seconds``, ``pull_every_ms``, ``min_backoff_ms``,
+    ``max_backoff_ms``, ``busy_timeout_ms``. How it is doing:
+    ``status(conn)["worker"]``. It stops with :func:`sync_stop`, or once
+    every connection that started it has closed. The database must be a
+    file opened for sync (:func:`open`).
     """
     if options is None:
         return _worker_call(conn, "pdb_sync_start", "SELECT pdb_sync_start()", ())
@@ -298,10 +307,40 @@ def sync_start(conn: sqlite3.Connection, options: Optional[Mapping[str, Any]] = 
     )
 
 
-def sync_stop(conn: sqlite3.Connection) -> Any:
-    """``pdb_sync_stop()``: stop the background sync worker.
+def sync_stop(conn: sqlite3.Connection) -> Json:
+    """``pdb_sync_stop()``: stop this file's background worker.
 
-    Not available yet: raises ``FunctionUnavailable`` while the loaded
-    libpdb has no ``pdb_sync_stop``.
+    ``{"worker": "stopped"}`` (or ``"stopping"`` while a network call ends,
+    ``"not_running"`` when none ran).
     """
     return _worker_call(conn, "pdb_sync_stop", "SELECT pdb_sync_stop()", ())
+
+
+def wait(conn: sqlite3.Connection, seq: int, timeout_ms: int) -> Json:
+    """``pdb_wait(seq, timeout_ms)``: block until the verified head is at
+    ``seq`` or later, or ``timeout_ms`` (at most 600000) passed.
+
+    ``{"reached": bool, "head_seq": n}``. Call it outside a transaction.
+    """
+    return _worker_call(conn, "pdb_wait", "SELECT pdb_wait(?, ?)", (seq, timeout_ms))
+
+
+def changes(conn: sqlite3.Connection, after: int = 0, limit: int = 1000) -> List[Json]:
+    """Rows of ``pdb_changes`` with ``id > after``, oldest first: what each
+    applied remote commit changed.
+
+    Each is ``{id, seq, tbl, key, op}``; ``key`` is the row's key as a list
+    (``None`` with ``op`` ``many``: refresh the whole table; ``migration``
+    or ``snapshot`` with ``tbl`` ``None``: refresh everything). Keep the
+    last ``id`` you saw and pass it next time.
+    """
+    cur = conn.cursor()
+    cur.row_factory = None
+    rows = cur.execute(
+        "SELECT id, seq, tbl, key, op FROM pdb_changes WHERE id > ? ORDER BY id LIMIT ?",
+        (after, limit),
+    ).fetchall()
+    return [
+        {"id": i, "seq": q, "tbl": t, "key": None if k is None else json.loads(k), "op": o}
+        for (i, q, t, k, o) in rows
+    ]
