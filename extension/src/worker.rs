@@ -749,8 +749,12 @@ fn watch(w: &Worker) {
                 failures = 0;
                 if head.seq > after {
                     seen = head.seq;
-                    w.lock().remote = true;
-                    w.cv.notify_all();
+                    let mut c = w.lock();
+                    // Not when a sync got there meanwhile (our own push).
+                    if c.target.as_ref().is_some_and(|t| t.after < head.seq) {
+                        c.remote = true;
+                        w.cv.notify_all();
+                    }
                 } else if t.wait == Some(0) {
                     // A witness that grants no wait: do not spin.
                     let c = w.lock();

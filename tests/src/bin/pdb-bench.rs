@@ -38,6 +38,11 @@
 //!     (`--migration-rows`, default 1,000,000): the witness's time for the
 //!     migration and a device's for pulling it, beside SQLite's own
 //!     `ALTER TABLE ... ADD COLUMN` on a copy of the same database.
+//! 11. Live sync (`--only live`): propagation latency of a 1-row write
+//!     from device A to device B, both with background workers (A's
+//!     commit → B's verified head has it, seen by `pdb_wait`), p50/p99,
+//!     beside one HTTP round trip to the witness in the same run; and the
+//!     witness's memory and CPU with 1,000 idle head watches open.
 
 use pdb_e2e::*;
 use pdb_protocol::wire::Policy;
@@ -138,6 +143,9 @@ fn main() {
     if migration_rows > 0 && runs("migration") {
         migration(&dir.path().join("migration"), migration_rows, &manual);
     }
+    if runs("live") {
+        live(&dir.path().join("live"), &manual);
+    }
     let w = Witness::start_with(dir.path(), 0, &manual);
     let (ok, out) = w.verify_cli();
     println!(
@@ -148,7 +156,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: pdb-bench [--seconds S] [--rows N] [--bootstrap-rows B] [--groups 1000,10000,100000] [--catchup-commits C] [--catchup-mb M] [--migration-rows R] [--only commits|extension|projections|isolation|trust|groups|bootstrap|catchup|migration]"
+        "usage: pdb-bench [--seconds S] [--rows N] [--bootstrap-rows B] [--groups 1000,10000,100000] [--catchup-commits C] [--catchup-mb M] [--migration-rows R] [--only commits|extension|projections|isolation|trust|groups|bootstrap|catchup|migration|live]"
     );
     std::process::exit(2)
 }
@@ -1107,4 +1115,166 @@ fn dir_bytes(dir: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// p50 and p99 of samples, in ms.
+fn p50_p99(mut ms: Vec<f64>) -> (f64, f64) {
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99))
+}
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which ends with ')'): utime is the
+    // 12th, stime the 13th, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / 100.0
+}
+
+/// Live sync: A→B propagation with workers beside an HTTP round trip;
+/// the witness with 1,000 idle head watches.
+fn live(dir: &Path, manual: &[&str]) {
+    println!();
+    println!("== live sync: background workers and head watches ==");
+    std::fs::create_dir_all(dir).expect("dir");
+    let mut flags = manual.to_vec();
+    flags.extend([
+        "--max-watchers-per-caller",
+        "2000",
+        "--max-connections-per-ip",
+        "4096",
+    ]);
+    let w = Witness::start_with(dir, 0, &flags);
+    w.create_group(
+        "g",
+        "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT);",
+    );
+    // One HTTP round trip: a signed-head read, loopback, 200 times.
+    let a0 = agent();
+    let url = format!("{}/v1/groups/g/head", w.url);
+    let mut rt = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        let mut r = a0
+            .get(&url)
+            .header("Authorization", &format!("Bearer {TOKEN}"))
+            .call()
+            .expect("head");
+        let _ = r.body_mut().read_to_string();
+        rt.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let (rt50, rt99) = p50_p99(rt);
+
+    let a = Device::new(&dir.join("a.db"));
+    let b = Device::new(&dir.join("b.db"));
+    for d in [&a, &b] {
+        // WAL, as an app running a worker should (docs/extension.md).
+        d.exec("PRAGMA journal_mode = WAL");
+        d.open(&w, "g", "remote_wins").expect("open");
+        d.call("pdb_sync_start('{\"debounce_ms\": 0, \"max_delay_ms\": 0, \"poll_ms\": 5}')")
+            .expect("worker");
+    }
+    // Each write is one commit: B waits for the next sequence number.
+    let n = 200;
+    let mut lat = Vec::new();
+    for i in 0..n {
+        let next = b.call("pdb_head()").expect("head")["seq"]
+            .as_i64()
+            .unwrap_or(0)
+            + 1;
+        let t = Instant::now();
+        a.exec(&format!("INSERT INTO notes VALUES ({i}, 'x')"));
+        let r = b.call(&format!("pdb_wait({next}, 30000)")).expect("wait");
+        assert_eq!(r["reached"], true, "{r}");
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let (p50, p99) = p50_p99(lat);
+    println!("{:>44} {:>10} {:>10}", "", "p50 ms", "p99 ms");
+    println!(
+        "{:>44} {rt50:>10.2} {rt99:>10.2}",
+        "one HTTP round trip (signed head)"
+    );
+    println!(
+        "{:>44} {p50:>10.2} {p99:>10.2}",
+        format!("write in A → in B's verified head ({n})")
+    );
+    println!(
+        "(A's worker notices the write by polling data_version every 5 ms here, 20 ms by default, then seals, pushes and the witness's watch wakes B's)"
+    );
+    for d in [&a, &b] {
+        d.call("pdb_sync_stop()").expect("stop");
+    }
+
+    // 1,000 idle head watches: raw connections, each one request sent and
+    // never answered (nothing commits), bounded at 60 s by the wait.
+    let head = w.head("g").seq;
+    let (rss0, threads0, _) = footprint(w.pid());
+    let mut watches = Vec::new();
+    for _ in 0..1000 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", w.port())).expect("connect");
+        use std::io::Write;
+        write!(
+            s,
+            "GET /v1/groups/g/head?after={head}&wait=60 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+        )
+        .expect("send");
+        watches.push(s);
+    }
+    let metrics = || {
+        raw_request(
+            w.port(),
+            format!("GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .body
+    };
+    let mut waiting = false;
+    for _ in 0..500 {
+        // (The stopped workers' watches may still wait: at least 1,000.)
+        let m = metrics();
+        let n: u64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix("pdb_waiters "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if n >= 1000 {
+            waiting = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (rss1, threads1, fds1) = footprint(w.pid());
+    let cpu0 = cpu_seconds(w.pid());
+    let idle = Duration::from_secs(5);
+    std::thread::sleep(idle);
+    let cpu = cpu_seconds(w.pid()) - cpu0;
+    println!(
+        "witness with 1,000 idle head watches{}: RSS {rss0:.1} → {rss1:.1} MiB ({:.1} KiB per watch), threads {threads0} → {threads1}, open files {fds1}, CPU {:.2}% over {}s idle",
+        if waiting { "" } else { " (NOT all waiting)" },
+        (rss1 - rss0) * 1024.0 / 1000.0,
+        cpu / idle.as_secs_f64() * 100.0,
+        idle.as_secs()
+    );
+    // One commit answers them all.
+    let c = Device::new(&dir.join("c.db"));
+    c.open(&w, "g", "remote_wins").expect("open");
+    c.exec("INSERT INTO notes VALUES (100000, 'wake')");
+    let t = Instant::now();
+    c.sync().expect("sync");
+    let mut answered = 0;
+    for s in &mut watches {
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+        if read_answer(s).is_ok_and(|r| r.status == 200) {
+            answered += 1;
+        }
+    }
+    println!(
+        "one commit answered {answered} of 1,000 watches in {:.0} ms (sync and all answers read)",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
 }
