@@ -899,3 +899,122 @@ pub fn raw_request(port: u16, request: &[u8]) -> RawReply {
     s.write_all(request).expect("send");
     read_answer(&mut s).expect("answer")
 }
+
+/// A plain TCP relay to a witness that counts the bytes each way (HTTP
+/// headers included, as on the wire), for figures of what a call costs.
+/// Connections are kept alive as the client keeps them.
+pub struct ByteCounter {
+    pub url: String,
+    /// Bytes from clients to the witness, and back.
+    pub up: std::sync::Arc<AtomicU64>,
+    pub down: std::sync::Arc<AtomicU64>,
+    /// Connections accepted.
+    pub connections: std::sync::Arc<AtomicU64>,
+}
+
+impl ByteCounter {
+    /// Relays to `target` (`host:port`).
+    pub fn start(target: &str) -> ByteCounter {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind counter");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let up = std::sync::Arc::new(AtomicU64::new(0));
+        let down = std::sync::Arc::new(AtomicU64::new(0));
+        let connections = std::sync::Arc::new(AtomicU64::new(0));
+        let (u, d, c, target) = (
+            up.clone(),
+            down.clone(),
+            connections.clone(),
+            target.to_string(),
+        );
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(&target) else {
+                    continue;
+                };
+                c.fetch_add(1, Ordering::SeqCst);
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let pipe = |from: std::net::TcpStream,
+                            to: std::net::TcpStream,
+                            n: std::sync::Arc<AtomicU64>| {
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let (mut from, mut to) = (from, to);
+                        let mut buf = [0u8; 64 * 1024];
+                        loop {
+                            match from.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(k) => {
+                                    n.fetch_add(k as u64, Ordering::SeqCst);
+                                    if to.write_all(&buf[..k]).is_err() {
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                };
+                let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else {
+                    continue;
+                };
+                pipe(client, s2, u.clone());
+                pipe(server, c2, d.clone());
+            }
+        });
+        ByteCounter {
+            url,
+            up,
+            down,
+            connections,
+        }
+    }
+
+    /// (bytes up, bytes down) so far.
+    pub fn bytes(&self) -> (u64, u64) {
+        (
+            self.up.load(Ordering::SeqCst),
+            self.down.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// The witness's request counters from `GET /metrics`: for each
+/// (endpoint, status), (requests, seconds spent in all).
+pub fn request_metrics(w: &Witness) -> std::collections::BTreeMap<(String, String), (u64, f64)> {
+    let text = match w.get("/metrics").body {
+        Json::String(s) => s,
+        other => panic!("metrics: {other}"),
+    };
+    let mut out = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let (name, rest) = match line.split_once('{') {
+            Some(x) => x,
+            None => continue,
+        };
+        let count = name == "pdb_request_seconds_count";
+        if !count && name != "pdb_request_seconds_sum" {
+            continue;
+        }
+        let Some((labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        let label = |k: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
+                .map(|v| v.trim_end_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        let e = out
+            .entry((label("endpoint"), label("status")))
+            .or_insert((0u64, 0f64));
+        let v: f64 = value.trim().parse().unwrap_or(0.0);
+        if count {
+            e.0 = v as u64;
+        } else {
+            e.1 = v;
+        }
+    }
+    out
+}

@@ -43,6 +43,10 @@
 //!     commit → B's verified head has it, seen by `pdb_wait`), p50/p99,
 //!     beside one HTTP round trip to the witness in the same run; and the
 //!     witness's memory and CPU with 1,000 idle head watches open.
+//! 12. What one sync costs (`--only cost`): a 1-row `pdb_sync()` and an
+//!     idle one, p50/p99, bytes on the wire each way (a counting relay on
+//!     loopback), requests per sync and the witness's own time for the
+//!     push (its metrics), beside one HTTP round trip to the witness.
 
 use pdb_e2e::*;
 use pdb_protocol::wire::Policy;
@@ -118,6 +122,9 @@ fn main() {
     if runs("isolation") {
         isolation(&w, run_for);
     }
+    if runs("cost") {
+        sync_cost(&w);
+    }
     drop(w);
     if runs("trust") {
         trust(dir.path(), &manual);
@@ -156,7 +163,7 @@ fn main() {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: pdb-bench [--seconds S] [--rows N] [--bootstrap-rows B] [--groups 1000,10000,100000] [--catchup-commits C] [--catchup-mb M] [--migration-rows R] [--only commits|extension|projections|isolation|trust|groups|bootstrap|catchup|migration|live]"
+        "usage: pdb-bench [--seconds S] [--rows N] [--bootstrap-rows B] [--groups 1000,10000,100000] [--catchup-commits C] [--catchup-mb M] [--migration-rows R] [--only commits|extension|projections|isolation|trust|groups|bootstrap|catchup|migration|live|cost]"
     );
     std::process::exit(2)
 }
@@ -792,6 +799,120 @@ fn sync_times(d: &Device, n: i64) -> Vec<f64> {
             t.elapsed().as_secs_f64() * 1000.0
         })
         .collect()
+}
+
+/// Requests and seconds the witness spent, by endpoint and status, between
+/// two readings of its metrics (the metrics reads themselves left out).
+fn metrics_delta(
+    before: &std::collections::BTreeMap<(String, String), (u64, f64)>,
+    after: &std::collections::BTreeMap<(String, String), (u64, f64)>,
+) -> Vec<(String, u64, f64)> {
+    after
+        .iter()
+        .filter(|((e, _), _)| e != "metrics")
+        .filter_map(|((e, s), (n, t))| {
+            let (n0, t0) = before
+                .get(&(e.clone(), s.clone()))
+                .copied()
+                .unwrap_or((0, 0.0));
+            (n > &n0).then(|| (format!("{e} {s}"), n - n0, t - t0))
+        })
+        .collect()
+}
+
+fn sync_cost(w: &Witness) {
+    println!();
+    println!("== what one pdb_sync() costs (loopback; times from a device connected directly, bytes from one behind a counting relay; witness time from its metrics) ==");
+    let n = 300;
+    w.create_group("cost", DDL);
+    let counter = ByteCounter::start(&w.url["http://".len()..]);
+    let dir = TempDir::new("bench-cost");
+    let a = Device::new(&dir.path().join("a.db"));
+    a.open(w, "cost", "remote_wins").expect("open a");
+    let c = Device::new(&dir.path().join("c.db"));
+    c.open_url(&counter.url, "cost", "remote_wins")
+        .expect("open c");
+    let b = Device::new(&dir.path().join("b.db"));
+    b.open(w, "cost", "remote_wins").expect("open b");
+    a.exec("INSERT INTO items VALUES (1, 1, 0, 'x')");
+    c.exec("INSERT INTO items VALUES (2, 2, 0, 'x')");
+    for _ in 0..20 {
+        for (d, id) in [(&a, 1), (&c, 2)] {
+            d.exec(&format!("UPDATE items SET n = n + 1 WHERE id = {id}"));
+            d.sync().expect("warm-up sync");
+        }
+    }
+    let (r50, r99) = latency_ms(w, "/v1/groups/cost/head", n);
+    // n syncs of `d`, each after a 1-row update when `update`: time p50
+    // and p99, bytes up and down per sync, and the witness's requests.
+    let measure = |d: &Device, id: i64, update: bool| {
+        let (bytes0, m0) = (counter.bytes(), request_metrics(w));
+        let times: Vec<f64> = (0..n)
+            .map(|_| {
+                if update {
+                    d.exec(&format!("UPDATE items SET n = n + 1 WHERE id = {id}"));
+                }
+                let t = Instant::now();
+                let r = d.sync().expect("sync");
+                let took = t.elapsed().as_secs_f64() * 1000.0;
+                assert_eq!(r["pushed"], u64::from(update), "{r}");
+                took
+            })
+            .collect();
+        let (bytes1, m1) = (counter.bytes(), request_metrics(w));
+        let per = |x: u64| x as f64 / n as f64;
+        let calls = metrics_delta(&m0, &m1);
+        let (p50, p99) = percentiles(times);
+        (
+            p50,
+            p99,
+            per(bytes1.0 - bytes0.0),
+            per(bytes1.1 - bytes0.1),
+            calls,
+        )
+    };
+    let push = measure(&a, 1, true);
+    let idle = measure(&a, 1, false);
+    c.sync().expect("sync c");
+    let push_bytes = measure(&c, 2, true);
+    let idle_bytes = measure(&c, 2, false);
+    let witness_push = push
+        .4
+        .iter()
+        .find(|(k, _, _)| k == "commits 201")
+        .map_or(0.0, |(_, c, t)| t / *c as f64 * 1000.0);
+    println!(
+        "{:>28} {:>9} {:>9} {:>10} {:>10} {:>10}",
+        "", "p50 ms", "p99 ms", "B up", "B down", "requests"
+    );
+    println!("{:>28} {r50:>9.3} {r99:>9.3}", "HTTP round trip (GET head)");
+    for (name, t, bytes) in [
+        ("1-row pdb_sync()", &push, &push_bytes),
+        ("idle pdb_sync()", &idle, &idle_bytes),
+    ] {
+        let requests: u64 = t.4.iter().map(|(_, c, _)| c).sum();
+        println!(
+            "{name:>28} {:>9.3} {:>9.3} {:>10.0} {:>10.0} {:>10.2}",
+            t.0,
+            t.1,
+            bytes.2,
+            bytes.3,
+            requests as f64 / n as f64
+        );
+        let by: Vec<String> = t.4.iter().map(|(k, c, _)| format!("{k}: {c}")).collect();
+        println!("{:>28} ({})", "", by.join(", "));
+    }
+    println!(
+        "witness's own time per push (mean, from its metrics): {witness_push:.3} ms; 1-row sync p50 / that: {:.2}x; 1-row sync p50 / round trip p50: {:.2}x",
+        push.0 / witness_push,
+        push.0 / r50
+    );
+    b.sync().expect("sync b");
+    for d in [&a, &c] {
+        d.sync().expect("sync");
+        assert_eq!(d.dump(&["items"]), b.dump(&["items"]));
+        assert_eq!(d.call("pdb_verify()").expect("verify")["ok"], true);
+    }
 }
 
 fn trust(dir: &Path, manual: &[&str]) {
