@@ -11,8 +11,9 @@
 use crate::error::{Error, Rejection, Result, Stage};
 use crate::transport::Transport;
 use pdb_protocol::wire::{
-    CommitRequest, CommitResponse, CommitsPage, ErrorJson, GroupJson, MigrationRequest,
-    MigrationResponse, MigrationsPage, ProjectionList, ProjectionPage, SnapshotJson, WitnessJson,
+    CommitRequest, CommitsPage, ErrorJson, GroupJson, MigrationRequest,
+    MigrationResponse, MigrationsPage, MinimalCommitResponse, ProjectionList, ProjectionPage,
+    SnapshotJson, WitnessJson,
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value as Json;
@@ -27,7 +28,8 @@ pub trait WitnessApi {
     /// Log entries after `after`, at most `limit`, with the signed head.
     fn commits(&self, after: u64, limit: u32) -> Result<CommitsPage>;
     /// Submits a commit; a replay answers with the original certificate.
-    fn commit(&self, req: &CommitRequest) -> Result<CommitResponse>;
+    /// Asks for the minimal answer (signed records only).
+    fn commit(&self, req: &CommitRequest) -> Result<MinimalCommitResponse>;
     /// The migrations to schema versions after `after_version`, with
     /// their signed entries (kept however far the log is pruned), and the
     /// group's first schema when `after_version` is before it.
@@ -306,10 +308,13 @@ impl WitnessApi for HttpWitness {
         )
     }
 
-    fn commit(&self, req: &CommitRequest) -> Result<CommitResponse> {
+    fn commit(&self, req: &CommitRequest) -> Result<MinimalCommitResponse> {
         let url = self.url(&Endpoint::Commit);
         let resp = self.send(&url, |a, url, auth| {
-            a.post(url).header("Authorization", auth).send_json(req)
+            a.post(url)
+                .header("Authorization", auth)
+                .header("Prefer", "return=minimal")
+                .send_json(req)
         })?;
         decode(
             self.body(&url, resp)?,

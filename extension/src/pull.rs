@@ -13,7 +13,8 @@ use crate::client::WitnessApi;
 use crate::db::transaction;
 use crate::error::{Error, Result};
 use crate::merge::{self, Row};
-use crate::pending;
+use crate::pending::{self, Outbox};
+use crate::push::Accepted;
 use crate::rebase::Rebase;
 use crate::signed::verify_head;
 use crate::state::{self, Head, Local};
@@ -70,27 +71,48 @@ pub fn pull(l0: &Local, w: &dyn WitnessApi) -> Result<Pulled> {
             Err(e) => return Err(e),
         };
         let signed_head = verify_head(&l.key, &l.group, &page.head)?;
-        crate::signed::check_fresh(&l.db, &signed_head, crate::signed::max_head_age(&l.db)?)?;
-        state::set(&l.db, "remote_seq", Value::Integer(signed_head.seq as i64))?;
+        let max_age = crate::signed::max_head_age(&l.db)?;
         if signed_head.seq < after {
             return Err(Error::invalid(format!(
                 "the witness's head ({}) is behind this database's verified head ({after})",
                 signed_head.seq
             )));
         }
-        let (p, stopped) = transaction(&l.db, || apply_page(l, &page.commits, &signed_head))?;
+        // One local transaction per page: the head's freshness, the
+        // entries, and how current the copy is now (a page with nothing
+        // new changes no table, and pauses no capture).
+        let applied = transaction(&l.db, || {
+            crate::signed::check_fresh(&l.db, &signed_head, max_age)?;
+            state::set(&l.db, "remote_seq", Value::Integer(signed_head.seq as i64))?;
+            let (p, stopped) = if page.commits.iter().any(|e| e.seq > after) {
+                apply_page(l, &page.commits, &signed_head)?
+            } else {
+                check_at_head(l, &signed_head)?;
+                (Pulled::default(), None)
+            };
+            if stopped.is_none() && l.head()?.seq == signed_head.seq {
+                // The signed head says this copy is current as of now.
+                state::set(&l.db, "verified_at_ms", Value::Integer(now_ms() as i64))?;
+            }
+            Ok((p, stopped))
+        });
+        let (p, stopped) = match applied {
+            Ok(x) => x,
+            Err(e) => {
+                if !e.is_untrusted() {
+                    // How far behind this copy is, kept for pdb_status.
+                    let _ = state::set(&l.db, "remote_seq", Value::Integer(signed_head.seq as i64));
+                }
+                return Err(e);
+            }
+        };
         pulled += p;
         if p.migrations > 0 {
             let next = state::load(l.db)?;
             reloaded = Some(next);
         }
-        let l = reloaded.as_ref().unwrap_or(l0);
         if let Some(e) = stopped {
             return Err(e);
-        }
-        if l.head()?.seq == signed_head.seq {
-            // The signed head says this copy is current as of now.
-            state::set(&l.db, "verified_at_ms", Value::Integer(now_ms() as i64))?;
         }
         if page.next_after.is_none() || page.commits.is_empty() {
             return Ok(pulled);
@@ -161,6 +183,15 @@ fn apply_page(
         rest = &rest[i + 1..];
     }
     let l = reloaded.as_ref().unwrap_or(l0);
+    check_at_head(l, signed_head)?;
+    capture::resume(l)?;
+    crate::changes::trim(l)?;
+    Ok((pulled, stopped))
+}
+
+/// When the verified head is the signed head's sequence, it must be that
+/// head: its hash, root and schema.
+fn check_at_head(l: &Local, signed_head: &HeadRecord) -> Result<()> {
     let h = l.head()?;
     if h.seq == signed_head.seq
         && (h.hash != signed_head.head_hash
@@ -172,9 +203,50 @@ fn apply_page(
             "the local copy does not match the witness's signed head; nothing was applied",
         ));
     }
-    capture::resume(l)?;
-    crate::changes::trim(l)?;
-    Ok((pulled, stopped))
+    Ok(())
+}
+
+/// Applies this database's own commit, just certified, from the outbox's
+/// bytes instead of fetching it back: when it follows the verified head
+/// and the witness certified exactly those bytes on this schema (a commit
+/// translated to a later schema, or accepted after others, is pulled). It
+/// is verified and applied as a pulled commit is — the certificate chains
+/// to the verified head, its digest is the bytes', the state root after
+/// it is the certified one — and only moves the base of its rows. A head
+/// that came with it makes the copy current as of the head's time.
+/// Returns false, having done nothing, when it must be pulled instead.
+pub fn apply_own(l: &Local, o: &Outbox, a: &Accepted) -> Result<bool> {
+    let head = l.head()?;
+    if a.rec.seq != head.seq + 1
+        || a.rec.prev_head != head.hash
+        || !a.as_sent(o)
+        || a.rec.schema_version != l.schema.version
+        || a.rec.schema_hash != l.schema_hash
+    {
+        return Ok(false);
+    }
+    let max_age = crate::signed::max_head_age(&l.db)?;
+    transaction(&l.db, || {
+        capture::pause(l)?;
+        let mut page = Page {
+            l,
+            rebase: Rebase::new(l)?,
+            own_key: Some(o.key.clone()),
+            head,
+            // Nothing to record: its rows are this device's own.
+            changes: &mut crate::changes::Recorder::default(),
+        };
+        page.apply_entry(a.rec.seq, &o.changeset, &a.cert)?;
+        l.set_head(&page.head)?;
+        if let Some(h) = &a.head {
+            crate::signed::check_fresh(&l.db, h, max_age)?;
+            check_at_head(l, h)?;
+            state::set(&l.db, "remote_seq", Value::Integer(h.seq as i64))?;
+            state::set(&l.db, "verified_at_ms", Value::Integer(now_ms() as i64))?;
+        }
+        capture::resume(l)?;
+        Ok(true)
+    })
 }
 
 /// One page being applied: the rows being settled, the outbox commit's

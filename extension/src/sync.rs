@@ -12,7 +12,7 @@ use crate::db::transaction;
 use crate::error::{Class, Error, Result};
 use crate::hold::{self, Hold};
 use crate::pending::{self, Outbox};
-use crate::pull::{pull, Pulled};
+use crate::pull::{self, pull, Pulled};
 use crate::push;
 use crate::seal::{self, Budget, Scope};
 use crate::state::{self, Local};
@@ -66,6 +66,9 @@ struct Run<'a> {
     budget: Budget,
     pushed: usize,
     pulled: Pulled,
+    /// Whether the copy is at the head the witness last signed, as of this
+    /// sync (a pull, or a push answered with the head): nothing to pull.
+    current: bool,
 }
 
 pub fn rounds(l: &Local, w: &dyn WitnessApi) -> Result<Json> {
@@ -78,12 +81,13 @@ pub fn rounds(l: &Local, w: &dyn WitnessApi) -> Result<Json> {
         budget: Budget::of(&l.limits),
         pushed: 0,
         pulled: Pulled::default(),
+        current: false,
     };
     let mut scope = Scope::Fresh;
     let mut retried = false;
     for _ in 0..MAX_ROUNDS {
         let Some(o) = run.seal(scope)? else {
-            if scope == Scope::Fresh {
+            if scope == Scope::Fresh && !run.current {
                 run.pull()?;
                 // A pull can leave changes to push (merges): go round again.
                 if run.seal(Scope::Fresh)?.is_some() {
@@ -106,13 +110,21 @@ pub fn rounds(l: &Local, w: &dyn WitnessApi) -> Result<Json> {
             run.too_large_to_send(&o)?;
             continue;
         }
+        run.current = false;
         match push::send(run.l(), w, &o) {
-            Ok(seq) => {
+            Ok(a) => {
                 run.pushed += 1;
-                run.pull()?;
+                // Our own commit is applied from the bytes we hold, not
+                // fetched back, when nothing came between; else pulled.
+                if pull::apply_own(run.l(), &o, &a)? {
+                    run.current = a.head.is_some();
+                } else {
+                    run.pull()?;
+                }
                 if pending::outbox(&run.l().db)?.is_some_and(|x| x.key == o.key) {
                     return Err(Error::invalid(format!(
-                        "commit {seq} was certified but is not in the log the witness serves"
+                        "commit {} was certified but is not in the log the witness serves",
+                        a.rec.seq
                     )));
                 }
             }
@@ -137,8 +149,10 @@ pub fn rounds(l: &Local, w: &dyn WitnessApi) -> Result<Json> {
         }
     }
     let l = run.l();
-    state::clear_error(&l.db)?;
-    state::set(&l.db, "last_sync_ms", Value::Integer(now_ms() as i64))?;
+    transaction(&l.db, || {
+        state::clear_error(&l.db)?;
+        state::set(&l.db, "last_sync_ms", Value::Integer(now_ms() as i64))
+    })?;
     Ok(json!({
         "pushed": run.pushed, "pulled": run.pulled.commits, "conflicts": run.pulled.conflicts,
         "migrations": run.pulled.migrations,
@@ -154,11 +168,18 @@ impl Run<'_> {
     }
 
     /// The outbox commit to push (one already sent is kept byte for byte),
-    /// else a new seal of the rows in `scope`.
+    /// else a new seal of the rows in `scope`. One the witness takes is
+    /// marked sent in the same transaction.
     fn seal(&mut self, scope: Scope) -> Result<Option<Outbox>> {
         let l = self.reloaded.as_ref().unwrap_or(self.base);
-        let (budget, hold) = (self.budget, &mut self.hold);
-        transaction(&l.db, || seal::seal(l, hold, scope, budget))
+        let (budget, hold, max) = (self.budget, &mut self.hold, self.limits.max_body_bytes);
+        transaction(&l.db, || {
+            let o = seal::seal(l, hold, scope, budget)?;
+            if let Some(o) = o.as_ref().filter(|o| push::request_bytes(o) <= max) {
+                push::mark_sent(l, o)?;
+            }
+            Ok(o)
+        })
     }
 
     fn unseal(&self, o: &Outbox) -> Result<()> {
@@ -170,6 +191,7 @@ impl Run<'_> {
     /// back, so the held rows are read again after it applied anything.
     fn pull(&mut self) -> Result<()> {
         let p = pull(self.l(), self.w)?;
+        self.current = true;
         if p.migrations > 0 {
             self.reloaded = Some(state::load(self.base.db)?);
         }
@@ -375,12 +397,16 @@ mod tests {
         let c = device(&w, Policy::RemoteWins);
         c.exec("INSERT INTO notes VALUES (1, 'a', 1); UPDATE notes SET n = 2 WHERE id = 1;");
         c.exec("INSERT INTO notes VALUES (2, 'gone', 0); DELETE FROM notes WHERE id = 2;");
+        let pages = w.pages_read.get();
         let r = sync(&c, &w).unwrap();
+        // Its own commit is not fetched back: the answer to the push
+        // carries the certificate and the head, and is all it asks.
         assert_eq!(
             (r["pushed"].as_i64(), r["pulled"].as_i64()),
-            (Some(1), Some(1)),
+            (Some(1), Some(0)),
             "{r}"
         );
+        assert_eq!(w.pages_read.get(), pages, "no page read");
         assert_eq!(w.seq(), 1);
         assert_eq!(w.author(1), "device");
         assert_eq!(w.rows("notes"), vec![note(1, "a", 2)]);
@@ -396,9 +422,44 @@ mod tests {
         );
         assert_eq!(c.count("SELECT count(*) FROM pdb_base_notes"), 0);
         assert!(verified(&c));
-        // Nothing left: another sync sends nothing.
+        // Nothing left: another sync sends nothing, and reads one page.
         assert_eq!(sync(&c, &w).unwrap()["pushed"], 0);
         assert_eq!(w.seq(), 1);
+        assert_eq!(w.pages_read.get(), pages + 1);
+    }
+
+    #[test]
+    fn without_the_head_in_the_answer_the_push_is_settled_by_a_pull() {
+        let w = witness();
+        w.faults.borrow_mut().no_head = true;
+        let c = device(&w, Policy::RemoteWins);
+        let other = device(&w, Policy::RemoteWins);
+        c.exec("INSERT INTO notes VALUES (1, 'a', 1)");
+        let pages = w.pages_read.get();
+        let r = sync(&c, &w).unwrap();
+        assert_eq!(r["pushed"], 1, "{r}");
+        assert_eq!(w.pages_read.get(), pages + 1, "one pull to learn the head");
+        assert_eq!(
+            c.count("SELECT count(*) FROM pdb_certificates WHERE mine = 1"),
+            1
+        );
+        assert!(status(&c)["outbox"].is_null());
+        // With the head back: a commit sealed before another device's is
+        // refused as stale, pulled over, sealed again and settled from the
+        // answer; both copies agree.
+        w.faults.borrow_mut().no_head = false;
+        other.exec("INSERT INTO notes VALUES (2, 'b', 2)");
+        sync(&other, &w).unwrap();
+        c.exec("UPDATE notes SET n = 10 WHERE id = 1");
+        crate::seal::commit(c.db()).unwrap();
+        let r = sync(&c, &w).unwrap();
+        assert_eq!(r["pushed"], 1, "{r}");
+        assert_eq!(c.dump("notes"), w.rows("notes"));
+        assert_eq!(other.dump("notes").len(), 2);
+        sync(&other, &w).unwrap();
+        assert_eq!(other.dump("notes"), c.dump("notes"));
+        assert!(verified(&c));
+        assert!(verified(&other));
     }
 
     #[test]

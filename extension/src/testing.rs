@@ -12,6 +12,7 @@ use ed25519_dalek::SigningKey;
 use pdb_protocol::value::encode_values;
 use pdb_protocol::wire::{
     b64, unb64, CertificateJson, CommitRequest, CommitResponse, CommitsPage, ErrorJson, GroupJson,
+    MinimalCommitResponse,
     HeadJson, LogEntryJson, MigrationsPage, ProjectionList, ProjectionPage, SchemaJson, SignedJson,
     SnapshotJson, WitnessJson,
 };
@@ -122,6 +123,9 @@ pub struct Faults {
     pub refuse_key: Option<(Value, &'static str, bool)>,
     /// Advertise these limits in `GET /v1/witness`.
     pub limits: Option<pdb_protocol::wire::LimitsJson>,
+    /// Answer commits without the head, as witnesses before it did
+    /// (until cleared).
+    pub no_head: bool,
 }
 
 pub struct Log {
@@ -144,6 +148,8 @@ pub struct FakeWitness {
     pub faults: RefCell<Faults>,
     /// Commit requests received.
     pub commits_sent: std::cell::Cell<usize>,
+    /// Pages of the log read.
+    pub pages_read: std::cell::Cell<usize>,
 }
 
 fn rejected(status: u16, code: &str, message: &str) -> Error {
@@ -179,6 +185,7 @@ impl FakeWitness {
             schema,
             faults: RefCell::default(),
             commits_sent: Default::default(),
+            pages_read: Default::default(),
         }
     }
 
@@ -312,6 +319,7 @@ impl FakeWitness {
         let resp = CommitResponse {
             replay: false,
             certificate,
+            head: None,
         };
         log.accepted
             .insert(idem.into(), (rec.changeset_digest, resp.clone()));
@@ -319,59 +327,10 @@ impl FakeWitness {
     }
 }
 
-impl WitnessApi for FakeWitness {
-    fn witness(&self) -> Result<WitnessJson> {
-        Ok(WitnessJson {
-            public_key: self.public_key(),
-            version: "fake".into(),
-            limits: self.faults.borrow().limits.clone(),
-            rotations: Vec::new(),
-        })
-    }
-
-    fn group(&self) -> Result<GroupJson> {
-        Ok(GroupJson {
-            group: self.group.clone(),
-            schema: SchemaJson::new(&self.schema),
-            head: self.head(),
-            schema_history: Vec::new(),
-        })
-    }
-
-    fn migrations(&self, _after_version: u32) -> Result<MigrationsPage> {
-        Ok(MigrationsPage {
-            migrations: Vec::new(),
-            first_schema: None,
-        })
-    }
-
-    fn commits(&self, after: u64, limit: u32) -> Result<CommitsPage> {
-        let head = self.head();
-        let mut commits: Vec<LogEntryJson> = self
-            .log
-            .borrow()
-            .entries
-            .iter()
-            .filter(|e| e.seq > after)
-            .take(limit as usize)
-            .cloned()
-            .collect();
-        if std::mem::take(&mut self.faults.borrow_mut().tamper_page) {
-            if let Some(e) = commits.first_mut() {
-                let mut sig = unb64(&e.certificate.signed.signature).unwrap();
-                sig[5] ^= 1;
-                e.certificate.signed.signature = b64(&sig);
-            }
-        }
-        let next_after = commits.last().map(|e| e.seq).filter(|s| *s < head.seq);
-        Ok(CommitsPage {
-            commits,
-            head,
-            next_after,
-        })
-    }
-
-    fn commit(&self, req: &CommitRequest) -> Result<CommitResponse> {
+impl FakeWitness {
+    /// The full answer to a commit, as a witness gives it without
+    /// `Prefer: return=minimal`.
+    fn commit_full(&self, req: &CommitRequest) -> Result<CommitResponse> {
         self.commits_sent.set(self.commits_sent.get() + 1);
         if let Some((status, code)) = self.faults.borrow_mut().reject_commit.take() {
             return Err(rejected(status, code, "refused by the test"));
@@ -428,6 +387,69 @@ impl WitnessApi for FakeWitness {
             });
         }
         Ok(resp)
+    }
+}
+
+impl WitnessApi for FakeWitness {
+    fn witness(&self) -> Result<WitnessJson> {
+        Ok(WitnessJson {
+            public_key: self.public_key(),
+            version: "fake".into(),
+            limits: self.faults.borrow().limits.clone(),
+            rotations: Vec::new(),
+        })
+    }
+
+    fn group(&self) -> Result<GroupJson> {
+        Ok(GroupJson {
+            group: self.group.clone(),
+            schema: SchemaJson::new(&self.schema),
+            head: self.head(),
+            schema_history: Vec::new(),
+        })
+    }
+
+    fn migrations(&self, _after_version: u32) -> Result<MigrationsPage> {
+        Ok(MigrationsPage {
+            migrations: Vec::new(),
+            first_schema: None,
+        })
+    }
+
+    fn commits(&self, after: u64, limit: u32) -> Result<CommitsPage> {
+        self.pages_read.set(self.pages_read.get() + 1);
+        let head = self.head();
+        let mut commits: Vec<LogEntryJson> = self
+            .log
+            .borrow()
+            .entries
+            .iter()
+            .filter(|e| e.seq > after)
+            .take(limit as usize)
+            .cloned()
+            .collect();
+        if std::mem::take(&mut self.faults.borrow_mut().tamper_page) {
+            if let Some(e) = commits.first_mut() {
+                let mut sig = unb64(&e.certificate.signed.signature).unwrap();
+                sig[5] ^= 1;
+                e.certificate.signed.signature = b64(&sig);
+            }
+        }
+        let next_after = commits.last().map(|e| e.seq).filter(|s| *s < head.seq);
+        Ok(CommitsPage {
+            commits,
+            head,
+            next_after,
+        })
+    }
+
+    fn commit(&self, req: &CommitRequest) -> Result<MinimalCommitResponse> {
+        let mut resp = self.commit_full(req)?;
+        let head = self.head();
+        if head.seq == resp.certificate.seq && !self.faults.borrow().no_head {
+            resp.head = Some(head);
+        }
+        Ok(resp.minimal())
     }
 
     fn latest_snapshot(&self) -> Result<Option<SnapshotJson>> {

@@ -110,6 +110,83 @@ pub struct CommitResponse {
     /// True when this answers a retry of an already accepted commit.
     pub replay: bool,
     pub certificate: CertificateJson,
+    /// The group's signed head when the answer was sent, when that head
+    /// is this commit (nothing was accepted after it): the client is then
+    /// current without asking for the log. Absent otherwise, and from
+    /// witnesses that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<HeadJson>,
+}
+
+impl CommitResponse {
+    /// The answer to `Prefer: return=minimal`: what a client verifies and
+    /// keeps, nothing decoded for people.
+    pub fn minimal(&self) -> MinimalCommitResponse {
+        MinimalCommitResponse {
+            replay: self.replay,
+            certificate: SignedCertificateJson {
+                signed: self.certificate.signed.clone(),
+            },
+            head: self
+                .head
+                .as_ref()
+                .filter(|h| h.seq == self.certificate.seq)
+                .map(|h| HeadProofJson {
+                    time_ms: h.time_ms,
+                    signature: h.signed.signature.clone(),
+                }),
+        }
+    }
+}
+
+/// `POST /v1/groups/<g>/commits` with `Prefer: return=minimal`: the
+/// certificate's signed record only, and, when the group's head is this
+/// commit, the head's time and signature (the rest of the head record is
+/// the certificate's: see [`HeadProofJson::record`]). Reads the full
+/// answer too (its decoded fields are ignored; a full `head` is no proof).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MinimalCommitResponse {
+    pub replay: bool,
+    pub certificate: SignedCertificateJson,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<HeadProofJson>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SignedCertificateJson {
+    pub signed: SignedJson,
+}
+
+/// The witness's signature over the head record whose fields are the
+/// certified commit's (group, seq, its head hash, state root, schema) and
+/// whose time is `time_ms`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HeadProofJson {
+    pub time_ms: u64,
+    /// Base64 (empty when read from a full answer's head).
+    #[serde(default)]
+    pub signature: String,
+}
+
+impl HeadProofJson {
+    /// The signed head this proof stands for, given the certificate it
+    /// came with (`cert` is the certificate's signed record).
+    pub fn record(&self, cert: &Signed, rec: &crate::CommitRecord) -> Option<Signed> {
+        let head = crate::HeadRecord {
+            group: rec.group.clone(),
+            seq: rec.seq,
+            head_hash: crate::sha256(&cert.bytes),
+            state_root: rec.state_root,
+            schema_version: rec.schema_version,
+            schema_hash: rec.schema_hash,
+            time_ms: self.time_ms,
+        };
+        let signature: [u8; 64] = unb64(&self.signature)?.try_into().ok()?;
+        Some(Signed {
+            bytes: head.encode(),
+            signature,
+        })
+    }
 }
 
 /// The answer to a migration: its log entry's certificate (a replay when

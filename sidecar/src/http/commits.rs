@@ -56,10 +56,24 @@ pub async fn handle(call: &mut Call, id: &str) -> Answer {
             } else {
                 StatusCode::CREATED
             };
+            if prefers_minimal(call) {
+                return json(status, &resp.minimal());
+            }
             json(status, &resp)
         }
         _ => Err(ApiError::MethodNotAllowed),
     }
+}
+
+/// Whether the caller asked for the minimal answer (RFC 7240's
+/// `Prefer: return=minimal`): the signed records only, nothing decoded.
+fn prefers_minimal(call: &Call) -> bool {
+    call.header(hyper::header::HeaderName::from_static("prefer"))
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split([',', ';'])
+                .any(|p| p.trim().eq_ignore_ascii_case("return=minimal"))
+        })
 }
 
 /// Checks the request's own fields (not the changeset: the writer does

@@ -147,6 +147,7 @@ pub fn process(
             return Ok(CommitResponse {
                 replay: true,
                 certificate,
+                head: None,
             });
         }
         return Err(ApiError::IdempotencyConflict(format!(
@@ -289,6 +290,7 @@ pub fn process(
     Ok(CommitResponse {
         replay: false,
         certificate,
+        head: None,
     })
 }
 

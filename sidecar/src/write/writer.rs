@@ -404,6 +404,8 @@ impl Writer {
                 if self.head.seq > before.seq {
                     self.heads.moved(&self.info.id, self.head.seq);
                 }
+                let mut answers = answers;
+                self.give_head(&mut answers);
                 let mut answers = answers.into_iter();
                 finish(&self.metrics, jobs, |_| {
                     answers
@@ -517,6 +519,25 @@ impl Writer {
             .fsync_seconds
             .observe(synced.elapsed().as_secs_f64());
         Ok(answers)
+    }
+
+    /// The signed head, once per batch, for the answers whose commit is
+    /// the head now (the batch's last, or a replay of it): their client is
+    /// current without reading the log. The others are followed by newer
+    /// commits and get none.
+    fn give_head(&self, answers: &mut [Answer]) {
+        let at_head = |a: &Answer| a.as_ref().is_ok_and(|r| r.certificate.seq == self.head.seq);
+        if !answers.iter().any(at_head) {
+            return;
+        }
+        let head = self.info.sign_head(&self.key, &self.head);
+        for a in answers.iter_mut() {
+            if let Ok(r) = a {
+                if r.certificate.seq == head.seq {
+                    r.head = Some(head.clone());
+                }
+            }
+        }
     }
 
     /// `storage_full` when the group's file system has less free space
