@@ -109,14 +109,16 @@ pub fn catch_up(l: &Local, w: &dyn WitnessApi, after: u64) -> Result<u64> {
     // A commit sent before may have been accepted: resent, it replays with
     // its certificate (kept even where the log is pruned), or is refused.
     let own = match pending::outbox(&l.db)? {
-        Some(o) if o.attempts > 0 => match push::mark_sent(l, &o).and_then(|()| push::send(l, w, &o)) {
-            Ok(a) => Some((o, a.rec.seq)),
-            Err(e) if matches!(e.class(), Some(Class::Rebase | Class::FixRows)) => {
-                transaction(&l.db, || seal::unseal(l, &o))?;
-                None
+        Some(o) if o.attempts > 0 => {
+            match push::mark_sent(l, &o).and_then(|()| push::send(l, w, &o)) {
+                Ok(a) => Some((o, a.rec.seq)),
+                Err(e) if matches!(e.class(), Some(Class::Rebase | Class::FixRows)) => {
+                    transaction(&l.db, || seal::unseal(l, &o))?;
+                    None
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
-        },
+        }
         Some(o) => {
             transaction(&l.db, || seal::unseal(l, &o))?;
             None

@@ -11,9 +11,9 @@
 use crate::error::{Error, Rejection, Result, Stage};
 use crate::transport::Transport;
 use pdb_protocol::wire::{
-    CommitRequest, CommitsPage, ErrorJson, GroupJson, MigrationRequest,
-    MigrationResponse, MigrationsPage, MinimalCommitResponse, ProjectionList, ProjectionPage,
-    SnapshotJson, WitnessJson,
+    CommitRequest, CommitsPage, ErrorJson, GroupJson, MigrationRequest, MigrationResponse,
+    MigrationsPage, MinimalCommitResponse, ProjectionList, ProjectionPage, SnapshotJson,
+    WitnessJson,
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value as Json;

@@ -47,6 +47,12 @@ impl std::ops::AddAssign for Pulled {
 /// app understands is not applied: what came before it is kept and the
 /// pull stops with `app_upgrade_required`.
 pub fn pull(l0: &Local, w: &dyn WitnessApi) -> Result<Pulled> {
+    pull_then(l0, w, false)
+}
+
+/// [`pull`]; with `synced`, the last page's transaction also records the
+/// sync as ended well (`state::mark_synced`).
+pub fn pull_then(l0: &Local, w: &dyn WitnessApi, synced: bool) -> Result<Pulled> {
     let mut pulled = Pulled::default();
     let mut reloaded: Option<Local> = None;
     loop {
@@ -78,6 +84,7 @@ pub fn pull(l0: &Local, w: &dyn WitnessApi) -> Result<Pulled> {
                 signed_head.seq
             )));
         }
+        let last = page.next_after.is_none() || page.commits.is_empty();
         // One local transaction per page: the head's freshness, the
         // entries, and how current the copy is now (a page with nothing
         // new changes no table, and pauses no capture).
@@ -93,6 +100,9 @@ pub fn pull(l0: &Local, w: &dyn WitnessApi) -> Result<Pulled> {
             if stopped.is_none() && l.head()?.seq == signed_head.seq {
                 // The signed head says this copy is current as of now.
                 state::set(&l.db, "verified_at_ms", Value::Integer(now_ms() as i64))?;
+            }
+            if synced && stopped.is_none() && last {
+                state::mark_synced(&l.db)?;
             }
             Ok((p, stopped))
         });
@@ -114,7 +124,7 @@ pub fn pull(l0: &Local, w: &dyn WitnessApi) -> Result<Pulled> {
         if let Some(e) = stopped {
             return Err(e);
         }
-        if page.next_after.is_none() || page.commits.is_empty() {
+        if last {
             return Ok(pulled);
         }
     }
@@ -215,7 +225,9 @@ fn check_at_head(l: &Local, signed_head: &HeadRecord) -> Result<()> {
 /// it is the certified one — and only moves the base of its rows. A head
 /// that came with it makes the copy current as of the head's time.
 /// Returns false, having done nothing, when it must be pulled instead.
-pub fn apply_own(l: &Local, o: &Outbox, a: &Accepted) -> Result<bool> {
+/// With `synced` (and a head), the transaction also records the sync as
+/// ended well.
+pub fn apply_own(l: &Local, o: &Outbox, a: &Accepted, synced: bool) -> Result<bool> {
     let head = l.head()?;
     if a.rec.seq != head.seq + 1
         || a.rec.prev_head != head.hash
@@ -243,6 +255,9 @@ pub fn apply_own(l: &Local, o: &Outbox, a: &Accepted) -> Result<bool> {
             check_at_head(l, h)?;
             state::set(&l.db, "remote_seq", Value::Integer(h.seq as i64))?;
             state::set(&l.db, "verified_at_ms", Value::Integer(now_ms() as i64))?;
+            if synced {
+                state::mark_synced(&l.db)?;
+            }
         }
         capture::resume(l)?;
         Ok(true)

@@ -109,6 +109,17 @@ pub fn clear_error(db: &Db) -> Result<()> {
     delete(db, "last_error_json")
 }
 
+/// Records a sync that ended well: no error, and when (written in the
+/// sync's last local transaction, so an idle sync makes one).
+pub fn mark_synced(db: &Db) -> Result<()> {
+    clear_error(db)?;
+    set(
+        db,
+        "last_sync_ms",
+        Value::Integer(pdb_protocol::now_ms() as i64),
+    )
+}
+
 /// The limits the witness advertised (stored by `pdb_open` and when a
 /// request was too large), or what a witness that predates them takes.
 pub fn limits(db: &Db) -> Result<LimitsJson> {

@@ -12,13 +12,13 @@ use crate::db::transaction;
 use crate::error::{Class, Error, Result};
 use crate::hold::{self, Hold};
 use crate::pending::{self, Outbox};
-use crate::pull::{self, pull, Pulled};
+use crate::pull::{self, Pulled};
 use crate::push;
 use crate::seal::{self, Budget, Scope};
 use crate::state::{self, Local};
 use crate::status::head_json;
 use pdb_protocol::wire::{value_json, LimitsJson};
-use pdb_protocol::{now_ms, Changeset, Value};
+use pdb_protocol::Changeset;
 use serde_json::{json, Value as Json};
 
 /// Rounds one pdb_sync may take (a round sends one commit or pulls):
@@ -69,6 +69,9 @@ struct Run<'a> {
     /// Whether the copy is at the head the witness last signed, as of this
     /// sync (a pull, or a push answered with the head): nothing to pull.
     current: bool,
+    /// Whether the last local transaction recorded the sync as ended
+    /// well (then no other is needed for it).
+    synced: bool,
 }
 
 pub fn rounds(l: &Local, w: &dyn WitnessApi) -> Result<Json> {
@@ -82,6 +85,7 @@ pub fn rounds(l: &Local, w: &dyn WitnessApi) -> Result<Json> {
         pushed: 0,
         pulled: Pulled::default(),
         current: false,
+        synced: false,
     };
     let mut scope = Scope::Fresh;
     let mut retried = false;
@@ -111,13 +115,15 @@ pub fn rounds(l: &Local, w: &dyn WitnessApi) -> Result<Json> {
             continue;
         }
         run.current = false;
+        run.synced = false;
         match push::send(run.l(), w, &o) {
             Ok(a) => {
                 run.pushed += 1;
                 // Our own commit is applied from the bytes we hold, not
                 // fetched back, when nothing came between; else pulled.
-                if pull::apply_own(run.l(), &o, &a)? {
+                if pull::apply_own(run.l(), &o, &a, true)? {
                     run.current = a.head.is_some();
+                    run.synced = run.current;
                 } else {
                     run.pull()?;
                 }
@@ -149,10 +155,9 @@ pub fn rounds(l: &Local, w: &dyn WitnessApi) -> Result<Json> {
         }
     }
     let l = run.l();
-    transaction(&l.db, || {
-        state::clear_error(&l.db)?;
-        state::set(&l.db, "last_sync_ms", Value::Integer(now_ms() as i64))
-    })?;
+    if !run.synced {
+        transaction(&l.db, || state::mark_synced(&l.db))?;
+    }
     Ok(json!({
         "pushed": run.pushed, "pulled": run.pulled.commits, "conflicts": run.pulled.conflicts,
         "migrations": run.pulled.migrations,
@@ -173,13 +178,17 @@ impl Run<'_> {
     fn seal(&mut self, scope: Scope) -> Result<Option<Outbox>> {
         let l = self.reloaded.as_ref().unwrap_or(self.base);
         let (budget, hold, max) = (self.budget, &mut self.hold, self.limits.max_body_bytes);
-        transaction(&l.db, || {
+        let o = transaction(&l.db, || {
             let o = seal::seal(l, hold, scope, budget)?;
             if let Some(o) = o.as_ref().filter(|o| push::request_bytes(o) <= max) {
                 push::mark_sent(l, o)?;
             }
             Ok(o)
-        })
+        })?;
+        if o.is_some() {
+            self.synced = false;
+        }
+        Ok(o)
     }
 
     fn unseal(&self, o: &Outbox) -> Result<()> {
@@ -190,8 +199,9 @@ impl Run<'_> {
     /// Pulls; a pull may open conflicts (policy manual) that hold rows
     /// back, so the held rows are read again after it applied anything.
     fn pull(&mut self) -> Result<()> {
-        let p = pull(self.l(), self.w)?;
+        let p = pull::pull_then(self.l(), self.w, true)?;
         self.current = true;
+        self.synced = true;
         if p.migrations > 0 {
             self.reloaded = Some(state::load(self.base.db)?);
         }
@@ -305,7 +315,7 @@ mod tests {
     use crate::merge::Policy;
     use crate::open::{open_with, OpenOptions};
     use crate::testing::{Conn, FakeWitness};
-    use pdb_protocol::{Change, Op};
+    use pdb_protocol::{Change, Op, Value};
 
     const DDL: &str = "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT, n INTEGER);";
 

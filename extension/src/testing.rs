@@ -12,9 +12,8 @@ use ed25519_dalek::SigningKey;
 use pdb_protocol::value::encode_values;
 use pdb_protocol::wire::{
     b64, unb64, CertificateJson, CommitRequest, CommitResponse, CommitsPage, ErrorJson, GroupJson,
-    MinimalCommitResponse,
-    HeadJson, LogEntryJson, MigrationsPage, ProjectionList, ProjectionPage, SchemaJson, SignedJson,
-    SnapshotJson, WitnessJson,
+    HeadJson, LogEntryJson, MigrationsPage, MinimalCommitResponse, ProjectionList, ProjectionPage,
+    SchemaJson, SignedJson, SnapshotJson, WitnessJson,
 };
 use pdb_protocol::{
     genesis_hash, hex, sha256, Change, Changeset, CommitRecord, HeadRecord, Schema, Signed,

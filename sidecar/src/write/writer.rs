@@ -531,11 +531,9 @@ impl Writer {
             return;
         }
         let head = self.info.sign_head(&self.key, &self.head);
-        for a in answers.iter_mut() {
-            if let Ok(r) = a {
-                if r.certificate.seq == head.seq {
-                    r.head = Some(head.clone());
-                }
+        for r in answers.iter_mut().flatten() {
+            if r.certificate.seq == head.seq {
+                r.head = Some(head.clone());
             }
         }
     }
