@@ -222,7 +222,8 @@ fn check_at_head(l: &Local, signed_head: &HeadRecord) -> Result<()> {
 /// translated to a later schema, or accepted after others, is pulled). It
 /// is verified and applied as a pulled commit is — the certificate chains
 /// to the verified head, its digest is the bytes', the state root after
-/// it is the certified one — and only moves the base of its rows. A head
+/// it is the certified one — and only moves the base of its rows (a row
+/// no longer pending leaves it to a pull). A head
 /// that came with it makes the copy current as of the head's time.
 /// Returns false, having done nothing, when it must be pulled instead.
 /// With `synced` (and a head), the transaction also records the sync as
@@ -239,10 +240,30 @@ pub fn apply_own(l: &Local, o: &Outbox, a: &Accepted, synced: bool) -> Result<bo
     }
     let max_age = crate::signed::max_head_age(&l.db)?;
     transaction(&l.db, || {
-        capture::pause(l)?;
+        // Every row of it is pending here (it was sealed from them): then
+        // settling it only moves bases and writes no synced table, so the
+        // capture triggers need no pause (dropping and creating them is
+        // DDL, which costs more than the rest of a small sync). A row that
+        // is not is left to a pull, which applies it the careful way.
+        let rebase = Rebase::new(l)?;
+        let Ok(cs) = Changeset::decode(&o.changeset) else {
+            return Ok(false);
+        };
+        let all_pending = cs.tables.iter().all(|t| {
+            l.schema.table_index(&t.name).is_some_and(|ti| {
+                l.tables.get(ti).is_some_and(|st| {
+                    t.changes
+                        .iter()
+                        .all(|c| rebase.entry(ti, &c.pk(&st.pk_flags)).is_some())
+                })
+            })
+        });
+        if !all_pending {
+            return Ok(false);
+        }
         let mut page = Page {
             l,
-            rebase: Rebase::new(l)?,
+            rebase,
             own_key: Some(o.key.clone()),
             head,
             // Nothing to record: its rows are this device's own.
@@ -259,7 +280,6 @@ pub fn apply_own(l: &Local, o: &Outbox, a: &Accepted, synced: bool) -> Result<bo
                 state::mark_synced(&l.db)?;
             }
         }
-        capture::resume(l)?;
         Ok(true)
     })
 }

@@ -439,6 +439,28 @@ mod tests {
     }
 
     #[test]
+    fn a_row_changed_after_its_seal_stays_pending_when_the_commit_is_settled_from_the_outbox() {
+        let w = witness();
+        let c = device(&w, Policy::RemoteWins);
+        c.exec("INSERT INTO notes VALUES (1, 'a', 1)");
+        // Sent and accepted, the answer lost: the commit stays as sealed.
+        w.faults.borrow_mut().lose_commit_answer = true;
+        assert!(sync(&c, &w).is_err());
+        c.exec("UPDATE notes SET n = 2 WHERE id = 1");
+        let pages = w.pages_read.get();
+        let r = sync(&c, &w).unwrap();
+        // The replay settles the sealed commit from the outbox (the row
+        // keeps its later change, pending), then that change goes: no
+        // page read.
+        assert_eq!(r["pushed"], 2, "{r}");
+        assert_eq!(w.pages_read.get(), pages);
+        assert_eq!(w.rows("notes"), vec![note(1, "a", 2)]);
+        assert_eq!(c.dump("notes"), w.rows("notes"));
+        assert_eq!(status(&c)["pending_rows"], 0);
+        assert!(verified(&c));
+    }
+
+    #[test]
     fn without_the_head_in_the_answer_the_push_is_settled_by_a_pull() {
         let w = witness();
         w.faults.borrow_mut().no_head = true;
