@@ -285,7 +285,7 @@ pub fn catch_up_schema(l: &Local, w: &dyn WitnessApi, target: u32) -> Result<Loc
     if target > max {
         return Err(upgrade_required(target, max));
     }
-    let page = w.migrations(l.schema.version)?;
+    let page = migrations_until(w, l.schema.version, target)?;
     transaction(&l.db, || {
         crate::capture::pause(l)?;
         let mut cur: Option<Local> = None;
@@ -643,6 +643,32 @@ fn set_aside_duplicates(l: &Local, t: &Table, index: &Index, seq: u64) -> Result
     Ok(())
 }
 
+/// The witness's migrations after version `after` up to at least version
+/// `until`, page after page (with the first schema when `after` is 0).
+fn migrations_until(
+    w: &dyn WitnessApi,
+    after: u32,
+    until: u32,
+) -> Result<pdb_protocol::wire::MigrationsPage> {
+    let mut page = w.migrations(after)?;
+    let mut asked = after;
+    while let Some(next) = page.next_after_version.take() {
+        if next >= until {
+            break;
+        }
+        if next <= asked {
+            return Err(Error::invalid(
+                "the witness's pages of migrations do not move forward",
+            ));
+        }
+        asked = next;
+        let more = w.migrations(next)?;
+        page.migrations.extend(more.migrations);
+        page.next_after_version = more.next_after_version;
+    }
+    Ok(page)
+}
+
 /// The schema of the group at `version`, from its first schema and
 /// migrations, each checked against its signed record: for a new database
 /// that starts from a snapshot made at that version (the snapshot's own
@@ -653,7 +679,7 @@ pub fn schema_at(
     w: &dyn WitnessApi,
     version: u32,
 ) -> Result<Schema> {
-    let page = w.migrations(0)?;
+    let page = migrations_until(w, 0, version)?;
     let first = page
         .first_schema
         .as_ref()

@@ -412,6 +412,7 @@ impl WitnessApi for FakeWitness {
         Ok(MigrationsPage {
             migrations: Vec::new(),
             first_schema: None,
+            next_after_version: None,
         })
     }
 

@@ -215,6 +215,10 @@ pub struct MigrationsPage {
     pub migrations: Vec<LogEntryJson>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_schema: Option<SchemaJson>,
+    /// More migrations follow: ask again with `after_version` this (a page
+    /// holds about `max_page_bytes` of migrations, at least one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after_version: Option<u32>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -303,7 +307,9 @@ pub struct SchemaVersionJson {
     pub seq: u64,
     pub hash: String,
     pub accepts_from: u32,
-    #[serde(default)]
+    /// The DDL it was made from, for the versions still inside the window
+    /// (every migration's is in `GET .../migrations`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub ddl: String,
 }
 

@@ -79,6 +79,12 @@ pub enum ApiError {
         caller: bool,
         message: String,
     },
+    /// A group's admin is migrating faster than the group allows: 429
+    /// `overloaded`, with the seconds until the next migration may go.
+    MigrationTooSoon {
+        message: String,
+        retry_after: u32,
+    },
     /// The witness's disk is full (or below its reserve): retry later.
     StorageFull(String),
     Unavailable(String),
@@ -109,6 +115,7 @@ impl ApiError {
     pub fn retry_after(&self) -> Option<u32> {
         match self {
             ApiError::Overloaded { .. } => Some(1),
+            ApiError::MigrationTooSoon { retry_after, .. } => Some(*retry_after),
             ApiError::StorageFull(_) => Some(30),
             ApiError::Unavailable(_) => Some(1),
             _ => None,
@@ -133,7 +140,9 @@ impl ApiError {
             ApiError::InvalidChangeset { .. } | ApiError::RuleError { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            ApiError::Overloaded { caller: true, .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Overloaded { caller: true, .. } | ApiError::MigrationTooSoon { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Overloaded { caller: false, .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::StorageFull(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::SnapshotRequired { .. } => StatusCode::GONE,
@@ -161,7 +170,7 @@ impl ApiError {
             ApiError::SnapshotRequired { .. } => "snapshot_required",
             ApiError::RangeNotSatisfiable(_) => "range_not_satisfiable",
             ApiError::RuleError { .. } => "rule_error",
-            ApiError::Overloaded { .. } => "overloaded",
+            ApiError::Overloaded { .. } | ApiError::MigrationTooSoon { .. } => "overloaded",
             ApiError::StorageFull(_) => "storage_full",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
@@ -182,6 +191,7 @@ impl ApiError {
             | ApiError::MigrationConflict(m)
             | ApiError::StorageFull(m)
             | ApiError::Overloaded { message: m, .. }
+            | ApiError::MigrationTooSoon { message: m, .. }
             | ApiError::Unavailable(m) => m.clone(),
             ApiError::BodyTooLarge(limit) => {
                 format!("request body is larger than the {limit}-byte limit")

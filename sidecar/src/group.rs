@@ -71,7 +71,24 @@ pub struct Group {
     pub reads: Arc<tokio::sync::Semaphore>,
     /// One snapshot at a time per group.
     pub snapshot_lock: Mutex<()>,
+    /// Migrations this group may still start now (see
+    /// [`Group::take_migration_turn`]).
+    migration_turns: Mutex<Turns>,
 }
+
+/// A bucket of migration turns: [`MIGRATION_BURST`] at most, one more
+/// every [`MIGRATION_EVERY`].
+struct Turns {
+    left: f64,
+    at: std::time::Instant,
+}
+
+/// Migrations a group may run back to back.
+pub const MIGRATION_BURST: f64 = 10.0;
+/// Then one per this long: a migration rewrites whole tables inside a
+/// writer thread that every group shares, so one admin repeating large
+/// migrations could otherwise keep the writer pool busy.
+pub const MIGRATION_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Opens a connection to the group's file that runs admin SQL: temporary
 /// tables and sorts in memory (so the memory budget covers them, and no
@@ -131,7 +148,35 @@ impl Group {
             policy_seen: Default::default(),
             reads: Arc::new(tokio::sync::Semaphore::new(env.reads.max(1))),
             snapshot_lock: Mutex::new(()),
+            migration_turns: Mutex::new(Turns {
+                left: MIGRATION_BURST,
+                at: std::time::Instant::now(),
+            }),
         })
+    }
+
+    /// Takes a turn to migrate, or says how long until there is one
+    /// (`429 overloaded` with `Retry-After`).
+    pub fn take_migration_turn(&self) -> Result<(), ApiError> {
+        let mut t = self
+            .migration_turns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let earned = now.duration_since(t.at).as_secs_f64() / MIGRATION_EVERY.as_secs_f64();
+        t.left = (t.left + earned).min(MIGRATION_BURST);
+        t.at = now;
+        if t.left < 1.0 {
+            let wait = ((1.0 - t.left) * MIGRATION_EVERY.as_secs_f64()).ceil() as u32;
+            return Err(ApiError::MigrationTooSoon {
+                message: format!(
+                    "this group has migrated {MIGRATION_BURST} times in quick succession; it may migrate again in {wait} s"
+                ),
+                retry_after: wait.max(1),
+            });
+        }
+        t.left -= 1.0;
+        Ok(())
     }
 
     /// The group's info: its schema in force (and history).

@@ -40,19 +40,24 @@ pub fn group(w: &Witness, g: &Group) -> Result<GroupJson, ApiError> {
 }
 
 /// The migrations to versions after `after_version` with their signed
-/// entries (kept whatever the log's pruning), and the first schema's
-/// structure when `after_version` is before it.
+/// entries (kept whatever the log's pruning), a page of about
+/// `max_page_bytes` (at least one), and the first schema's structure when
+/// `after_version` is before it.
 pub fn migrations(w: &Witness, g: &Group, after_version: u32) -> Result<MigrationsPage, ApiError> {
-    let _ = w;
     g.read("reading the migrations", |c| {
-        let head = log::head(c).map_err(sql)?;
-        let info = g.info_at(c, &head)?;
-        let first = info.history.first();
+        let first = g.info().history.first().map(|f| f.version);
+        let first_schema = match first.filter(|v| *v > after_version) {
+            Some(v) => crate::store::schema_of(c, v)
+                .map_err(|e| ApiError::internal("reading the first schema", e))?
+                .map(|s| SchemaJson::new(&s)),
+            None => None,
+        };
+        let (migrations, next_after_version) =
+            log::migrations(c, after_version, w.settings.max_page_bytes)?;
         Ok(MigrationsPage {
-            migrations: log::migrations(c, after_version)?,
-            first_schema: first
-                .filter(|f| f.schema.version > after_version)
-                .map(|f| SchemaJson::new(&f.schema)),
+            migrations,
+            first_schema,
+            next_after_version,
         })
     })
 }

@@ -45,7 +45,10 @@ fn verify_conn(
         .first()
         .ok_or_else(|| format!("group {:?}: no schema history", info.id))?;
     // The schema in force at each point of the replay, as a group's info.
-    let mut at = GroupInfo::new(info.id.clone(), first.schema.clone(), Vec::new());
+    let first_schema = crate::store::schema_of(conn, first.version)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("group {:?}: its first schema is missing", info.id))?;
+    let mut at = GroupInfo::new(info.id.clone(), first_schema, Vec::new());
     let replica = Connection::open_in_memory().map_err(|e| e.to_string())?;
     let mut prev = info.genesis();
     let mut root = StateRoot::empty();

@@ -270,6 +270,7 @@ impl Witness {
     fn create_file(&self, id: &str, ddl: &str, version: u32) -> Result<Group, ApiError> {
         let dir = groups_dir(&self.settings.data_dir);
         let schema = store::schema::parse(ddl, version).map_err(ApiError::BadRequest)?;
+        store::migrate::check_size(&schema).map_err(ApiError::BadRequest)?;
         store::create(&dir, id, ddl, &schema)
             .map_err(|e| ApiError::internal("creating a group", e))?;
         Group::open(&dir.join(store::file_name(id)), self.key.clone(), &self.env)

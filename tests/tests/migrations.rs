@@ -791,3 +791,134 @@ fn pdb_migrate_submits_as_the_groups_admin_and_refuses_anyone_else() {
     assert_eq!(status(&writer)["schema_version"], 2);
     same(&[&admin, &writer], &["notes"]);
 }
+
+/// What one admin can make a group's history cost stays bounded: versions
+/// cannot jump far, a schema cannot grow past its bound, migrations come
+/// at most ten at once, and the migrations are served in pages that a
+/// fresh device follows.
+#[test]
+fn a_groups_schema_history_stays_bounded() {
+    let dir = TempDir::new("bounded");
+    let w = Witness::start_with(dir.path(), 0, &["--max-page-bytes", "4096"]);
+    w.create_group("g", DDL);
+    let migrate = |body: Json| w.post("/v1/groups/g/migrations", &body);
+    for v in [1002u64, 4_294_967_295] {
+        let r = migrate(json!({"ddl": "CREATE INDEX i ON notes(title)", "schema_version": v}));
+        assert_eq!((r.status, r.code()), (400, "bad_request"), "{v}: {r:?}");
+        assert!(
+            r.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("at most 1000 after"),
+            "{r:?}"
+        );
+    }
+
+    // A table wider than devices can read is refused.
+    let cols = |n: usize| (0..n).map(|c| format!("c{c} TEXT")).collect::<Vec<_>>();
+    let r = migrate(
+        json!({"ddl": format!("CREATE TABLE w(id INTEGER PRIMARY KEY, {})", cols(900).join(", "))}),
+    );
+    assert_eq!((r.status, r.code()), (400, "bad_request"));
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 900 are allowed"),
+        "{}",
+        r.body["error"]["message"]
+    );
+    // Wide tables, about half a megabyte of structure per migration: the
+    // schema stops growing at its bound, saying so.
+    let wide = |n: usize| {
+        (0..25)
+            .map(|t| {
+                let cols = cols(800);
+                format!(
+                    "CREATE TABLE w{n}_{t}(id INTEGER PRIMARY KEY, {});",
+                    cols.join(", ")
+                )
+            })
+            .collect::<String>()
+    };
+    let mut made = 0;
+    let refused = loop {
+        let r = migrate(json!({"ddl": wide(made)}));
+        if r.status != 201 {
+            break r;
+        }
+        made += 1;
+        assert!(made < 6, "the schema kept growing");
+    };
+    assert!(made >= 3, "{made}");
+    assert_eq!((refused.status, refused.code()), (400, "bad_request"));
+    assert!(
+        refused.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 2097152 are allowed"),
+        "{}",
+        refused.body["error"]["message"]
+    );
+    let version = w.get("/v1/groups/g").body["schema"]["version"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(version, 1 + made as u64);
+
+    // Ten migrations at once (one more every ten seconds), then the group
+    // must wait, told for how long.
+    let mut n = 0;
+    let busy = loop {
+        let ddl = if n % 2 == 0 {
+            "CREATE INDEX notes_t ON notes(title)"
+        } else {
+            "DROP INDEX notes_t"
+        };
+        let r = migrate(json!({ "ddl": ddl }));
+        if r.status != 201 {
+            break r;
+        }
+        n += 1;
+        assert!(n < 40, "migrations were never held back");
+    };
+    assert!(made + n >= 10, "made {made}, then {n}: {busy:?}");
+    assert_eq!((busy.status, busy.code()), (429, "overloaded"), "{busy:?}");
+    assert_eq!(busy.body["error"]["retryable"], true);
+    assert!(
+        busy.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("may migrate again"),
+        "{busy:?}"
+    );
+    let total = (made + n) as u64;
+
+    // The migrations come in pages of about --max-page-bytes (at least
+    // one each), every one of them once, in order.
+    let mut after = 0u64;
+    let mut versions = Vec::new();
+    let mut pages = 0;
+    loop {
+        let p = w.get(&format!("/v1/groups/g/migrations?after_version={after}"));
+        assert_eq!(p.status, 200, "{p:?}");
+        let entries = p.body["migrations"].as_array().unwrap();
+        assert!(!entries.is_empty());
+        pages += 1;
+        versions.extend(entries.iter().map(|e| e["seq"].as_u64().unwrap()));
+        match p.body["next_after_version"].as_u64() {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    assert_eq!(versions, (1..=total).collect::<Vec<u64>>());
+    assert!(pages > 1, "{pages}");
+
+    // A fresh device starting from a snapshot taken now reaches its schema
+    // through those pages, and holds the group's head.
+    let s = w.post("/v1/groups/g/snapshots", &json!({}));
+    assert_eq!(s.status, 201, "{s:?}");
+    let d = Device::new(&dir.path().join("fresh.db"));
+    d.open(&w, "g", "remote_wins").expect("pdb_open");
+    assert_eq!(status(&d)["schema_version"], 1 + total);
+    verified(&d);
+}

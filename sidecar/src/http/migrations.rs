@@ -35,12 +35,12 @@ pub async fn handle(call: &mut Call, id: &str) -> Answer {
             // Made on the schema in force now; or, for a version the group
             // already has, on the one before it (a retry of that migration
             // replays; anything else is a conflict).
-            let from = if to <= info.schema.version {
+            let from_version = if to <= info.schema.version {
                 info.history
                     .iter()
-                    .take_while(|v| v.schema.version < to)
+                    .take_while(|v| v.version < to)
                     .last()
-                    .map(|v| v.schema.clone())
+                    .map(|v| v.version)
                     .ok_or_else(|| {
                         ApiError::MigrationConflict(format!(
                             "the group's schema is already at version {}: a migration must make a later version",
@@ -48,18 +48,33 @@ pub async fn handle(call: &mut Call, id: &str) -> Answer {
                         ))
                     })?
             } else {
-                info.schema.clone()
+                info.schema.version
             };
-            let accepts_from = body.accepts_from.unwrap_or(from.version);
+            let kept = info.version(from_version).and_then(|v| v.schema.clone());
+            let accepts_from = body.accepts_from.unwrap_or(from_version);
             let limits = g.sql_limits();
             // Derived off the async workers, in one of the group's slots;
             // the writer refuses it if another migration went first.
+            let g2 = g.clone();
             let migration = call
                 .group_work(&g, move || {
+                    let from = match kept {
+                        Some(s) => s,
+                        None => g2
+                            .read("reading a schema version", |c| {
+                                crate::store::schema_of(c, from_version)
+                                    .map_err(|e| ApiError::internal("reading a schema version", e))
+                            })?
+                            .ok_or_else(|| {
+                                ApiError::internal("reading a schema version", "it is missing")
+                            })?,
+                    };
                     crate::store::migrate::derive(&from, &body.ddl, to, accepts_from, limits)
                         .map_err(ApiError::BadRequest)
                 })
                 .await?;
+            // A turn is taken only by a migration that will run.
+            g.take_migration_turn()?;
             let input = MigrationInput {
                 migration,
                 author: call.caller.identity.clone(),

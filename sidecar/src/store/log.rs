@@ -228,22 +228,35 @@ pub fn log_page(
 pub const MAX_MIGRATIONS: u32 = 1000;
 
 /// The log entries of the migrations to versions after `after_version`,
-/// oldest first (at most [`MAX_MIGRATIONS`]).
-pub fn migrations(conn: &Connection, after_version: u32) -> Result<Vec<LogEntryJson>, ApiError> {
+/// oldest first: at most [`MAX_MIGRATIONS`] and about `max_bytes` of
+/// migrations (at least one), with the version to ask after next when more
+/// follow.
+pub fn migrations(
+    conn: &Connection,
+    after_version: u32,
+    max_bytes: u64,
+) -> Result<(Vec<LogEntryJson>, Option<u32>), ApiError> {
     let read = |e| ApiError::internal("reading the migrations", e);
     let mut st = conn
         .prepare_cached(
-            "SELECT l.seq, l.record, l.signature, l.migration
+            "SELECT l.seq, l.record, l.signature, l.migration, s.version
                FROM pdb_schemas s JOIN pdb_log l ON l.seq = s.seq
               WHERE s.version > ?1 AND s.seq > 0 ORDER BY s.version LIMIT ?2",
         )
         .map_err(read)?;
     let mut rows = st
-        .query(rusqlite::params![after_version, MAX_MIGRATIONS])
+        .query(rusqlite::params![after_version, MAX_MIGRATIONS + 1])
         .map_err(read)?;
-    let mut out = Vec::new();
+    let (mut out, mut bytes, mut last) = (Vec::new(), 0u64, after_version);
     while let Some(r) = rows.next().map_err(read)? {
         let migration: Vec<u8> = r.get(3).map_err(read)?;
+        if !out.is_empty()
+            && (out.len() as u32 >= MAX_MIGRATIONS || bytes + migration.len() as u64 > max_bytes)
+        {
+            return Ok((out, Some(last)));
+        }
+        bytes += migration.len() as u64;
+        last = r.get(4).map_err(read)?;
         out.push(LogEntryJson {
             seq: r.get::<_, i64>(0).map_err(read)? as u64,
             changeset: String::new(),
@@ -251,7 +264,7 @@ pub fn migrations(conn: &Connection, after_version: u32) -> Result<Vec<LogEntryJ
             certificate: certificate_json(r.get(1).map_err(read)?, r.get(2).map_err(read)?)?,
         });
     }
-    Ok(out)
+    Ok((out, None))
 }
 
 /// Drops the changesets of commits up to `through` (a snapshot's head) and

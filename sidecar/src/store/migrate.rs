@@ -51,6 +51,12 @@ pub fn derive(
             current.version
         ));
     }
+    if to_version - current.version > MAX_VERSION_STEP {
+        return Err(format!(
+            "the new schema version may be at most {MAX_VERSION_STEP} after the current one ({})",
+            current.version
+        ));
+    }
     if accepts_from > current.version {
         return Err(format!(
             "accepts_from can be at most the current version ({}): commits of the new version need no translation",
@@ -187,8 +193,42 @@ pub fn derive(
             "the migration uses something its structured form cannot express exactly".into(),
         );
     }
+    check_size(&target)?;
     m.tables = target.tables;
     Ok(m)
+}
+
+/// The largest schema a migration may make, as its structured JSON: each
+/// version is kept, sent to every device that migrates, and held in
+/// memory while its commits are accepted.
+pub const MAX_SCHEMA_BYTES: usize = 2 * 1024 * 1024;
+
+/// Most versions one migration may skip ahead.
+pub const MAX_VERSION_STEP: u32 = 1000;
+
+/// Most columns a table of a new schema may have: a device reads a row
+/// beside its base row in one statement, which SQLite bounds at 2,000
+/// columns by default.
+pub const MAX_NEW_COLUMNS: usize = 900;
+
+/// Refuses a new schema (a group's first, or one a migration makes) larger
+/// than [`MAX_SCHEMA_BYTES`] or with a table wider than
+/// [`MAX_NEW_COLUMNS`].
+pub fn check_size(s: &Schema) -> Result<(), String> {
+    if let Some(t) = s.tables.iter().find(|t| t.columns.len() > MAX_NEW_COLUMNS) {
+        return Err(format!(
+            "table {:?} would have {} columns; at most {MAX_NEW_COLUMNS} are allowed",
+            t.name,
+            t.columns.len()
+        ));
+    }
+    let n = serde_json::to_vec(&s.tables).map_or(usize::MAX, |v| v.len());
+    if n > MAX_SCHEMA_BYTES {
+        return Err(format!(
+            "the schema would take {n} bytes as structured data; at most {MAX_SCHEMA_BYTES} are allowed"
+        ));
+    }
+    Ok(())
 }
 
 fn over_budget(e: crate::sandbox::Exceeded) -> String {

@@ -59,24 +59,32 @@ pub struct GroupInfo {
     pub history: Vec<SchemaVersion>,
 }
 
-/// One version of a group's schema.
+/// One version of a group's schema. Its structure, DDL and migration are
+/// kept in memory only while commits of that version are still accepted
+/// (the window, the version in force included); older ones are read from
+/// the file when needed ([`schema_of`]), so an open group's memory does not
+/// grow with its history.
 pub struct SchemaVersion {
-    pub schema: Schema,
+    pub version: u32,
     pub hash: [u8; 32],
     /// The log entry that made it (0: the group's creation).
     pub seq: u64,
     /// The oldest version whose commits were accepted while it was the
     /// newest.
     pub accepts_from: u32,
+    /// The structure, inside the window.
+    pub schema: Option<Schema>,
+    /// The DDL it was made from, inside the window (else empty).
     pub ddl: String,
-    /// The migration that made it (none for the first version).
+    /// The migration that made it, inside the window (none for the first
+    /// version).
     pub migration: Option<Migration>,
 }
 
 impl SchemaVersion {
     pub fn json(&self) -> SchemaVersionJson {
         SchemaVersionJson {
-            version: self.schema.version,
+            version: self.version,
             seq: self.seq,
             hash: hex(&self.hash),
             accepts_from: self.accepts_from,
@@ -113,14 +121,14 @@ impl GroupInfo {
         let i = self
             .history
             .iter()
-            .position(|v| v.schema.version > version)
+            .position(|v| v.version > version)
             .unwrap_or(self.history.len());
         &self.history[i..]
     }
 
     /// A version of the schema, if the group had it.
     pub fn version(&self, version: u32) -> Option<&SchemaVersion> {
-        self.history.iter().find(|v| v.schema.version == version)
+        self.history.iter().find(|v| v.version == version)
     }
 
     pub fn table_sql(&self, name: &str) -> Option<&TableSql> {
@@ -131,7 +139,7 @@ impl GroupInfo {
     /// schema.
     pub fn genesis(&self) -> [u8; 32] {
         match self.history.first() {
-            Some(v) => genesis_hash(&self.id, v.schema.version, &v.hash),
+            Some(v) => genesis_hash(&self.id, v.version, &v.hash),
             None => genesis_hash(&self.id, self.schema.version, &self.schema_hash),
         }
     }
@@ -338,78 +346,128 @@ pub fn load_info(conn: &Connection) -> Result<GroupInfo> {
     Ok(GroupInfo::new(id, schema, history))
 }
 
-/// Every version of the schema, each checked against its hash and (after
-/// the first) made by its migration from the one before; the last must
-/// be `current`.
+/// Every version of the schema, oldest first: for each its hash, entry
+/// and window; for those inside the window in force, the structure
+/// (checked against its hash), the DDL and the migration (checked to make
+/// that structure from the one before). The last must be `current`.
 fn load_history(
     conn: &Connection,
     current: &Schema,
 ) -> std::result::Result<Vec<SchemaVersion>, String> {
+    let sqlerr = |e: rusqlite::Error| e.to_string();
+    let window: i64 = conn
+        .query_row(
+            "SELECT accepts_from FROM pdb_schemas ORDER BY version DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sqlerr)?;
+    let window = window.min(i64::from(current.version));
     let mut st = conn
         .prepare(
-            "SELECT s.version, s.seq, s.structure, s.hash, s.accepts_from, s.ddl, l.migration
+            "SELECT s.version, s.seq, s.hash, s.accepts_from,
+                    CASE WHEN s.version >= ?1 THEN s.structure END,
+                    CASE WHEN s.version >= ?1 THEN s.ddl ELSE '' END,
+                    CASE WHEN s.version >= ?1 THEN l.migration END
                FROM pdb_schemas s LEFT JOIN pdb_log l ON l.seq = s.seq AND s.seq > 0
               ORDER BY s.version",
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(sqlerr)?;
     let rows = st
-        .query_map([], |r| {
+        .query_map([window], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Vec<u8>>(3)?,
-                r.get::<_, i64>(4)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, Option<String>>(4)?,
                 r.get::<_, String>(5)?,
                 r.get::<_, Option<Vec<u8>>>(6)?,
             ))
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(sqlerr)?;
     let mut out: Vec<SchemaVersion> = Vec::new();
     for row in rows {
-        let (version, seq, structure, hash, accepts_from, ddl, migration) =
-            row.map_err(|e| e.to_string())?;
+        let (version, seq, hash, accepts_from, structure, ddl, migration) = row.map_err(sqlerr)?;
         let version = u32::try_from(version).map_err(|_| "bad schema version in history")?;
-        let tables = serde_json::from_str(&structure)
-            .map_err(|e| format!("schema version {version}: {e}"))?;
-        let schema = Schema::new(version, tables);
-        schema
-            .validate()
-            .map_err(|e| format!("schema version {version}: {e}"))?;
-        if schema.hash().to_vec() != hash {
-            return Err(format!("schema version {version} does not match its hash"));
-        }
-        let migration = match (out.last(), migration) {
-            (None, _) => None,
-            (Some(prev), Some(bytes)) => {
+        let hash: [u8; 32] = hash
+            .try_into()
+            .map_err(|_| format!("schema version {version}: bad hash"))?;
+        let schema = match structure {
+            None => None,
+            Some(text) => Some(structure_of(version, &text, &hash)?),
+        };
+        let migration = match (&schema, migration) {
+            (Some(schema), Some(bytes)) if seq > 0 => {
                 let m = Migration::decode(&bytes)
                     .map_err(|e| format!("the migration to version {version}: {e}"))?;
-                if m.apply_to(&prev.schema)? != schema {
+                let made = match out.last().and_then(|p| p.schema.as_ref()) {
+                    Some(prev) => m.apply_to(prev)?,
+                    None => m.schema(),
+                };
+                if &made != schema {
                     return Err(format!(
                         "the migration to version {version} does not make that version"
                     ));
                 }
                 Some(m)
             }
-            (Some(_), None) => {
+            (Some(_), None) if seq > 0 => {
                 return Err(format!(
                     "the migration to version {version} is not in the log"
                 ))
             }
+            _ => None,
         };
         out.push(SchemaVersion {
-            hash: schema.hash(),
-            schema,
+            version,
+            hash,
             seq: seq.max(0) as u64,
             accepts_from: u32::try_from(accepts_from).unwrap_or(0),
+            schema,
             ddl,
             migration,
         });
     }
     match out.last() {
-        Some(last) if &last.schema == current => Ok(out),
+        Some(last) if last.schema.as_ref() == Some(current) => Ok(out),
         _ => Err("the schema history does not end at the schema in force".into()),
     }
+}
+
+/// A stored structure, checked against the grammar and its hash.
+fn structure_of(version: u32, text: &str, hash: &[u8; 32]) -> std::result::Result<Schema, String> {
+    let tables =
+        serde_json::from_str(text).map_err(|e| format!("schema version {version}: {e}"))?;
+    let schema = Schema::new(version, tables);
+    schema
+        .validate()
+        .map_err(|e| format!("schema version {version}: {e}"))?;
+    if &schema.hash() != hash {
+        return Err(format!("schema version {version} does not match its hash"));
+    }
+    Ok(schema)
+}
+
+/// The group's schema at `version`, read from the file (for versions
+/// whose structure is not kept in memory).
+pub fn schema_of(conn: &Connection, version: u32) -> Result<Option<Schema>> {
+    let row: Option<(String, Vec<u8>)> = conn
+        .query_row(
+            "SELECT structure, hash FROM pdb_schemas WHERE version = ?1",
+            [version],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((text, hash)) = row else {
+        return Ok(None);
+    };
+    let hash: [u8; 32] = hash
+        .try_into()
+        .map_err(|_| StoreError::Corrupt(format!("schema version {version}: bad hash")))?;
+    structure_of(version, &text, &hash)
+        .map(Some)
+        .map_err(StoreError::Corrupt)
 }
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {

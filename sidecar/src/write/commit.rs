@@ -12,7 +12,7 @@ use ed25519_dalek::SigningKey;
 use pdb_protocol::records::Signed;
 use pdb_protocol::value::encode_values;
 use pdb_protocol::wire::{CommitResponse, Policy};
-use pdb_protocol::{now_ms, sha256, Changeset, CommitRecord, Invalid, Migration, Value};
+use pdb_protocol::{now_ms, sha256, Changeset, CommitRecord, Invalid, Migration, Schema, Value};
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub struct CommitInput {
@@ -55,14 +55,14 @@ fn db(context: &'static str) -> impl Fn(rusqlite::Error) -> ApiError {
     move |e| ApiError::sqlite(context, e)
 }
 
+/// Most migrations a `schema_mismatch` answer lists.
+const MISMATCH_MIGRATIONS: usize = 16;
+
 /// The schema version a commit was sealed on, when it is an older one
 /// the group still accepts (its commits are translated); `None` for the
 /// version in force. Any other is `schema_mismatch`, with the migrations
 /// a client needs to catch up.
-fn sealed_on<'a>(
-    info: &'a GroupInfo,
-    input: &CommitInput,
-) -> Result<Option<&'a SchemaVersion>, ApiError> {
+fn sealed_on<'a>(info: &'a GroupInfo, input: &CommitInput) -> Result<Option<&'a Schema>, ApiError> {
     if input.schema_version == info.schema.version && input.schema_hash == info.schema_hash {
         return Ok(None);
     }
@@ -71,13 +71,26 @@ fn sealed_on<'a>(
         .version(input.schema_version)
         .filter(|v| v.hash == input.schema_hash);
     match old {
-        Some(v) if v.schema.version >= accepts_from && v.schema.version < info.schema.version => {
-            Ok(Some(v))
-        }
+        Some(SchemaVersion {
+            version,
+            schema: Some(schema),
+            ..
+        }) if *version >= accepts_from && *version < info.schema.version => Ok(Some(schema)),
         _ => Err(ApiError::SchemaMismatch {
             expected: info.schema_json(),
             accepts_from,
-            migrations: info.since(input.schema_version).iter().map(|v| v.json()).collect(),
+            // The first few, without their DDL, so the answer stays small
+            // however long the history: the client reads the migrations
+            // themselves from GET .../migrations.
+            migrations: info
+                .since(input.schema_version)
+                .iter()
+                .take(MISMATCH_MIGRATIONS)
+                .map(|v| pdb_protocol::wire::SchemaVersionJson {
+                    ddl: String::new(),
+                    ..v.json()
+                })
+                .collect(),
             message: match old {
                 Some(_) => format!(
                     "the commit was sealed on schema version {}, which this group no longer accepts (it accepts versions {accepts_from} to {}): apply the migrations since, then seal it again",
@@ -98,17 +111,17 @@ fn sealed_on<'a>(
 fn translate(
     conn: &Connection,
     info: &GroupInfo,
-    old: &SchemaVersion,
+    old: &Schema,
     cs: &Changeset,
 ) -> Result<Changeset, ApiError> {
     let migrations: Vec<Migration> = info
-        .since(old.schema.version)
+        .since(old.version)
         .iter()
         .filter_map(|v| v.migration.clone())
         .collect();
     let out = pdb_protocol::migration::translate(
         cs,
-        &old.schema,
+        old,
         &migrations,
         &info.schema,
         &mut |d| pdb_protocol::migration::literal_value(d.as_deref()),
@@ -122,7 +135,7 @@ fn translate(
         key: None,
         message: format!(
             "sealed on schema version {}, it cannot be carried to version {}: {}",
-            old.schema.version, info.schema.version, u.message
+            old.version, info.schema.version, u.message
         ),
     })?;
     out.validate(&info.schema).map_err(invalid)?;
@@ -196,7 +209,7 @@ pub fn process(
             (cs, None)
         }
         Some(old) => {
-            cs.validate(&old.schema).map_err(invalid)?;
+            cs.validate(old).map_err(invalid)?;
             let out = translate(conn, info, old, &cs)?;
             let bytes = out.encode();
             (out, Some(bytes))

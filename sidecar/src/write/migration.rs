@@ -20,6 +20,9 @@ use pdb_protocol::wire::{MigrationResponse, SchemaJson};
 use pdb_protocol::{now_ms, sha256, Migration, MigrationRecord, Schema, SchemaOp, StateRoot};
 use rusqlite::{params, Connection, OptionalExtension};
 
+/// Most older schema versions a migration may keep accepting.
+pub const MAX_WINDOW: usize = 16;
+
 /// A projection's rebuild may take this many times a unit's budget (as
 /// when it is first defined).
 const REBUILD_BUDGETS: u32 = 10;
@@ -62,6 +65,19 @@ pub fn apply(
         return Err(ApiError::MigrationConflict(format!(
             "the migration was made for schema version {}, but the group is at version {} now: submit it again",
             m.from_version, info.schema.version
+        )));
+    }
+    // The versions whose commits stay accepted are kept in memory while
+    // the group is open: a bounded number of them.
+    let window = info
+        .history
+        .iter()
+        .filter(|v| v.version >= m.accepts_from)
+        .count();
+    if window > MAX_WINDOW {
+        return Err(ApiError::BadRequest(format!(
+            "accepts_from {} would keep {window} older schema versions accepted; at most {MAX_WINDOW} may be (raise accepts_from)",
+            m.accepts_from
         )));
     }
     let new = m.apply_to(&info.schema).map_err(ApiError::BadRequest)?;
@@ -177,30 +193,24 @@ fn replay(
     info: &GroupInfo,
     m: &Migration,
 ) -> Result<(MigrationResponse, GroupInfo), ApiError> {
-    let same = info
-        .version(m.to_version)
-        .and_then(|v| v.migration.as_ref())
-        .is_some_and(|done| done == m);
-    if !same {
+    let row: Option<(Vec<u8>, Vec<u8>, Vec<u8>)> = conn
+        .query_row(
+            "SELECT record, signature, migration FROM pdb_log WHERE idem_key = ?1",
+            [entry_key(m.to_version)],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()
+        .map_err(db("reading a migration"))?;
+    let done = row
+        .as_ref()
+        .and_then(|(_, _, bytes)| Migration::decode(bytes).ok());
+    let (Some((record, signature, _)), true) = (row, done.as_ref() == Some(m)) else {
         return Err(ApiError::MigrationConflict(format!(
             "the group's schema is already at version {}: a migration must make a later version",
             info.schema.version
         )));
-    }
-    let row: Option<(Vec<u8>, Vec<u8>)> = conn
-        .query_row(
-            "SELECT record, signature FROM pdb_log WHERE idem_key = ?1",
-            [entry_key(m.to_version)],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()
-        .map_err(db("reading a migration"))?;
-    let (record, signature) =
-        row.ok_or_else(|| ApiError::internal("reading a migration", "its log entry is missing"))?;
-    let schema = info
-        .version(m.to_version)
-        .map(|v| SchemaJson::new(&v.schema))
-        .unwrap_or_else(|| info.schema_json());
+    };
+    let schema = SchemaJson::new(&m.schema());
     let answer = MigrationResponse {
         replay: true,
         certificate: log::certificate_json(record, signature)?,
@@ -396,7 +406,7 @@ mod tests {
             author: "alice".into(),
             base_seq: head.seq,
             base_hash: head.hash,
-            schema_version: info.history[0].schema.version,
+            schema_version: info.history[0].version,
             schema_hash: info.history[0].hash,
             idempotency_key: k.into(),
             changeset: cs,
