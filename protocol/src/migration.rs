@@ -132,21 +132,7 @@ impl SchemaOp {
 /// A column definition as `ADD COLUMN` takes it: SQLite allows no
 /// parenthesised default there, so the default (a literal) goes bare.
 pub fn add_column_sql(c: &Column) -> String {
-    let mut d = quote_ident(&c.name);
-    if !c.decl_type.is_empty() {
-        d.push(' ');
-        d.push_str(&c.decl_type);
-    }
-    if c.not_null {
-        d.push_str(" NOT NULL");
-    }
-    if let Some(v) = &c.default {
-        d.push_str(&format!(" DEFAULT {v}"));
-    }
-    if let Some(coll) = &c.collation {
-        d.push_str(&format!(" COLLATE {coll}"));
-    }
-    d
+    crate::schema::column_sql(c, false)
 }
 
 /// Whether a default can stand bare in `ADD COLUMN`: a literal (a number

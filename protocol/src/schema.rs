@@ -377,27 +377,7 @@ impl Table {
 
     /// `CREATE TABLE` built from the structure (call on a validated one).
     pub fn create_sql(&self) -> String {
-        let mut parts: Vec<String> = self
-            .columns
-            .iter()
-            .map(|c| {
-                let mut d = quote_ident(&c.name);
-                if !c.decl_type.is_empty() {
-                    d.push(' ');
-                    d.push_str(&c.decl_type);
-                }
-                if c.not_null {
-                    d.push_str(" NOT NULL");
-                }
-                if let Some(v) = &c.default {
-                    d.push_str(&format!(" DEFAULT ({v})"));
-                }
-                if let Some(coll) = &c.collation {
-                    d.push_str(&format!(" COLLATE {coll}"));
-                }
-                d
-            })
-            .collect();
+        let mut parts: Vec<String> = self.columns.iter().map(|c| column_sql(c, true)).collect();
         let mut keys: Vec<&Column> = self.columns.iter().filter(|c| c.pk > 0).collect();
         keys.sort_by_key(|c| c.pk);
         let keys: Vec<String> = keys.iter().map(|c| quote_ident(&c.name)).collect();
@@ -791,6 +771,29 @@ impl Table {
     pub fn pk_flags(&self) -> Vec<u8> {
         self.columns.iter().map(|c| c.pk.min(255) as u8).collect()
     }
+}
+
+/// A column's definition in `CREATE TABLE` (the default in parentheses) or
+/// in `ALTER TABLE ... ADD COLUMN` (where SQLite takes no parenthesised
+/// default, so the default — a literal there — goes bare).
+pub(crate) fn column_sql(c: &Column, default_in_parens: bool) -> String {
+    let mut d = quote_ident(&c.name);
+    if !c.decl_type.is_empty() {
+        d.push(' ');
+        d.push_str(&c.decl_type);
+    }
+    if c.not_null {
+        d.push_str(" NOT NULL");
+    }
+    match (&c.default, default_in_parens) {
+        (Some(v), true) => d.push_str(&format!(" DEFAULT ({v})")),
+        (Some(v), false) => d.push_str(&format!(" DEFAULT {v}")),
+        (None, _) => {}
+    }
+    if let Some(coll) = &c.collation {
+        d.push_str(&format!(" COLLATE {coll}"));
+    }
+    d
 }
 
 #[cfg(test)]
