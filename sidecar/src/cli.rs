@@ -262,6 +262,13 @@ pub struct LimitArgs {
     /// time).
     #[arg(long, env = "PDB_WRITER_THREADS", default_value_t = 8)]
     writer_threads: usize,
+    /// Migrations a group may run back to back (then one per
+    /// --migration-every-secs; 429 with Retry-After meanwhile).
+    #[arg(long, env = "PDB_MIGRATION_BURST", default_value_t = 10)]
+    migration_burst: u32,
+    /// Seconds that earn a group one more migration.
+    #[arg(long, env = "PDB_MIGRATION_EVERY_SECS", default_value_t = 10)]
+    migration_every_secs: u64,
 }
 
 impl LimitArgs {
@@ -286,6 +293,8 @@ impl LimitArgs {
             max_open_groups: self.max_open_groups.max(1),
             group_idle: secs(self.group_idle_secs),
             writer_threads: self.writer_threads.max(1),
+            migration_burst: self.migration_burst.max(1),
+            migration_every: secs(self.migration_every_secs),
             ..Limits::default()
         }
     }

@@ -46,6 +46,9 @@ pub struct Env {
     pub metrics: Arc<Metrics>,
     /// The heads clients watch; the writer moves its group's.
     pub heads: Arc<crate::watch::Heads>,
+    /// Migrations back to back, then one per `migration_every`.
+    pub migration_burst: u32,
+    pub migration_every: std::time::Duration,
 }
 
 /// A read connection with the budget its admin SQL runs under.
@@ -76,19 +79,16 @@ pub struct Group {
     migration_turns: Mutex<Turns>,
 }
 
-/// A bucket of migration turns: [`MIGRATION_BURST`] at most, one more
-/// every [`MIGRATION_EVERY`].
+/// A bucket of migration turns: `burst` at most, one more every `every`
+/// (a migration rewrites whole tables inside a writer thread that every
+/// group shares, so one admin repeating large migrations could otherwise
+/// keep the writer pool busy).
 struct Turns {
     left: f64,
     at: std::time::Instant,
+    burst: f64,
+    every: std::time::Duration,
 }
-
-/// Migrations a group may run back to back.
-pub const MIGRATION_BURST: f64 = 10.0;
-/// Then one per this long: a migration rewrites whole tables inside a
-/// writer thread that every group shares, so one admin repeating large
-/// migrations could otherwise keep the writer pool busy.
-pub const MIGRATION_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Opens a connection to the group's file that runs admin SQL: temporary
 /// tables and sorts in memory (so the memory budget covers them, and no
@@ -149,8 +149,10 @@ impl Group {
             reads: Arc::new(tokio::sync::Semaphore::new(env.reads.max(1))),
             snapshot_lock: Mutex::new(()),
             migration_turns: Mutex::new(Turns {
-                left: MIGRATION_BURST,
+                left: env.migration_burst.into(),
                 at: std::time::Instant::now(),
+                burst: env.migration_burst.into(),
+                every: env.migration_every,
             }),
         })
     }
@@ -163,14 +165,16 @@ impl Group {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let now = std::time::Instant::now();
-        let earned = now.duration_since(t.at).as_secs_f64() / MIGRATION_EVERY.as_secs_f64();
-        t.left = (t.left + earned).min(MIGRATION_BURST);
+        let every = t.every.as_secs_f64().max(0.001);
+        let earned = now.duration_since(t.at).as_secs_f64() / every;
+        t.left = (t.left + earned).min(t.burst);
         t.at = now;
         if t.left < 1.0 {
-            let wait = ((1.0 - t.left) * MIGRATION_EVERY.as_secs_f64()).ceil() as u32;
+            let wait = ((1.0 - t.left) * every).ceil() as u32;
             return Err(ApiError::MigrationTooSoon {
                 message: format!(
-                    "this group has migrated {MIGRATION_BURST} times in quick succession; it may migrate again in {wait} s"
+                    "this group has migrated {} times in quick succession; it may migrate again in {wait} s",
+                    t.burst
                 ),
                 retry_after: wait.max(1),
             });

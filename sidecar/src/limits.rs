@@ -40,6 +40,11 @@ pub struct Limits {
     pub group_idle: Duration,
     /// Threads that run the groups' writers.
     pub writer_threads: usize,
+    /// Migrations a group may run back to back, then one per
+    /// `migration_every` (a migration rewrites whole tables in a writer
+    /// thread every group shares).
+    pub migration_burst: u32,
+    pub migration_every: Duration,
 }
 
 impl Default for Limits {
@@ -59,6 +64,8 @@ impl Default for Limits {
             max_open_groups: 1000,
             group_idle: Duration::from_secs(60),
             writer_threads: 8,
+            migration_burst: 10,
+            migration_every: Duration::from_secs(10),
         }
     }
 }

@@ -124,6 +124,8 @@ impl Witness {
             reserve_bytes: limits.reserve_bytes,
             reads: limits.group_reads,
             pool: Pool::start(limits.writer_threads),
+            migration_burst: limits.migration_burst,
+            migration_every: limits.migration_every,
         };
         let (tx, rx) = std::sync::mpsc::sync_channel::<Arc<Group>>(CLOSING);
         let closer = std::thread::Builder::new()

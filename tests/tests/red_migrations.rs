@@ -118,7 +118,12 @@ fn a_refused_migration_names_everything_that_must_change() {
 #[test]
 fn a_rule_defined_while_a_migration_lands_is_checked_on_the_schema_it_meets() {
     let dir = TempDir::new("redm-race");
-    let w = Arc::new(Witness::start(dir.path()));
+    // Twelve migrations back to back: more than a group's default burst.
+    let w = Arc::new(Witness::start_with(
+        dir.path(),
+        0,
+        &["--migration-burst", "100"],
+    ));
     let g = w.create_group(
         "g",
         "CREATE TABLE t(id INTEGER PRIMARY KEY, owner TEXT, body TEXT)",
