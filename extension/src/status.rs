@@ -52,7 +52,8 @@ pub fn status(db: Db) -> Result<Json> {
         "reason": reason,
         "blocked": blocked,
         "open_conflicts": open_conflicts,
-        "head_age_ms": verified_at.map(|t| (now_ms() as i64 - t).max(0)),
+        // How long ago this device last verified a signed head.
+        "verified_ago_ms": verified_at.map(|t| (now_ms() as i64 - t).max(0)),
         "group": l.group,
         "url": l.url,
         "policy": l.policy.name(),

@@ -402,6 +402,7 @@ fn status_says_healthy_waiting_or_blocked_and_the_heads_age() {
     let st = status(&a);
     assert_eq!(st["state"], "healthy", "{st}");
     assert!(st["head_age_ms"].as_i64().unwrap() >= 0, "{st}");
+    assert!(st["verified_ago_ms"].as_i64().unwrap() >= 0, "{st}");
     let port = s.w.port();
     s.w.kill9();
     a.exec("INSERT INTO people VALUES ('p1', 'a@x', 'Ann', '')");
