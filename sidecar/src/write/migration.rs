@@ -90,6 +90,12 @@ pub fn apply(
     let mut at = info.schema.clone();
     for op in &m.ops {
         change_tables(conn, &mut at, op, &mut root)?;
+        if let SchemaOp::DropTable { table } = op {
+            // The witness's own record of which commit last wrote each row
+            // (not part of the replica the verifier rebuilds).
+            conn.execute("DELETE FROM pdb_row_version WHERE tbl = ?1", [table])
+                .map_err(db("migrating the replica"))?;
+        }
     }
     let new_info = GroupInfo::new(info.id.clone(), new.clone(), Vec::new());
     // Everything the migration would break is named at once.
@@ -224,8 +230,10 @@ fn replay(
     Ok((answer, info))
 }
 
-/// Makes one operation's change to the replica, moving `root` by the rows
-/// it changes; `at` is the schema before it, and after it on return.
+/// Makes one operation's change to the replica's tables, moving `root` by
+/// the rows it changes; `at` is the schema before it, and after it on
+/// return. Only the group's own tables are touched (the verifier replays
+/// migrations with it into a database that has nothing else).
 pub fn change_tables(
     conn: &Connection,
     at: &mut Schema,
@@ -251,17 +259,10 @@ pub fn change_tables(
             ))
         })?;
     }
-    match op {
-        SchemaOp::AddColumn { .. } | SchemaOp::DropColumn { .. } => {
-            if let Some(t) = at.table(op.table()).map(TableSql::new) {
-                t.add_all(conn, root).map_err(&sql)?;
-            }
+    if matches!(op, SchemaOp::AddColumn { .. } | SchemaOp::DropColumn { .. }) {
+        if let Some(t) = at.table(op.table()).map(TableSql::new) {
+            t.add_all(conn, root).map_err(&sql)?;
         }
-        SchemaOp::DropTable { table } => {
-            conn.execute("DELETE FROM pdb_row_version WHERE tbl = ?1", [table])
-                .map_err(&sql)?;
-        }
-        _ => {}
     }
     Ok(())
 }
