@@ -9,7 +9,6 @@
 use crate::error::ApiError;
 use crate::jwt::Jwt;
 use crate::keys;
-use std::collections::HashMap;
 
 /// Roles in a group, each including the ones before it. A viewer reads
 /// projections only (all, or those named in its grant), never the log,
@@ -68,8 +67,8 @@ pub fn valid_token_identity(id: &str) -> bool {
 #[derive(Default)]
 pub struct Authenticator {
     pub admin_hash: [u8; 32],
-    /// SHA-256 of each static token → identity.
-    pub tokens: HashMap<[u8; 32], String>,
+    /// The static tokens (SHA-256 of each → identity).
+    pub tokens: crate::tokens::Tokens,
     pub jwt: Jwt,
 }
 
@@ -91,9 +90,9 @@ impl Authenticator {
                 operator: true,
             });
         }
-        if let Some(id) = self.tokens.get(&hash) {
+        if let Some(id) = self.tokens.identity(&hash) {
             return Ok(Caller {
-                identity: id.clone(),
+                identity: id,
                 operator: false,
             });
         }

@@ -92,33 +92,72 @@ enum Command {
         #[arg(long)]
         from: PathBuf,
     },
-    /// Make a static bearer token for an identity: printed once, only its
-    /// hash is stored (in the tokens file; restart the witness to use it).
+    /// Make a static bearer token for an identity (a device, a person):
+    /// printed once, only its hash is stored, and it works at once. With
+    /// --group and --role the identity gets that role in the group too.
+    /// On a running witness this goes through its API (with the admin
+    /// token); with the witness stopped, to the files directly.
     AddToken {
+        #[arg(long)]
+        identity: String,
+        /// A group to give the identity a role in.
+        #[arg(long, requires = "role")]
+        group: Option<String>,
+        /// viewer, reader, writer or admin (with --group).
+        #[arg(long, requires = "group")]
+        role: Option<String>,
+        /// Tokens file (default: DATA/tokens.json).
+        #[arg(long, env = "PDB_TOKENS_FILE")]
+        tokens_file: Option<PathBuf>,
+        #[command(flatten)]
+        running: RunningArgs,
+    },
+    /// Revoke every token of an identity, at once (its roles stay).
+    RevokeToken {
         #[arg(long)]
         identity: String,
         /// Tokens file (default: DATA/tokens.json).
         #[arg(long, env = "PDB_TOKENS_FILE")]
         tokens_file: Option<PathBuf>,
+        #[command(flatten)]
+        running: RunningArgs,
     },
-    /// Give an identity a role in a group (witness stopped; or use
-    /// PUT /v1/groups/<g>/members/<identity>).
+    /// Give an identity a role in a group (on a running witness through
+    /// its API, with the admin token).
     Grant {
         #[arg(long)]
         group: String,
         #[arg(long)]
         identity: String,
-        /// reader, writer or admin.
+        /// viewer, reader, writer or admin.
         #[arg(long)]
         role: String,
+        #[command(flatten)]
+        running: RunningArgs,
     },
-    /// Take an identity's role in a group away (witness stopped).
+    /// Take an identity's role in a group away (on a running witness
+    /// through its API, with the admin token).
     Revoke {
         #[arg(long)]
         group: String,
         #[arg(long)]
         identity: String,
+        #[command(flatten)]
+        running: RunningArgs,
     },
+}
+
+/// How a command reaches a running witness (used only when one holds the
+/// data directory).
+#[derive(clap::Args)]
+pub struct RunningArgs {
+    /// The running witness's URL (default: the one it wrote to
+    /// DATA/url when it started).
+    #[arg(long, env = "PDB_WITNESS_URL")]
+    url: Option<String>,
+    /// The running witness's admin token.
+    #[arg(long, env = "PDB_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -330,14 +369,27 @@ impl Cli {
             Some(Command::Verify { group }) => verify_groups(data, group.as_deref()),
             Some(Command::AddToken {
                 identity,
+                group,
+                role,
                 tokens_file,
-            }) => add_token(data, &identity, tokens_file),
+                running,
+            }) => add_token(data, &identity, group.zip(role), tokens_file, &running),
+            Some(Command::RevokeToken {
+                identity,
+                tokens_file,
+                running,
+            }) => revoke_token(data, &identity, tokens_file, &running),
             Some(Command::Grant {
                 group,
                 identity,
                 role,
-            }) => change_role(data, &group, &identity, Some(&role)),
-            Some(Command::Revoke { group, identity }) => change_role(data, &group, &identity, None),
+                running,
+            }) => change_role(data, &group, &identity, Some(&role), &running),
+            Some(Command::Revoke {
+                group,
+                identity,
+                running,
+            }) => change_role(data, &group, &identity, None, &running),
             Some(Command::RotateKey) => rotate_key(data),
             Some(Command::Backup { to, tokens_file }) => {
                 let m = crate::backup::backup(data, &to, tokens_file.as_deref())?;
@@ -379,6 +431,16 @@ fn init_logs(format: &str) {
 /// Holds an exclusive lock on the data directory while serving, so offline
 /// commands never write under a running witness.
 fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, String> {
+    try_lock_data_dir(data_dir)?.ok_or_else(|| {
+        format!(
+            "{} is in use by a running witness (stop it, or use its HTTP API)",
+            data_dir.display()
+        )
+    })
+}
+
+/// The data directory's lock, or `None` while a running witness holds it.
+fn try_lock_data_dir(data_dir: &Path) -> Result<Option<std::fs::File>, String> {
     std::fs::create_dir_all(data_dir)
         .map_err(|e| format!("creating {}: {e}", data_dir.display()))?;
     let f = std::fs::OpenOptions::new()
@@ -387,13 +449,103 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, String> {
         .write(true)
         .open(data_dir.join("LOCK"))
         .map_err(|e| e.to_string())?;
-    f.try_lock().map_err(|_| {
-        format!(
-            "{} is in use by a running witness (stop it, or use its HTTP API)",
-            data_dir.display()
-        )
-    })?;
-    Ok(f)
+    Ok(f.try_lock().is_ok().then_some(f))
+}
+
+/// Where a running witness serving `data_dir` said it listens.
+const URL_FILE: &str = "url";
+
+/// A running witness, reached over its API with the admin token.
+struct Running {
+    url: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+impl Running {
+    fn new(data_dir: &Path, args: &RunningArgs) -> Result<Running, String> {
+        let url = match &args.url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => std::fs::read_to_string(data_dir.join(URL_FILE))
+                .map(|u| u.trim().to_string())
+                .map_err(|e| {
+                    format!(
+                        "a running witness holds {} but its URL is unknown ({}: {e}): give it with --url or PDB_WITNESS_URL",
+                        data_dir.display(),
+                        data_dir.join(URL_FILE).display()
+                    )
+                })?,
+        };
+        let token = args.admin_token.clone().filter(|t| !t.is_empty()).ok_or_else(|| {
+            format!(
+                "a witness is running on {} ({url}): this goes through its API, which needs its admin token — set PDB_ADMIN_TOKEN (or pass --admin-token), or stop the witness to change the files directly",
+                data_dir.display()
+            )
+        })?;
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(60)))
+            .build()
+            .into();
+        Ok(Running { url, token, agent })
+    }
+
+    /// One call; the answer's JSON, or its error's code and message.
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, String> {
+        let url = format!("{}{path}", self.url);
+        let auth = format!("Bearer {}", self.token);
+        let sent = match (method, body) {
+            ("DELETE", _) => self
+                .agent
+                .delete(&url)
+                .header("Authorization", &auth)
+                .call(),
+            ("PUT", Some(b)) => self
+                .agent
+                .put(&url)
+                .header("Authorization", &auth)
+                .send_json(b),
+            (_, Some(b)) => self
+                .agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .send_json(b),
+            (_, None) => self.agent.get(&url).header("Authorization", &auth).call(),
+        };
+        let mut resp = sent.map_err(|e| {
+            format!(
+                "the witness at {} did not answer: {e} (is --url / DATA/url right?)",
+                self.url
+            )
+        })?;
+        let status = resp.status().as_u16();
+        let v: serde_json::Value = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 20)
+            .read_json()
+            .map_err(|e| format!("unreadable answer from {}: HTTP {status}: {e}", self.url))?;
+        if (200..300).contains(&status) {
+            return Ok(v);
+        }
+        let code = v["error"]["code"].as_str().unwrap_or("error");
+        let message = v["error"]["message"].as_str().unwrap_or("");
+        Err(if status == 401 {
+            format!("{code}: {message} (the admin token given is not this witness's: set PDB_ADMIN_TOKEN to the one it printed on first start)")
+        } else {
+            format!("{code}: {message}")
+        })
+    }
+}
+
+/// An identity as one path segment.
+fn segment(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), String> {
@@ -416,7 +568,7 @@ fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), String> {
         data_dir: data_dir.to_path_buf(),
         auth: Authenticator {
             admin_hash: token_hash,
-            tokens: tokens::load(&tokens_path(data_dir, args.tokens_file.clone()))?,
+            tokens: tokens::Tokens::open(&tokens_path(data_dir, args.tokens_file.clone()))?,
             jwt: Jwt::new(jwt_issuers(&args)?)?,
         },
         max_body_bytes: args.max_body_bytes.max(1024),
@@ -455,6 +607,15 @@ fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), String> {
             .map_err(|e| format!("binding {addr}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let url = format!("{scheme}://{addr}");
+        // Where commands run on this host reach it (add-token, grant...).
+        let local = match addr.ip() {
+            std::net::IpAddr::V4(ip) if ip.is_unspecified() => format!("{scheme}://127.0.0.1:{}", addr.port()),
+            std::net::IpAddr::V6(ip) if ip.is_unspecified() => format!("{scheme}://[::1]:{}", addr.port()),
+            _ => url.clone(),
+        };
+        if let Err(e) = keys::write_private(&data_dir.join(URL_FILE), &local) {
+            tracing::warn!(error = %e, "could not write DATA/url (commands on this host then need --url)");
+        }
         println!("PersonalDB witness listening on {url}");
         println!("  data directory: {}", data_dir.display());
         println!(
@@ -472,6 +633,10 @@ fn serve(data_dir: &Path, args: ServeArgs) -> Result<(), String> {
         println!("Create a group:");
         println!(
             "  curl -s -H \"Authorization: Bearer $PDB_ADMIN_TOKEN\" {url}/v1/groups \\\n    -d '{{\"group\":\"tasks\",\"schema_sql\":\"CREATE TABLE tasks(id TEXT PRIMARY KEY, title TEXT, done INTEGER)\"}}'"
+        );
+        println!("Make a token for a device (a writer in that group; never give a device the admin token):");
+        println!(
+            "  curl -s -H \"Authorization: Bearer $PDB_ADMIN_TOKEN\" {url}/v1/tokens \\\n    -d '{{\"identity\":\"phone\",\"group\":\"tasks\",\"role\":\"writer\"}}'"
         );
         use std::io::Write;
         let _ = std::io::stdout().flush();
@@ -665,15 +830,65 @@ fn tokens_path(data_dir: &Path, file: Option<PathBuf>) -> PathBuf {
     file.unwrap_or_else(|| data_dir.join("tokens.json"))
 }
 
-fn add_token(data_dir: &Path, identity: &str, file: Option<PathBuf>) -> Result<(), String> {
-    std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
+fn add_token(
+    data_dir: &Path,
+    identity: &str,
+    grant: Option<(String, String)>,
+    file: Option<PathBuf>,
+    running: &RunningArgs,
+) -> Result<(), String> {
+    let Some(lock) = try_lock_data_dir(data_dir)? else {
+        let r = Running::new(data_dir, running)?;
+        let mut body = serde_json::json!({ "identity": identity });
+        if let Some((g, role)) = &grant {
+            body["group"] = serde_json::json!(g);
+            body["role"] = serde_json::json!(role);
+        }
+        let v = r.call("POST", "/v1/tokens", Some(body))?;
+        println!("{}", v["token"].as_str().unwrap_or_default());
+        eprintln!("{}", made(identity, &grant, &r.url));
+        return Ok(());
+    };
+    if let Some((g, role)) = &grant {
+        change_role_offline(data_dir, g, identity, Some(role))?;
+    }
+    // (The lock is held throughout.)
     let path = tokens_path(data_dir, file);
-    let token = tokens::add(&path, identity)?;
+    let token = tokens::Tokens::open(&path)?.add(identity)?;
+    drop(lock);
     println!("{token}");
     eprintln!(
-        "token for {identity:?} stored (hashed) in {}; shown once",
+        "{} (stored hashed in {})",
+        made(identity, &grant, &data_dir.display().to_string()),
         path.display()
     );
+    Ok(())
+}
+
+fn made(identity: &str, grant: &Option<(String, String)>, at: &str) -> String {
+    match grant {
+        Some((g, role)) => format!("token for {identity:?} ({role} in group {g:?}) made at {at}; shown once, works now"),
+        None => format!("token for {identity:?} made at {at}; shown once, works now (give it a role: pdb-witness grant)"),
+    }
+}
+
+fn revoke_token(
+    data_dir: &Path,
+    identity: &str,
+    file: Option<PathBuf>,
+    running: &RunningArgs,
+) -> Result<(), String> {
+    let Some(_lock) = try_lock_data_dir(data_dir)? else {
+        let r = Running::new(data_dir, running)?;
+        let v = r.call("DELETE", &format!("/v1/tokens/{}", segment(identity)), None)?;
+        println!("revoked {} token(s) of {identity:?}", v["revoked"]);
+        return Ok(());
+    };
+    let n = tokens::Tokens::open(&tokens_path(data_dir, file))?.revoke(identity)?;
+    if n == 0 {
+        return Err(format!("no tokens for identity {identity:?}"));
+    }
+    println!("revoked {n} token(s) of {identity:?}");
     Ok(())
 }
 
@@ -682,8 +897,32 @@ fn change_role(
     group: &str,
     identity: &str,
     role: Option<&str>,
+    running: &RunningArgs,
 ) -> Result<(), String> {
-    let _lock = lock_data_dir(data_dir)?;
+    let Some(_lock) = try_lock_data_dir(data_dir)? else {
+        let r = Running::new(data_dir, running)?;
+        let path = format!(
+            "/v1/groups/{}/members/{}",
+            segment(group),
+            segment(identity)
+        );
+        let v = match role {
+            Some(role) => r.call("PUT", &path, Some(serde_json::json!({ "role": role })))?,
+            None => r.call("DELETE", &path, None)?,
+        };
+        println!("{v}");
+        return Ok(());
+    };
+    change_role_offline(data_dir, group, identity, role)
+}
+
+/// Changes a role with the witness stopped (the caller holds the lock).
+fn change_role_offline(
+    data_dir: &Path,
+    group: &str,
+    identity: &str,
+    role: Option<&str>,
+) -> Result<(), String> {
     let w = offline_witness(data_dir)?;
     let g = w.group(group).map_err(|e| e.to_string())?;
     let operator = Caller {

@@ -315,12 +315,14 @@ impl Witness {
 }
 
 /// `pdb-witness add-token`: a static token for `identity` (its hash goes
-/// to the tokens file under `data`; the witness reads it at start).
+/// to the tokens file under `data`; a witness running there makes it
+/// through its API, with the admin token [`TOKEN`]).
 pub fn add_token(data: &Path, identity: &str) -> String {
     let out = Command::new(target_binary("pdb-witness"))
         .arg("--data-dir")
         .arg(data)
         .args(["add-token", "--identity", identity])
+        .env("PDB_ADMIN_TOKEN", TOKEN)
         .output()
         .expect("run add-token");
     assert!(

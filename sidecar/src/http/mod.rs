@@ -16,6 +16,7 @@ mod projections;
 pub mod route;
 mod snapshots;
 pub mod tls;
+mod tokens;
 
 use crate::error::ApiError;
 use crate::witness::Witness;
@@ -285,5 +286,7 @@ async fn answer(w: Arc<Witness>, req: Request<Incoming>, peer: IpAddr) -> Answer
         Route::Projections(g) => projections::list(&call, &g).await,
         Route::Projection(g, name) => projections::one(&mut call, &g, &name).await,
         Route::Migrations(g) => migrations::handle(&mut call, &g).await,
+        Route::Tokens => tokens::collection(&mut call).await,
+        Route::Token(who) => tokens::one(&mut call, &who).await,
     }
 }

@@ -31,6 +31,10 @@ pub enum Route {
     Projection(String, String),
     /// `/v1/groups/<g>/migrations`: migrate (admin), list (readers).
     Migrations(String),
+    /// `/v1/tokens`: make, list static tokens (the operator).
+    Tokens,
+    /// `/v1/tokens/<identity>`: revoke (the operator).
+    Token(String),
 }
 
 impl Route {
@@ -75,6 +79,8 @@ impl Route {
             ["v1", "groups", g, "projections"] => Route::Projections(s(g)),
             ["v1", "groups", g, "projections", n] => Route::Projection(s(g), s(n)),
             ["v1", "groups", g, "migrations"] => Route::Migrations(s(g)),
+            ["v1", "tokens"] => Route::Tokens,
+            ["v1", "tokens", who] => Route::Token(s(who)),
             _ => return None,
         })
     }
@@ -100,6 +106,8 @@ impl Route {
             Route::Projections(_) => "projections",
             Route::Projection(..) => "projection",
             Route::Migrations(_) => "migrations",
+            Route::Tokens => "tokens",
+            Route::Token(_) => "token",
         }
     }
 
@@ -142,6 +150,14 @@ mod tests {
             Some(Route::Migrations("g-x".into()))
         );
         assert_eq!(Route::parse(&get, "/v1/groups/g/members/%FF"), None);
+        assert_eq!(
+            Route::parse(&Method::POST, "/v1/tokens"),
+            Some(Route::Tokens)
+        );
+        assert_eq!(
+            Route::parse(&Method::DELETE, "/v1/tokens/phone-1"),
+            Some(Route::Token("phone-1".into()))
+        );
         assert_eq!(Route::parse(&get, "/v1/groups/g/head/extra"), None);
     }
 }

@@ -1,0 +1,174 @@
+//! A newcomer's first hour: device tokens made on a running witness,
+//! re-opening and opening at the group's schema, errors that name the fix.
+
+use pdb_e2e::*;
+use serde_json::json;
+use std::process::Command;
+
+const DDL: &str = "CREATE TABLE tasks(id TEXT PRIMARY KEY, title TEXT, done INTEGER)";
+
+fn witness_cli(data: &std::path::Path, args: &[&str], admin: Option<&str>) -> std::process::Output {
+    let mut cmd = Command::new(target_binary("pdb-witness"));
+    cmd.arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .env_remove("PDB_ADMIN_TOKEN");
+    if let Some(t) = admin {
+        cmd.env("PDB_ADMIN_TOKEN", t);
+    }
+    cmd.output().expect("run pdb-witness")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).trim().to_string()
+}
+
+#[test]
+fn a_running_witness_makes_and_revokes_device_tokens_and_grants_roles_without_a_restart() {
+    let dir = TempDir::new("tokens-live");
+    let data = dir.path().join("data");
+    let w = Witness::start(dir.path());
+    w.create_group("tasks", DDL);
+
+    // Over the API, in one call: a writer token for a device.
+    let r = w.post(
+        "/v1/tokens",
+        &json!({"identity": "phone", "group": "tasks", "role": "writer"}),
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    let phone = r.body["token"].as_str().expect("token").to_string();
+    assert_eq!(r.body["role"], "writer");
+    // Only its hash is kept.
+    let file = std::fs::read_to_string(data.join("tokens.json")).unwrap();
+    assert!(!file.contains(&phone), "the token itself is stored");
+    assert!(file.contains(&pdb_protocol::hex(&pdb_protocol::sha256(phone.as_bytes()))));
+
+    // A device uses it at once: open, write, sync.
+    let d = Device::new(&dir.path().join("phone.db"));
+    d.call(&format!(
+        "pdb_open('{}', 'tasks', json_object('token', '{phone}'))",
+        w.url
+    ))
+    .expect("open with the new token");
+    d.exec("INSERT INTO tasks VALUES ('p1', 'from the phone', 0)");
+    assert_eq!(d.sync().expect("sync")["pushed"], 1);
+
+    // The command line against the running witness, with the admin token.
+    let out = witness_cli(
+        &data,
+        &[
+            "add-token",
+            "--identity",
+            "laptop",
+            "--group",
+            "tasks",
+            "--role",
+            "reader",
+        ],
+        Some(TOKEN),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let laptop = text(&out.stdout);
+    assert_eq!(
+        w.request("GET", "/v1/groups/tasks/head", Some(&laptop), None)
+            .status,
+        200
+    );
+    assert_eq!(
+        w.request("POST", "/v1/groups/tasks/snapshots", Some(&laptop), None)
+            .status,
+        403,
+        "a reader"
+    );
+    let out = witness_cli(
+        &data,
+        &[
+            "grant",
+            "--group",
+            "tasks",
+            "--identity",
+            "laptop",
+            "--role",
+            "admin",
+        ],
+        Some(TOKEN),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        w.request("POST", "/v1/groups/tasks/snapshots", Some(&laptop), None)
+            .status,
+        201,
+        "an admin now, without a restart"
+    );
+
+    // Deny by default: only the operator mints tokens, not a group's admin.
+    let r = w.request(
+        "POST",
+        "/v1/tokens",
+        Some(&laptop),
+        Some(&json!({"identity": "mallory", "group": "tasks", "role": "admin"})),
+    );
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("operator"),
+        "{r:?}"
+    );
+    assert_eq!(
+        w.request("GET", "/v1/tokens", Some(&phone), None).status,
+        403
+    );
+
+    // Without the admin token the command says what it needs, and makes nothing.
+    let out = witness_cli(&data, &["add-token", "--identity", "tablet"], None);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("PDB_ADMIN_TOKEN"),
+        "{}",
+        text(&out.stderr)
+    );
+    let list = w.get("/v1/tokens");
+    assert_eq!(
+        list.body["tokens"],
+        json!([{"identity": "laptop", "tokens": 1}, {"identity": "phone", "tokens": 1}]),
+        "{list:?}"
+    );
+
+    // A token added to the file by another tool works at once too.
+    let by_hand = "pdb_made-by-hand-0123456789abcdef";
+    let mut entries: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("tokens.json")).unwrap()).unwrap();
+    entries.as_array_mut().unwrap().push(json!({
+        "identity": "phone",
+        "sha256": pdb_protocol::hex(&pdb_protocol::sha256(by_hand.as_bytes())),
+    }));
+    std::fs::write(data.join("tokens.json"), entries.to_string()).unwrap();
+    assert_eq!(
+        w.request("GET", "/v1/groups/tasks/head", Some(by_hand), None)
+            .status,
+        200
+    );
+
+    // Revoked from the command line: refused at once, and the device's
+    // sync stops saying so.
+    let out = witness_cli(&data, &["revoke-token", "--identity", "phone"], Some(TOKEN));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("revoked 2"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        w.request("GET", "/v1/groups/tasks/head", Some(&phone), None)
+            .status,
+        401
+    );
+    d.exec("INSERT INTO tasks VALUES ('p2', 'after the revoke', 0)");
+    let e = d.sync().expect_err("revoked");
+    assert!(e.contains("unauthorized"), "{e}");
+    // Revoking again names what is wrong.
+    let r = w.request("DELETE", "/v1/tokens/phone", Some(TOKEN), None);
+    assert_eq!(r.status, 404, "{r:?}");
+}
