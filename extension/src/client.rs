@@ -25,8 +25,10 @@ pub trait WitnessApi {
     fn witness(&self) -> Result<WitnessJson>;
     /// The group's schema and signed head.
     fn group(&self) -> Result<GroupJson>;
-    /// Log entries after `after`, at most `limit`, with the signed head.
-    fn commits(&self, after: u64, limit: u32) -> Result<CommitsPage>;
+    /// Log entries after `after`, at most `limit`, with the signed head;
+    /// with `after_hash`, `unknown_head` when the witness's history does
+    /// not hold that hash at `after`.
+    fn commits(&self, after: u64, after_hash: Option<[u8; 32]>, limit: u32) -> Result<CommitsPage>;
     /// Submits a commit; a replay answers with the original certificate.
     /// Asks for the minimal answer (signed records only).
     fn commit(&self, req: &CommitRequest) -> Result<MinimalCommitResponse>;
@@ -56,6 +58,9 @@ enum Endpoint<'a> {
     },
     Commits {
         after: u64,
+        /// The hash this side holds at `after`: a witness whose history
+        /// does not hold it answers `unknown_head`.
+        after_hash: Option<[u8; 32]>,
         limit: u32,
     },
     Commit,
@@ -82,9 +87,17 @@ impl Endpoint<'_> {
             Endpoint::Witness => "/v1/witness".into(),
             Endpoint::Group => g,
             Endpoint::Head { after, wait } => format!("{g}/head?after={after}&wait={wait}"),
-            Endpoint::Commits { after, limit } => {
-                format!("{g}/commits?after={after}&limit={limit}")
-            }
+            Endpoint::Commits {
+                after,
+                after_hash,
+                limit,
+            } => match after_hash {
+                Some(h) => format!(
+                    "{g}/commits?after={after}&after_hash={}&limit={limit}",
+                    pdb_protocol::hex(h)
+                ),
+                None => format!("{g}/commits?after={after}&limit={limit}"),
+            },
             Endpoint::Commit => format!("{g}/commits"),
             Endpoint::Migrations { after_version } => {
                 format!("{g}/migrations?after_version={after_version}")
@@ -301,9 +314,13 @@ impl WitnessApi for HttpWitness {
         self.get(Endpoint::Group, "malformed group head")
     }
 
-    fn commits(&self, after: u64, limit: u32) -> Result<CommitsPage> {
+    fn commits(&self, after: u64, after_hash: Option<[u8; 32]>, limit: u32) -> Result<CommitsPage> {
         self.get(
-            Endpoint::Commits { after, limit },
+            Endpoint::Commits {
+                after,
+                after_hash,
+                limit,
+            },
             "the witness sent a malformed page",
         )
     }

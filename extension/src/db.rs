@@ -214,12 +214,22 @@ impl Db {
 pub struct Owned(Db);
 
 const SQLITE_OPEN_READWRITE: c_int = 0x0000_0002;
+const SQLITE_OPEN_CREATE: c_int = 0x0000_0004;
 const SQLITE_OPEN_NOMUTEX: c_int = 0x0000_8000;
 
 impl Owned {
     /// Opens `path` read-write (never creating it), waiting up to
     /// `busy_ms` for locks other connections hold.
     pub fn open(path: &str, busy_ms: i32) -> Result<Owned> {
+        Owned::open_flags(path, busy_ms, 0)
+    }
+
+    /// [`Owned::open`], creating the file when it does not exist.
+    pub fn create(path: &str, busy_ms: i32) -> Result<Owned> {
+        Owned::open_flags(path, busy_ms, SQLITE_OPEN_CREATE)
+    }
+
+    fn open_flags(path: &str, busy_ms: i32, extra: c_int) -> Result<Owned> {
         let (open, busy) = (api!(open_v2), api!(busy_timeout));
         let c = CString::new(path).map_err(|_| Error::invalid("path contains a NUL byte"))?;
         let mut raw: *mut sqlite3 = std::ptr::null_mut();
@@ -229,7 +239,7 @@ impl Owned {
             open(
                 c.as_ptr(),
                 &mut raw,
-                SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
+                SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | extra,
                 std::ptr::null(),
             )
         };

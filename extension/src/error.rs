@@ -253,7 +253,7 @@ impl Error {
                     r.body.message
                 ),
                 (_, "unknown_head") => format!(
-                    "unknown_head: {} (sync stopped: the witness's history does not hold this database's head — restored from an older backup? see docs/operations.md, \"Devices that synced past the backup point\")",
+                    "unknown_head: {} (sync stopped: the witness's history does not hold this database's head — restored from an older backup? pdb_status().restored says what to do: pdb_recover('recommit') on the device that synced last, then pdb_recover('in_place') on the others; docs/operations.md)",
                     r.body.message
                 ),
                 (_, "schema_mismatch") => format!(

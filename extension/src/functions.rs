@@ -114,6 +114,13 @@ fn migrate_fn(db: Db, args: &[*mut sqlite3_value]) -> Result<String, Error> {
     Ok(crate::migrate::submit(db, &ddl, opts.as_deref())?.to_string())
 }
 
+fn recover_fn(db: Db, args: &[*mut sqlite3_value]) -> Result<String, Error> {
+    let mode = required(args, 0, "mode: 'recommit' or 'in_place'")?;
+    // One sync at a time per file in this process (the worker's too).
+    let _one = db.file()?.map(|f| crate::worker::sync_lock(&f));
+    Ok(crate::recover::recover(db, &mode)?.to_string())
+}
+
 fn head(db: Db, _: &[*mut sqlite3_value]) -> Result<String, Error> {
     Ok(status::head(db)?.to_string())
 }
@@ -144,6 +151,7 @@ pub fn register(db: *mut sqlite3) -> sqlite_loadable::Result<()> {
         ("pdb_resolve", 2, resolve_fn, stateful),
         ("pdb_migrate", 1, migrate_fn, stateful),
         ("pdb_migrate", 2, migrate_fn, stateful),
+        ("pdb_recover", 1, recover_fn, stateful),
         ("pdb_head", 0, head, stateful),
         ("pdb_status", 0, status_fn, stateful),
         ("pdb_verify", 0, verify, stateful),

@@ -22,6 +22,7 @@ mod projection;
 mod pull;
 mod push;
 mod rebase;
+mod recover;
 mod resolve;
 mod seal;
 mod signed;

@@ -57,8 +57,12 @@ pub fn pull_then(l0: &Local, w: &dyn WitnessApi, synced: bool) -> Result<Pulled>
     let mut reloaded: Option<Local> = None;
     loop {
         let l = reloaded.as_ref().unwrap_or(l0);
-        let after = l.head()?.seq;
-        let page = match w.commits(after, PAGE) {
+        let at = l.head()?;
+        let after = at.seq;
+        // The hash too: a witness whose history does not hold it (restored
+        // from an older backup, then moved on) says `unknown_head`.
+        let after_hash = (after > 0).then_some(at.hash);
+        let page = match w.commits(after, after_hash, PAGE) {
             Ok(p) => p,
             Err(e) if e.is_rejection("snapshot_required") => {
                 // The log after our head is gone: restart from a snapshot,

@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../sql/extension/002_never_stuck.sql"),
     include_str!("../../sql/extension/003_migrations.sql"),
     include_str!("../../sql/extension/004_live.sql"),
+    include_str!("../../sql/extension/005_recover.sql"),
 ];
 
 /// Creates or updates the extension's tables (idempotent).

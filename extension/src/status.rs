@@ -74,6 +74,9 @@ pub fn status(db: Db) -> Result<Json> {
         "head_age_ms": state::get_i64(&db, "head_time_ms")?
             .map(|t| (pdb_protocol::now_ms() as i64 - t).max(0)),
         "bootstrap": crate::bootstrap::progress(&l),
+        // What the last unknown_head showed (the witness restored from an
+        // older backup), and which pdb_recover to run; null otherwise.
+        "restored": crate::recover::status(&db)?,
         "conflicts": conflicts,
         // This process's background worker for the file, if one runs.
         "worker": crate::worker::status(&db)?,
@@ -101,10 +104,7 @@ fn at_a_glance(
                 "blocked",
                 "fix the token (pdb_open again with a valid one) or the caller's role on the witness; sync resumes once it is allowed",
             ),
-            (_, "unknown_head") => (
-                "blocked",
-                "the witness went back to an older backup: copy this database's changes made since then into a fresh database opened against the witness (docs/operations.md)",
-            ),
+            (_, "unknown_head") => ("blocked", crate::recover::advice()),
             (_, "schema_mismatch") => (
                 "blocked",
                 "this database's schema is not one the group ever had: open a fresh database for the group",

@@ -50,9 +50,10 @@ pub fn sync_with(l: &Local, w: &dyn WitnessApi) -> Result<Json> {
 
 /// A failed sync is told by what happened and kept for `pdb_status`.
 fn finish(l: &Local, result: Result<Json>) -> Result<Json> {
-    result
-        .map_err(Error::classified)
-        .inspect_err(|e| state::record_error(&l.db, e))
+    result.map_err(Error::classified).inspect_err(|e| {
+        state::record_error(&l.db, e);
+        crate::recover::assess(l, e);
+    })
 }
 
 /// One pdb_sync's work and what it has done so far.

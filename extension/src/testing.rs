@@ -416,7 +416,12 @@ impl WitnessApi for FakeWitness {
         })
     }
 
-    fn commits(&self, after: u64, limit: u32) -> Result<CommitsPage> {
+    fn commits(
+        &self,
+        after: u64,
+        _after_hash: Option<[u8; 32]>,
+        limit: u32,
+    ) -> Result<CommitsPage> {
         self.pages_read.set(self.pages_read.get() + 1);
         let head = self.head();
         let mut commits: Vec<LogEntryJson> = self

@@ -453,6 +453,8 @@ fn fingerprint(db: &Db) -> String {
         get("app_schema_min"),
         get("app_schema_max"),
         get("schema_version"),
+        // pdb_recover moves the head to the witness's history.
+        get("head_hash"),
     ]
     .join("|")
 }
