@@ -27,6 +27,9 @@ pub struct OpenOptions {
     pub store_token: bool,
     /// The schema versions the app's code understands (`None`: any).
     pub schema_versions: Option<(u32, u32)>,
+    /// The options the call named; a re-open keeps what was stored for
+    /// the others.
+    pub given: Vec<String>,
 }
 
 const OPTIONS: &[&str] = &[
@@ -117,7 +120,73 @@ pub fn parse_options(s: Option<&str>) -> Result<OpenOptions> {
                 Error::invalid("max_head_age_ms must be a number of milliseconds (0: no bound)")
             })?,
         },
+        given: obj.keys().cloned().collect(),
     })
+}
+
+impl OpenOptions {
+    fn given(&self, k: &str) -> bool {
+        self.given.iter().any(|g| g == k)
+    }
+
+    /// On a database opened before, every option this call does not name
+    /// keeps its stored value (the token — this process's, or the stored
+    /// one —, whether it is stored, the policy, the transport, the head
+    /// age bound, the app's schema versions), so re-opening with one new
+    /// option changes only that one. Then a token must be known.
+    fn keep_stored(&mut self, db: &Db) -> Result<()> {
+        state::migrate(db)?;
+        if state::is_open(db)? {
+            let stored_token = state::get_text(db, "token")?;
+            if !self.given("store_token") {
+                self.store_token = stored_token.is_some();
+            }
+            if !self.given("token") {
+                if let Some(t) = crate::token::get(db)?.or(stored_token) {
+                    self.token = t;
+                }
+            }
+            if !self.given("policy") {
+                if let Some(p) = state::get_text(db, "policy")?
+                    .as_deref()
+                    .and_then(Policy::parse)
+                {
+                    self.policy = p;
+                }
+            }
+            let stored = Transport::load(db)?;
+            if !self.given("ca_file") {
+                self.transport.ca_file = stored.ca_file;
+            }
+            if !self.given("allow_http") {
+                self.transport.allow_http = stored.allow_http;
+            }
+            if !self.given("timeout_ms") {
+                self.transport.timeout_ms = stored.timeout_ms;
+            }
+            if !self.given("max_head_age_ms") {
+                if let Some(ms) =
+                    state::get_i64(db, "max_head_age_ms")?.and_then(|v| u64::try_from(v).ok())
+                {
+                    self.max_head_age_ms = ms;
+                }
+            }
+            if !self.given("schema_versions") {
+                let (min, max) = crate::migrate::app_range(db)?;
+                self.schema_versions = ((min, max) != (0, u32::MAX)).then_some((min, max));
+            }
+        } else if !self.given("token") {
+            if let Some(t) = crate::token::get(db)? {
+                self.token = t;
+            }
+        }
+        if self.token.is_empty() {
+            return Err(Error::invalid(
+                "no token: give the device's own as json_object('token', '<token>') (the witness's operator makes one: pdb-witness add-token --identity NAME --group GROUP --role writer, or POST /v1/tokens), or hand one to pdb_set_token first",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `schema_versions`: `[min, max]` (or one version N, meaning `[N, N]`),
@@ -184,7 +253,8 @@ fn start_schema(
 }
 
 /// Opens (or re-opens) a database for sync with a group.
-pub fn open(db: Db, url: &str, group: &str, opts: OpenOptions) -> Result<Json> {
+pub fn open(db: Db, url: &str, group: &str, mut opts: OpenOptions) -> Result<Json> {
+    opts.keep_stored(&db)?;
     if !opts.store_token {
         crate::token::set(&db, Some(&opts.token))?;
     }

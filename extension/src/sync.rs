@@ -340,6 +340,7 @@ mod tests {
             max_head_age_ms: 0,
             store_token: true,
             schema_versions: None,
+            given: Vec::new(),
         };
         open_with(c.db(), w, "http://fake", "g", opts).unwrap()
     }

@@ -172,3 +172,65 @@ fn a_running_witness_makes_and_revokes_device_tokens_and_grants_roles_without_a_
     let r = w.request("DELETE", "/v1/tokens/phone", Some(TOKEN), None);
     assert_eq!(r.status, 404, "{r:?}");
 }
+
+#[test]
+fn re_opening_with_new_options_keeps_the_stored_token_and_settings() {
+    let dir = TempDir::new("reopen");
+    let w = Witness::start(dir.path());
+    w.create_group("tasks", DDL);
+    let r = w.post(
+        "/v1/tokens",
+        &json!({"identity": "phone", "group": "tasks", "role": "writer"}),
+    );
+    let token = r.body["token"].as_str().unwrap().to_string();
+    let d = Device::new(&dir.path().join("d.db"));
+    // No token at all: the error names the option that is missing.
+    let e = d
+        .call(&format!("pdb_open('{}', 'tasks')", w.url))
+        .unwrap_err();
+    assert!(e.contains("json_object('token'"), "{e}");
+    d.call(&format!(
+        "pdb_open('{}', 'tasks', json_object('token', '{token}', 'policy', 'manual', 'timeout_ms', 5000))",
+        w.url
+    ))
+    .expect("first open");
+    // The README's upgraded app re-opens with its schema versions only.
+    d.call(&format!(
+        "pdb_open('{}', 'tasks', json_object('schema_versions', json_array(1, 2)))",
+        w.url
+    ))
+    .expect("re-open keeps the stored token");
+    let st = d.call("pdb_status()").unwrap();
+    assert_eq!(st["state"], "healthy", "{st}");
+    assert_eq!(st["app_schema_versions"], json!([1, 2]), "{st}");
+    let kept: Vec<String> = ["policy", "timeout_ms", "token"]
+        .iter()
+        .map(|k| {
+            d.conn
+                .query_row("SELECT v FROM pdb_state WHERE k = ?1", [k], |r| {
+                    r.get::<_, rusqlite::types::Value>(0)
+                })
+                .map(|v| format!("{v:?}"))
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(
+        kept,
+        vec![
+            format!("{:?}", rusqlite::types::Value::Text("manual".into())),
+            format!("{:?}", rusqlite::types::Value::Integer(5000)),
+            format!("{:?}", rusqlite::types::Value::Text(token.clone())),
+        ]
+    );
+    d.exec("INSERT INTO tasks VALUES ('t1', 'x', 0)");
+    assert_eq!(d.sync().expect("sync")["pushed"], 1);
+    // Re-opening without schema_versions keeps them too; naming an option
+    // changes only that one.
+    d.call(&format!(
+        "pdb_open('{}', 'tasks', json_object('policy', 'remote_wins'))",
+        w.url
+    ))
+    .unwrap();
+    let st = d.call("pdb_status()").unwrap();
+    assert_eq!(st["app_schema_versions"], json!([1, 2]), "{st}");
+}
