@@ -210,6 +210,7 @@ fn build_scratch(l: &Local, w: &dyn WitnessApi, path: &str) -> Result<()> {
             (0, u32::MAX) => None,
             r => Some(r),
         },
+        given: Vec::new(),
     };
     open_with(scratch.db(), w, &l.url, &l.group, opts)
         .map(|_| ())
