@@ -420,6 +420,12 @@ fn init_logs(format: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour only on a terminal: a log written to a file or a pipe
+        // (systemd, `2> witness.log`) keeps no escape codes; NO_COLOR too.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .with_writer(std::io::stderr);
     if format == "json" {
         b.json().init();

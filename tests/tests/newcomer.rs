@@ -234,3 +234,24 @@ fn re_opening_with_new_options_keeps_the_stored_token_and_settings() {
     let st = d.call("pdb_status()").unwrap();
     assert_eq!(st["app_schema_versions"], json!([1, 2]), "{st}");
 }
+
+#[test]
+fn a_log_written_to_a_file_has_no_colour_codes() {
+    let dir = TempDir::new("log-colour");
+    let mut cmd = Command::new(target_binary("pdb-witness"));
+    cmd.arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("PDB_ADMIN_TOKEN", TOKEN)
+        .env("PDB_LOG", "info")
+        .env_remove("NO_COLOR");
+    let mut w = Witness::launch(dir.path(), cmd);
+    w.create_group("tasks", DDL);
+    w.terminate();
+    let log = std::fs::read_to_string(dir.path().join("witness.log")).unwrap();
+    assert!(log.contains("request"), "the log has request lines: {log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "escape codes in a log file: {log:?}"
+    );
+}
