@@ -571,7 +571,11 @@ impl Cache {
 }
 
 /// Runs `f` in one transaction: BEGIN IMMEDIATE when the host is in
-/// autocommit, a savepoint inside the host's own transaction.
+/// autocommit, a savepoint inside the host's own transaction. Whatever
+/// ends it other than a COMMIT that succeeded — an error from `f`, a
+/// failed COMMIT (busy), a panic unwinding through — rolls it back, so
+/// the host's connection is never left inside our transaction or holding
+/// part of our writes.
 pub fn transaction<T>(db: &Db, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let nested = db.in_transaction()?;
     db.exec(if nested {
@@ -579,19 +583,36 @@ pub fn transaction<T>(db: &Db, f: impl FnOnce() -> Result<T>) -> Result<T> {
     } else {
         "BEGIN IMMEDIATE"
     })?;
-    match f() {
-        Ok(v) => {
-            db.exec(if nested { "RELEASE pdb_tx" } else { "COMMIT" })?;
-            Ok(v)
+    let mut open = Open {
+        db: *db,
+        nested,
+        done: false,
+    };
+    let v = f()?;
+    crate::failpoint::hit("transaction");
+    db.exec(if nested { "RELEASE pdb_tx" } else { "COMMIT" })?;
+    open.done = true;
+    Ok(v)
+}
+
+/// A transaction of [`transaction`]'s, rolled back on drop unless it
+/// committed.
+struct Open {
+    db: Db,
+    nested: bool,
+    done: bool,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if self.done {
+            return;
         }
-        Err(e) => {
-            let _ = db.exec(if nested {
-                "ROLLBACK TO pdb_tx; RELEASE pdb_tx"
-            } else {
-                "ROLLBACK"
-            });
-            Err(e)
-        }
+        let _ = self.db.exec(if self.nested {
+            "ROLLBACK TO pdb_tx; RELEASE pdb_tx"
+        } else {
+            "ROLLBACK"
+        });
     }
 }
 
@@ -619,6 +640,68 @@ mod tests {
         let e = db.prepare("SELECT nope FROM t").err().unwrap();
         assert_eq!(e.sqlite_code(), Some((1, 1)));
         assert!(e.to_string().ends_with("(in: SELECT nope FROM t)"), "{e}");
+    }
+
+    #[test]
+    fn a_panic_inside_a_transaction_rolls_it_back() {
+        let c = Conn::memory();
+        c.exec("CREATE TABLE t(x)");
+        let db = c.db();
+        // In autocommit: the BEGIN IMMEDIATE and the write are undone.
+        let r = std::panic::catch_unwind(|| {
+            super::transaction(&db, || -> crate::error::Result<()> {
+                db.run("INSERT INTO t VALUES (1)", &[])?;
+                panic!("a bug");
+            })
+        });
+        assert!(r.is_err());
+        assert!(!db.in_transaction().unwrap(), "left inside BEGIN IMMEDIATE");
+        assert_eq!(c.count("SELECT count(*) FROM t"), 0);
+        // Inside the host's transaction: our savepoint is undone, the
+        // host's own write and transaction stay.
+        c.exec("BEGIN; INSERT INTO t VALUES (2)");
+        let r = std::panic::catch_unwind(|| {
+            super::transaction(&db, || -> crate::error::Result<()> {
+                db.run("INSERT INTO t VALUES (3)", &[])?;
+                panic!("a bug");
+            })
+        });
+        assert!(r.is_err());
+        assert!(db.in_transaction().unwrap());
+        c.exec("COMMIT");
+        assert_eq!(c.dump("t"), vec![vec![Value::Integer(2)]]);
+        // The savepoint is gone: a new transaction of ours works.
+        super::transaction(&db, || db.run("INSERT INTO t VALUES (4)", &[])).unwrap();
+        assert_eq!(c.count("SELECT count(*) FROM t"), 2);
+    }
+
+    #[test]
+    fn a_commit_that_fails_leaves_no_transaction_open() {
+        let dir = std::env::temp_dir().join(format!("pdb-commit-busy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("busy.db");
+        let path = path.to_str().unwrap();
+        let a = Conn::open(path);
+        let b = Conn::open(path);
+        a.exec("CREATE TABLE t(x); INSERT INTO t VALUES (0)");
+        // Rollback journal: a's read transaction keeps b's COMMIT from
+        // taking the exclusive lock (no busy timeout: it fails at once).
+        a.exec("BEGIN; SELECT * FROM t");
+        let e = super::transaction(&b.db(), || b.db().run("INSERT INTO t VALUES (1)", &[]))
+            .unwrap_err();
+        assert_eq!(e.sqlite_code().map(|c| c.0), Some(5), "SQLITE_BUSY: {e}");
+        assert!(
+            !b.db().in_transaction().unwrap(),
+            "COMMIT failed and left the transaction open"
+        );
+        a.exec("COMMIT");
+        assert_eq!(
+            b.count("SELECT count(*) FROM t"),
+            1,
+            "the failed write is not there"
+        );
+        drop((a, b));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

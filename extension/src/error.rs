@@ -297,7 +297,7 @@ pub fn guard<T, E: Display>(
     let message = match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => return Ok(v),
         Ok(Err(e)) => format!("{name}: {e}"),
-        Err(_) => format!("{name}: internal error (a bug; nothing was changed by the failed step)"),
+        Err(_) => format!("{name}: internal error (a bug; the failed step's unfinished transaction was rolled back)"),
     };
     Err(sqlite_loadable::Error::new_message(message))
 }

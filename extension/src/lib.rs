@@ -10,6 +10,7 @@ mod client;
 mod conflicts;
 mod db;
 mod error;
+mod failpoint;
 mod functions;
 mod hold;
 mod keys;

@@ -589,7 +589,14 @@ fn once(w: &Worker, db: &Db) -> std::result::Result<(), Next> {
     w.lock().state = "syncing";
     let result = {
         let _one = sync_lock(&w.file);
-        crate::sync::sync(*db)
+        // A panic (a bug) is a local failure like any other: its
+        // transaction rolled back as it unwound, the worker retries later.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| crate::sync::sync(*db)))
+            .unwrap_or_else(|_| {
+                Err(Error::invalid(
+                    "internal error (a bug; the sync's unfinished transaction was rolled back)",
+                ))
+            })
     };
     let target = target(w, db);
     let mut c = w.lock();

@@ -464,11 +464,21 @@ impl Group {
 }
 
 impl Turn for Group {
+    /// One turn of the writer. A panic in it (a bug the writer did not
+    /// catch itself) rolls its transaction back, and the turn still ends,
+    /// so the group is scheduled again when work waits (never left marked
+    /// scheduled with no turn coming).
     fn turn(&self) -> bool {
-        self.writer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .turn(&self.mailbox);
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let turn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.turn(&self.mailbox)));
+        if turn.is_err() {
+            w.recover("running the group's writer");
+            self.mailbox
+                .stats
+                .busy_since_ms
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+        drop(w);
         self.mailbox.end_turn()
     }
 }

@@ -16,6 +16,7 @@ pub mod backup;
 pub mod cli;
 pub mod directory;
 pub mod error;
+pub mod failpoint;
 pub mod grant;
 pub mod group;
 pub mod http;

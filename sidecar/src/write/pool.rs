@@ -3,7 +3,7 @@
 //! commits waiting is scheduled once (never twice: at most one writer per
 //! group runs at a time); a thread takes it, runs one batch (bounded in
 //! commits and time, so groups take turns fairly), and puts it back at the
-//! end of the queue if more wait.
+//! end of the queue if more wait. A panic in a turn never ends a thread.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
@@ -92,7 +92,14 @@ fn work(inner: &Inner) {
                 q = inner.wake.wait(q).unwrap_or_else(|p| p.into_inner());
             }
         };
-        if next.turn() {
+        // A turn that panics anyway (Group::turn catches its writer's)
+        // costs the pool no thread; it is not scheduled again.
+        let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| next.turn()))
+            .unwrap_or_else(|_| {
+                tracing::error!("a bug: a writer turn panicked");
+                false
+            });
+        if again {
             let mut q = inner.queue.lock().unwrap_or_else(|p| p.into_inner());
             q.ready.push_back(next);
             inner.wake.notify_one();

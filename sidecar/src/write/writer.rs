@@ -28,6 +28,7 @@ use ed25519_dalek::SigningKey;
 use pdb_protocol::wire::{CommitResponse, MigrationResponse};
 use rusqlite::Connection;
 use std::collections::{BTreeMap, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
@@ -310,7 +311,9 @@ impl Writer {
             match first {
                 Work::Commit(job) => self.batch(job, mailbox),
                 Work::Migration(job) => {
-                    let answer = self.migrate(&job.input);
+                    let answer =
+                        std::panic::catch_unwind(AssertUnwindSafe(|| self.migrate(&job.input)))
+                            .unwrap_or_else(|_| Err(self.recover("applying a migration")));
                     self.metrics.commit(match &answer {
                         Ok(_) => "migrated",
                         Err(e) => e.code(),
@@ -381,7 +384,7 @@ impl Writer {
         let mut fixed: Vec<Option<Answer>> = vec![None];
         let mut broken = BTreeMap::new();
         let before = self.head.clone();
-        let outcome = loop {
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| loop {
             match self.attempt(&mut jobs, &mut fixed, &mut broken, mailbox, started) {
                 Ok(answers) => break Ok(answers),
                 Err(Attempt::Lost) => {
@@ -390,7 +393,8 @@ impl Writer {
                 }
                 Err(Attempt::Failed(e)) => break Err(e),
             }
-        };
+        }))
+        .unwrap_or_else(|_| Err(self.recover("writing a batch")));
         stats.batches.fetch_add(1, Relaxed);
         stats.requests.fetch_add(jobs.len() as u64, Relaxed);
         self.metrics.batch_commits.observe(jobs.len() as f64);
@@ -479,6 +483,7 @@ impl Writer {
                 &jobs[i].input,
                 &batch,
             );
+            crate::failpoint::hit("writer", &jobs[i].input.idempotency_key);
             if conn.is_autocommit() {
                 broken.extend(batch.broken.take());
                 match batch.running.take() {
@@ -536,6 +541,20 @@ impl Writer {
                 r.head = Some(head.clone());
             }
         }
+    }
+
+    /// After a panic (a bug) in a batch or a migration: whatever its
+    /// transaction wrote is rolled back and the head is the file's again,
+    /// so the group goes on with its next job. The jobs get `internal`.
+    pub fn recover(&mut self, context: &str) -> ApiError {
+        tracing::error!(group = %self.info.id, "a bug: the writer panicked while {context}; its transaction was rolled back");
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        if let Ok(head) = log::head(&self.conn) {
+            self.head = head;
+        }
+        ApiError::Internal(context.to_string())
     }
 
     /// `storage_full` when the group's file system has less free space
