@@ -137,13 +137,13 @@ impl Admission {
         if mine > self.body_share {
             return Err(busy(
                 true,
-                "your address has as many request bodies in flight as it may; retry".into(),
+                "your address has as many request and answer bodies in flight as it may (answers count until they are read); retry".into(),
             ));
         }
         if total > self.limits.max_buffered_bytes {
             return Err(busy(
                 false,
-                "the witness holds as many request bodies as it may; retry".into(),
+                "the witness holds as many request and answer bodies as it may; retry".into(),
             ));
         }
         Ok(())

@@ -263,6 +263,10 @@ pub struct LimitArgs {
     /// Seconds a request body may take to arrive.
     #[arg(long, env = "PDB_BODY_TIMEOUT_SECS", default_value_t = 30)]
     body_timeout_secs: u64,
+    /// Seconds a connection may take no bytes of an answer before it is
+    /// closed (what the answer held is released).
+    #[arg(long, env = "PDB_WRITE_TIMEOUT_SECS", default_value_t = 30)]
+    write_timeout_secs: u64,
     /// Request body bytes held in memory at once, all requests together.
     #[arg(long, env = "PDB_MAX_BUFFERED_BYTES", default_value_t = 256 * 1024 * 1024)]
     max_buffered_bytes: usize,
@@ -318,6 +322,7 @@ impl LimitArgs {
             max_connections_per_ip: self.max_connections_per_ip,
             idle_timeout: secs(self.idle_timeout_secs),
             body_timeout: secs(self.body_timeout_secs),
+            write_timeout: secs(self.write_timeout_secs),
             max_buffered_bytes: self.max_buffered_bytes,
             max_calls_per_caller: self.max_calls_per_caller.max(1),
             group_reads: self.group_reads.max(1),

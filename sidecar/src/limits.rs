@@ -16,6 +16,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// A request body must arrive completely within this long.
     pub body_timeout: Duration,
+    /// A connection that takes no bytes of an answer for this long is
+    /// closed (and what the answer held is released).
+    pub write_timeout: Duration,
     /// Request bodies held in memory at once, all requests together.
     pub max_buffered_bytes: usize,
     /// Requests one caller (identity) may have in progress at once.
@@ -54,6 +57,7 @@ impl Default for Limits {
             max_connections_per_ip: 512,
             idle_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
             max_buffered_bytes: 256 * 1024 * 1024,
             max_calls_per_caller: 32,
             group_reads: 4,

@@ -88,6 +88,11 @@ impl Call {
         self._slot = None;
     }
 
+    /// The caller's slot, to be held until the answer has been written.
+    pub fn take_slot(&mut self) -> Option<CallerSlot> {
+        self._slot.take()
+    }
+
     pub fn query(&self) -> &str {
         self.parts.uri.query().unwrap_or("")
     }

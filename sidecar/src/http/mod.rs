@@ -10,6 +10,7 @@ mod call;
 mod commits;
 mod connections;
 mod groups;
+mod held;
 mod migrations;
 mod own_errors;
 mod projections;
@@ -21,7 +22,7 @@ mod tokens;
 use crate::error::ApiError;
 use crate::witness::Witness;
 use call::{Answer, Call, Reply};
-use http_body_util::Full;
+use held::{HeldBody, Hold, WriteTimeout};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderName, HeaderValue, CONTENT_RANGE, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
@@ -136,7 +137,13 @@ async fn serve<S>(
         .header_read_timeout(limits.idle_timeout)
         .max_buf_size(READ_BUFFER)
         .max_header_size(READ_BUFFER)
-        .serve_connection(TokioIo::new(OwnErrors::new(stream)), service);
+        .serve_connection(
+            TokioIo::new(OwnErrors::new(WriteTimeout::new(
+                stream,
+                limits.write_timeout,
+            ))),
+            service,
+        );
     if let Err(e) = watcher.watch(conn).await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
@@ -166,11 +173,16 @@ fn request_id(req: &Request<Incoming>) -> String {
     }
 }
 
+/// Answers this large and larger count against the memory bounds of
+/// request bodies while they are written (smaller ones fit hyper's own
+/// bounded buffers).
+const COUNTED_ANSWER: usize = 64 * 1024;
+
 async fn handle(
     w: Arc<Witness>,
     req: Request<Incoming>,
     peer: IpAddr,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<HeldBody>, Infallible> {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -186,10 +198,16 @@ async fn handle(
         || req.headers().contains_key(hyper::header::TRANSFER_ENCODING);
     let endpoint = Route::parse(&method, &path).map_or("none", |r| r.name());
     let metrics = w.metrics.clone();
-    let (status, mut resp) = match answer(w, req, peer).await {
+    let admission = w.clone();
+    let (answered, slot) = answer(w, req, peer).await;
+    let mut hold = Hold {
+        _slot: slot,
+        bytes: None,
+    };
+    let (status, resp) = match answered {
         Ok(Reply::Json(status, body)) => (status, json_response(status, &body)),
         Ok(Reply::Text(content_type, body)) => {
-            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            let mut resp = Response::new(Bytes::from(body));
             resp.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
             (StatusCode::OK, resp)
@@ -200,7 +218,7 @@ async fn handle(
             end,
             size,
         }) => {
-            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            let mut resp = Response::new(Bytes::from(body));
             *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
             let h = resp.headers_mut();
             h.insert(
@@ -212,29 +230,32 @@ async fn handle(
             }
             (StatusCode::PARTIAL_CONTENT, resp)
         }
-        Err(e) => {
-            metrics.error(e.code());
-            let body = serde_json::to_value(e.body()).unwrap_or_default();
-            let mut resp = json_response(e.status(), &body);
-            if let Some(secs) = e.retry_after() {
-                resp.headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from(secs));
+        Err(e) => error_response(&e, has_body, &metrics),
+    };
+    // A large answer holds its bytes, as a request body does, until it
+    // has been written: over the bounds it is not sent.
+    let len = resp.body().len();
+    let (status, mut resp) = if method != Method::HEAD && len >= COUNTED_ANSWER {
+        match admission.admission.body_bytes(&mut hold.bytes, peer, len) {
+            Ok(()) => (status, resp),
+            Err(e) => {
+                hold.bytes = None;
+                error_response(&e, has_body, &metrics)
             }
-            if has_body {
-                resp.headers_mut()
-                    .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
-            }
-            (e.status(), resp)
         }
+    } else {
+        (status, resp)
     };
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut()
             .insert(HeaderName::from_static(REQUEST_ID), v);
     }
-    if method == Method::HEAD {
+    let resp = if method == Method::HEAD {
         // No body goes with a HEAD answer; say so in its length too.
-        *resp.body_mut() = Full::new(Bytes::new());
-    }
+        resp.map(|_| HeldBody::empty())
+    } else {
+        resp.map(|b| HeldBody::new(b, hold))
+    };
     metrics.request(endpoint, status.as_u16(), start.elapsed().as_secs_f64());
     tracing::info!(
         request_id = %id,
@@ -247,8 +268,27 @@ async fn handle(
     Ok(resp)
 }
 
-fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+fn error_response(
+    e: &ApiError,
+    has_body: bool,
+    metrics: &crate::metrics::Metrics,
+) -> (StatusCode, Response<Bytes>) {
+    metrics.error(e.code());
+    let body = serde_json::to_value(e.body()).unwrap_or_default();
+    let mut resp = json_response(e.status(), &body);
+    if let Some(secs) = e.retry_after() {
+        resp.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if has_body {
+        resp.headers_mut()
+            .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    (e.status(), resp)
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Bytes> {
+    let mut resp = Response::new(Bytes::from(body.to_string()));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -257,36 +297,48 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<
 
 /// Routes a request: unknown paths first, then the caller (deny by
 /// default), then the resource's handler.
-async fn answer(w: Arc<Witness>, req: Request<Incoming>, peer: IpAddr) -> Answer {
+/// The caller's slot comes back with the answer: it is held until the
+/// answer has been written.
+async fn answer(
+    w: Arc<Witness>,
+    req: Request<Incoming>,
+    peer: IpAddr,
+) -> (Answer, Option<crate::admit::CallerSlot>) {
     let Some(route) = Route::parse(req.method(), req.uri().path()) else {
-        return Err(ApiError::NotFound(format!(
-            "no such endpoint: {}",
-            req.uri().path()
-        )));
+        let e = ApiError::NotFound(format!("no such endpoint: {}", req.uri().path()));
+        return (Err(e), None);
     };
     if route.is_public() {
-        return groups::public(&w, &route).await;
+        return (groups::public(&w, &route).await, None);
     }
-    let mut call = Call::new(w, req, peer).await?;
+    let mut call = match Call::new(w, req, peer).await {
+        Ok(c) => c,
+        Err(e) => return (Err(e), None),
+    };
+    let answered = route_call(&mut call, route).await;
+    (answered, call.take_slot())
+}
+
+async fn route_call(call: &mut Call, route: Route) -> Answer {
     match route {
         Route::Health | Route::Witness => groups::public(&call.w, &route).await,
-        Route::Metrics => groups::metrics(&call).await,
-        Route::Groups => groups::collection(&mut call).await,
-        Route::Group(g) => groups::one(&call, &g).await,
-        Route::Head(g) => groups::head(&mut call, &g).await,
-        Route::Stats(g) => groups::stats(&call, &g).await,
-        Route::Commits(g) => commits::handle(&mut call, &g).await,
-        Route::Snapshots(g) => snapshots::make(&call, &g).await,
-        Route::LatestSnapshot(g) => snapshots::latest(&call, &g).await,
-        Route::SnapshotData(g, seq) => snapshots::data(&call, &g, seq).await,
-        Route::Members(g) => access::members(&call, &g).await,
-        Route::Member(g, who) => access::member(&mut call, &g, &who).await,
-        Route::Rules(g) => access::rules(&call, &g).await,
-        Route::Rule(g, table) => access::rule(&mut call, &g, &table).await,
-        Route::Projections(g) => projections::list(&call, &g).await,
-        Route::Projection(g, name) => projections::one(&mut call, &g, &name).await,
-        Route::Migrations(g) => migrations::handle(&mut call, &g).await,
-        Route::Tokens => tokens::collection(&mut call).await,
-        Route::Token(who) => tokens::one(&mut call, &who).await,
+        Route::Metrics => groups::metrics(call).await,
+        Route::Groups => groups::collection(call).await,
+        Route::Group(g) => groups::one(call, &g).await,
+        Route::Head(g) => groups::head(call, &g).await,
+        Route::Stats(g) => groups::stats(call, &g).await,
+        Route::Commits(g) => commits::handle(call, &g).await,
+        Route::Snapshots(g) => snapshots::make(call, &g).await,
+        Route::LatestSnapshot(g) => snapshots::latest(call, &g).await,
+        Route::SnapshotData(g, seq) => snapshots::data(call, &g, seq).await,
+        Route::Members(g) => access::members(call, &g).await,
+        Route::Member(g, who) => access::member(call, &g, &who).await,
+        Route::Rules(g) => access::rules(call, &g).await,
+        Route::Rule(g, table) => access::rule(call, &g, &table).await,
+        Route::Projections(g) => projections::list(call, &g).await,
+        Route::Projection(g, name) => projections::one(call, &g, &name).await,
+        Route::Migrations(g) => migrations::handle(call, &g).await,
+        Route::Tokens => tokens::collection(call).await,
+        Route::Token(who) => tokens::one(call, &who).await,
     }
 }

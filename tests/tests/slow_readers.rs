@@ -1,0 +1,139 @@
+//! Slow readers are bounded, against the real witness binary: answers
+//! being written count against the memory bounds of bodies in flight (per
+//! client address and in total) and hold the caller's call slot until
+//! they are written; a connection that takes no bytes for the write
+//! timeout is closed and what its answer held is released. 40 connections
+//! that ask for 8 MiB snapshot ranges and never read cannot hold more
+//! than an address's share, nor keep others from being served.
+
+use pdb_e2e::*;
+use pdb_protocol::wire::Policy;
+use pdb_protocol::Value;
+use serde_json::json;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+const DDL: &str = "CREATE TABLE t(id INTEGER PRIMARY KEY, note TEXT);";
+const RANGE: usize = 8 * 1024 * 1024;
+
+/// A connection from `from` that takes almost nothing off the wire
+/// unless read.
+fn tight(from: [u8; 4], port: u16) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    s.set_recv_buffer_size(4096).expect("rcvbuf");
+    s.bind(&std::net::SocketAddr::from((from, 0)).into())
+        .expect("bind");
+    s.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())
+        .expect("connect");
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    s
+}
+
+fn ask(s: &mut TcpStream, path: &str, token: &str) -> RawReply {
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: w\r\nAuthorization: Bearer {token}\r\nRange: bytes=0-\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).expect("send");
+    read_answer_to(s, true).expect("answer head")
+}
+
+#[test]
+fn answers_nobody_reads_are_bounded_and_timed_out() {
+    let dir = TempDir::new("slow-readers");
+    let data = dir.path().join("data");
+    let reader = add_token(&data, "slow");
+    let other = add_token(&data, "other");
+    let w = Witness::start_with(dir.path(), 0, &["--write-timeout-secs", "3"]);
+    let g = w.create_group("g", DDL);
+    for who in ["slow", "other"] {
+        let r = w.request(
+            "PUT",
+            &format!("/v1/groups/g/members/{who}"),
+            Some(TOKEN),
+            Some(&json!({"role": "reader"})),
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    // A snapshot larger than one 8 MiB range.
+    for i in 0..10 {
+        let cs = changeset(
+            "t",
+            &[1, 0],
+            vec![insert(vec![
+                Value::Integer(i),
+                Value::text(&"x".repeat(1 << 20)),
+            ])],
+        );
+        let r = w.commit_at_head(&g, &format!("k{i}"), &cs, Policy::RebaseIfClean);
+        assert_eq!(r.status, 201, "{r:?}");
+    }
+    let m = w.post("/v1/groups/g/snapshots", &serde_json::Value::Null);
+    assert_eq!(m.status, 201, "{m:?}");
+    let seq = m.body["seq"].as_u64().unwrap();
+    let path = format!("/v1/groups/g/snapshots/{seq}/data");
+    let port = w.port();
+
+    // 40 connections ask for 8 MiB each and never read past the head.
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..40 {
+        let mut s = tight([127, 0, 0, 1], port);
+        let r = ask(&mut s, &path, &reader);
+        match r.status {
+            206 => held.push(s),
+            429 => {
+                assert!(r.header("retry-after").is_some(), "{r:?}");
+                refused += 1;
+            }
+            s => panic!("unexpected answer {s}"),
+        }
+    }
+    // An address holds at most its share of the bound on bodies in
+    // flight (a quarter of --max-buffered-bytes, 256 MiB): 8 answers.
+    assert!(held.len() <= 8, "{} answers held", held.len());
+    assert!(!held.is_empty());
+    assert_eq!(held.len() + refused, 40);
+    // Others are served meanwhile.
+    let mut s = tight([127, 0, 0, 2], port);
+    let r = ask(&mut s, "/v1/groups/g", &other);
+    assert_eq!(r.status, 200, "{r:?}");
+
+    // What they held is released: the address is served whole again.
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut s = tight([127, 0, 0, 1], port);
+        let r = ask(&mut s, &path, &reader);
+        if r.status == 206 {
+            let mut body = Vec::new();
+            s.read_to_end(&mut body).ok();
+            assert_eq!(body.len(), RANGE);
+            break;
+        }
+        assert!(Instant::now() < until, "still refused: {r:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // By then every stalled connection has been idle past the timeout
+    // (they were opened together; two timeouts more, so none is read from
+    // before its own ran out): each was closed with its answer cut.
+    std::thread::sleep(Duration::from_secs(6));
+    // The stalled connections are closed after the write timeout: none
+    // delivers its whole answer.
+    for mut s in held {
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+            if got > RANGE {
+                break;
+            }
+        }
+        assert!(got < RANGE, "a stalled answer was written whole");
+    }
+}
