@@ -219,11 +219,26 @@ fn schema_versions(v: Option<&Json>) -> Result<Option<(u32, u32)>> {
     }
 }
 
+/// Where a new database starts: the schema, whether its local tables are
+/// to be built again at it (they were empty and in the shape of another of
+/// the group's versions), and whether it starts from the newest snapshot
+/// even with rows of its own (they are re-based on it).
+struct Start {
+    schema: Schema,
+    rebuild: bool,
+    snapshot_with_own_rows: bool,
+}
+
 /// The schema a new database starts from: the group's schema in force
 /// when its history has no migrations; else the schema of the snapshot it
-/// will start from (when it has no rows of its own to keep), or of the
-/// log's start — checked against signed records (the snapshot's, the
-/// migrations', or the genesis its first entry must chain to).
+/// will start from, or of the log's start — checked against signed
+/// records (the snapshot's, the migrations', or the genesis its first
+/// entry must chain to). Local tables that already exist choose: in the
+/// shape of the snapshot's version, the database starts there (its rows,
+/// if any, re-based on the snapshot); of the log's first version, there;
+/// empty and in the shape of any other version of the group, they are
+/// built again where the history starts (and reach that version as the
+/// log is pulled). Anything else is refused, naming what to change.
 fn start_schema(
     db: &Db,
     w: &dyn WitnessApi,
@@ -231,25 +246,92 @@ fn start_schema(
     group: &str,
     g: &pdb_protocol::wire::GroupJson,
     current: Schema,
-) -> Result<Schema> {
+) -> Result<Start> {
+    let start = |schema, rebuild, snapshot_with_own_rows| Start {
+        schema,
+        rebuild,
+        snapshot_with_own_rows,
+    };
     let Some(first) = g.schema_history.first() else {
-        return Ok(current);
+        return Ok(start(current, false, false));
     };
     let names: Vec<String> = current.tables.iter().map(|t| t.name.clone()).collect();
-    let own_rows = read_local(db, &names)?.is_some();
-    let snapshot = match bootstrap::newer_snapshot(w, 0)? {
-        Some(m) if !own_rows => m
-            .signed
-            .to_signed()
-            .and_then(|s| s.snapshot(key).ok())
-            .map(|r| r.schema_version),
-        _ => None,
+    let local = read_local(db, &names)?;
+    let own_rows = match &local {
+        None => false,
+        Some(_) => has_rows(db, &names)?,
     };
-    let version = snapshot.unwrap_or(first.version);
-    if version == current.version {
-        return Ok(current);
+    let snapshot = bootstrap::newer_snapshot(w, 0)?
+        .and_then(|m| m.signed.to_signed())
+        .and_then(|s| s.snapshot(key).ok())
+        .map(|r| r.schema_version);
+    let at = |v: u32| -> Result<Schema> {
+        if v == current.version {
+            Ok(current.clone())
+        } else {
+            crate::migrate::schema_at(key, group, w, v)
+        }
+    };
+    let from = snapshot.unwrap_or(first.version);
+    if local.is_none() {
+        return Ok(start(at(from)?, false, false));
     }
-    crate::migrate::schema_at(key, group, w, version)
+    // The local tables exist: which of the group's versions are they?
+    if let Some(v) = snapshot {
+        let s = at(v)?;
+        if tables::check_local(db, &s).is_ok() {
+            return Ok(start(s, false, own_rows));
+        }
+    }
+    let s = at(first.version)?;
+    if tables::check_local(db, &s).is_ok() {
+        return Ok(start(s, false, false));
+    }
+    let mut versions: Vec<u32> = g.schema_history.iter().map(|h| h.version).collect();
+    versions.sort_unstable_by(|a, b| b.cmp(a));
+    versions.dedup();
+    let mut shape = None;
+    for v in versions
+        .into_iter()
+        .filter(|v| *v != first.version && Some(*v) != snapshot)
+    {
+        if tables::check_local(db, &at(v)?).is_ok() {
+            shape = Some(v);
+            break;
+        }
+    }
+    match shape {
+        Some(_) if !own_rows => Ok(start(at(from)?, true, false)),
+        Some(v) => Err(Error::invalid(format!(
+            "schema_mismatch: the tables here hold rows in the shape of the group's schema version {v}, but a new device starts from version {from} ({}): ask the group's admin for a snapshot at version {v} (POST /v1/groups/{group}/snapshots) and open again, or open with the tables empty",
+            if snapshot.is_some() { "its newest snapshot's" } else { "where its log starts" }
+        ))),
+        None => {
+            let why = tables::check_local(db, &at(current.version)?)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            Err(Error::invalid(format!(
+                "schema_mismatch: the tables here match none of the group's schema versions (it is at version {}; against it: {}) — change them to the group's schema, or use another database",
+                current.version,
+                why.trim_start_matches("schema_mismatch: ")
+            )))
+        }
+    }
+}
+
+/// Whether any of the tables holds a row.
+fn has_rows(db: &Db, names: &[String]) -> Result<bool> {
+    for n in names {
+        let sql = format!(
+            "SELECT 1 FROM {} LIMIT 1",
+            pdb_protocol::sql::quote_ident(n)
+        );
+        if db.row(&sql, &[])?.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Opens (or re-opens) a database for sync with a group.
@@ -320,15 +402,23 @@ pub fn open_with(
     }
     // A database already in sync keeps its own schema (pulling migrates
     // it); a new one starts where its history will start.
-    let schema = if fresh {
-        start_schema(&db, w, &key, group, &g, current)?
+    let (schema, rebuild, snapshot_with_own_rows) = if fresh {
+        let s = start_schema(&db, w, &key, group, &g, current)?;
+        (s.schema, s.rebuild, s.snapshot_with_own_rows)
     } else {
-        state::stored_schema(&db)?
+        (state::stored_schema(&db)?, false, false)
     };
     let schema_hash = schema.hash();
     let names: Vec<String> = schema.tables.iter().map(|t| t.name.clone()).collect();
 
     transaction(&db, || {
+        if rebuild {
+            // Empty tables in the shape of a later version: built again
+            // where the history starts (pulling takes them to it).
+            for n in &names {
+                db.exec(&format!("DROP TABLE {}", pdb_protocol::sql::quote_ident(n)))?;
+            }
+        }
         let created = match read_local(&db, &names)? {
             Some(_) => {
                 tables::check_local(&db, &schema)?;
@@ -390,7 +480,10 @@ pub fn open_with(
     let l = state::load(db)?;
     // An empty database starts from the newest snapshot, if there is one.
     let mut bootstrapped = None;
-    if l.head()?.seq == 0 && pending::outbox(&db)?.is_none() && pending::count(&l)? == 0 {
+    if l.head()?.seq == 0
+        && pending::outbox(&db)?.is_none()
+        && (snapshot_with_own_rows || pending::count(&l)? == 0)
+    {
         if let Some(m) = bootstrap::newer_snapshot(w, 0)? {
             bootstrapped = Some(bootstrap::bootstrap(&l, w, &m, None)?);
         }

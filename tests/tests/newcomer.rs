@@ -255,3 +255,81 @@ fn a_log_written_to_a_file_has_no_colour_codes() {
         "escape codes in a log file: {log:?}"
     );
 }
+
+fn open_device(
+    w: &Witness,
+    path: &std::path::Path,
+    v2_table: Option<&str>,
+) -> (Device, Result<serde_json::Value, String>) {
+    let d = Device::new(path);
+    if let Some(sql) = v2_table {
+        d.exec(sql);
+    }
+    let r = d.call(&format!(
+        "pdb_open('{}', 'tasks', json_object('token', '{TOKEN}', 'schema_versions', json_array(1, 2)))",
+        w.url
+    ));
+    (d, r)
+}
+
+#[test]
+fn a_new_database_whose_tables_have_the_groups_current_schema_opens_at_it() {
+    let dir = TempDir::new("open-at-v2");
+    let w = Witness::start(dir.path());
+    w.create_group("tasks", DDL);
+    let (a, r) = open_device(&w, &dir.path().join("a.db"), None);
+    r.expect("a opens at v1");
+    a.exec("INSERT INTO tasks VALUES ('t1', 'from v1', 0)");
+    a.sync().unwrap();
+    let r = w.post(
+        "/v1/groups/tasks/migrations",
+        &json!({"ddl": "ALTER TABLE tasks ADD COLUMN due TEXT"}),
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    a.sync().unwrap();
+    let v2 = "CREATE TABLE tasks(id TEXT PRIMARY KEY, title TEXT, done INTEGER, due TEXT)";
+    let rows = |d: &Device| d.dump(&["tasks"]);
+    let at = |d: &Device| {
+        let st = d.call("pdb_status()").unwrap();
+        assert_eq!(d.call("pdb_verify()").unwrap()["ok"], true);
+        st["schema_version"].clone()
+    };
+
+    // The app's empty v2 table, no snapshot: opens and ends at version 2.
+    let (b, r) = open_device(&w, &dir.path().join("b.db"), Some(v2));
+    r.expect("an empty v2-shaped table opens");
+    assert_eq!(at(&b), 2);
+    assert_eq!(rows(&b), rows(&a));
+
+    // With a snapshot at version 2: an empty v2 table starts from it, and
+    // one holding rows of its own too (they are re-based and pushed).
+    assert_eq!(w.post("/v1/groups/tasks/snapshots", &json!({})).status, 201);
+    let (c, r) = open_device(&w, &dir.path().join("c.db"), Some(v2));
+    let opened = r.expect("an empty v2 table with a v2 snapshot");
+    assert!(opened["bootstrapped_from"].is_number(), "{opened}");
+    assert_eq!(at(&c), 2);
+    let (d, r) = open_device(
+        &w,
+        &dir.path().join("d.db"),
+        Some(&format!(
+            "{v2}; INSERT INTO tasks VALUES ('d1', 'made offline', 0, '2026-12-24')"
+        )),
+    );
+    r.expect("a v2 table with rows and a v2 snapshot");
+    assert_eq!(d.sync().unwrap()["pushed"], 1);
+    assert_eq!(at(&d), 2);
+    a.sync().unwrap();
+    assert_eq!(rows(&a), rows(&d));
+
+    // A table matching no version says so, naming the group's version.
+    let (_e, r) = open_device(
+        &w,
+        &dir.path().join("e.db"),
+        Some("CREATE TABLE tasks(id TEXT PRIMARY KEY, title TEXT, done INTEGER, due TEXT, extra TEXT)"),
+    );
+    let e = r.unwrap_err();
+    assert!(
+        e.contains("match none of the group's schema versions (it is at version 2"),
+        "{e}"
+    );
+}
