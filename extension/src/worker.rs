@@ -475,6 +475,9 @@ fn run(w: &Worker) {
     let mut version = conn.data_version().unwrap_or(0);
     // Due now: the first sync, or a retry at this time.
     let mut due: Option<Instant> = Some(Instant::now());
+    // The last sync failed and is retried at `due` (backoff): local writes
+    // wait for that retry instead of bringing it forward.
+    let mut backing_off = false;
     let mut parked: Option<String> = None;
     let mut last_check = Instant::now();
     let mut last_pull = Instant::now();
@@ -504,11 +507,13 @@ fn run(w: &Worker) {
                 }
             }
         }
-        // Local writes: sync once they settle.
+        // Local writes: sync once they settle — unless a retry is due
+        // already: then it carries them (an app writing all the time must
+        // not turn an outage's backoff into a reconnect per write).
         if let Ok(v) = conn.data_version() {
             if v != version {
                 version = v;
-                if parked.is_none() {
+                if parked.is_none() && !backing_off {
                     settle(w, &conn, &mut version, &o);
                     due = Some(due.map_or(Instant::now(), |d| d.min(Instant::now())));
                 }
@@ -527,9 +532,13 @@ fn run(w: &Worker) {
                 due = None;
                 last_pull = Instant::now();
                 match once(w, &db) {
-                    Ok(()) => {}
-                    Err(Next::Retry(after)) => due = Some(Instant::now() + after),
+                    Ok(()) => backing_off = false,
+                    Err(Next::Retry(after)) => {
+                        backing_off = true;
+                        due = Some(Instant::now() + after);
+                    }
                     Err(Next::Park) => {
+                        backing_off = false;
                         parked = Some(fingerprint(&db));
                         last_check = Instant::now();
                     }
@@ -630,6 +639,9 @@ fn once(w: &Worker, db: &Db) -> std::result::Result<(), Next> {
             } else {
                 let delay = backoff(&c.options, c.failures, e.retry_after());
                 c.state = "backoff";
+                // A wake-up the watch thread sent during this sync (its own
+                // failure, most likely) is answered by this one.
+                c.remote = false;
                 c.next_retry_ms = Some(now_ms() + delay.as_millis() as u64);
                 c.reason = json!({
                     "code": e.code().unwrap_or(if busy { "busy" } else { "retry" }),
@@ -749,13 +761,24 @@ fn watch(w: &Worker) {
         };
         let Some(t) = t else { continue };
         let after = t.after.max(seen);
+        // After a failure, first ask without waiting: whether the witness
+        // answers again is known at once.
+        let wait = if failures > 0 { 0 } else { t.wait.unwrap_or(0) };
         let answer = t
             .witness
-            .watch_head(after, t.wait.unwrap_or(0))
+            .watch_head(after, wait)
             .and_then(|h| crate::signed::verify_head(&t.keys, &t.group, &h));
         match answer {
             Ok(head) => {
+                // The witness answers again after failures: a sync waiting
+                // out its backoff may go now.
+                let recovered = failures > 0;
                 failures = 0;
+                if recovered && head.seq <= after {
+                    let mut c = w.lock();
+                    c.remote = true;
+                    w.cv.notify_all();
+                }
                 if head.seq > after {
                     seen = head.seq;
                     let mut c = w.lock();
@@ -776,7 +799,9 @@ fn watch(w: &Worker) {
                 failures = failures.saturating_add(1);
                 let delay = backoff(&o, failures, e.retry_after());
                 let mut c = w.lock();
-                if failures == 1 || e.class() != Some(Class::Retry) {
+                // Not while the sync backs off from the same outage: that
+                // would be one more attempt per watch failure.
+                if e.class() != Some(Class::Retry) || (failures == 1 && c.state != "backoff") {
                     c.remote = true;
                     w.cv.notify_all();
                 }

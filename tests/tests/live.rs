@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -269,6 +269,8 @@ struct Cut {
     url: String,
     down: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
+    /// Connections clients tried, refused ones included.
+    attempts: Arc<AtomicU64>,
 }
 
 impl Cut {
@@ -277,9 +279,11 @@ impl Cut {
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let down = Arc::new(AtomicBool::new(false));
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (d, o) = (down.clone(), open.clone());
+        let attempts: Arc<AtomicU64> = Arc::default();
+        let (d, o, n) = (down.clone(), open.clone(), attempts.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
+                n.fetch_add(1, Ordering::SeqCst);
                 if d.load(Ordering::SeqCst) {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
@@ -308,7 +312,12 @@ impl Cut {
                 }
             }
         });
-        Cut { url, down, open }
+        Cut {
+            url,
+            down,
+            open,
+            attempts,
+        }
     }
 
     fn cut(&self) {
@@ -316,6 +325,10 @@ impl Cut {
         for s in self.open.lock().unwrap().drain(..) {
             let _ = s.shutdown(Shutdown::Both);
         }
+    }
+
+    fn attempts(&self) -> u64 {
+        self.attempts.load(Ordering::SeqCst)
     }
 
     fn heal(&self) {
@@ -470,6 +483,61 @@ fn a_witness_restart_and_a_network_cut_heal_by_themselves() {
         assert_eq!(h.call("pdb_verify()")["ok"], true);
     }
     drop(w2);
+}
+
+#[test]
+fn an_app_writing_through_an_outage_does_not_bring_retries_forward() {
+    let dir = TempDir::new("live-herd");
+    let w = Witness::start(dir.path());
+    w.create_group("g", DDL);
+    let net = Cut::start(w.port());
+    let mut a = Host::python(&db_path(&dir, "a"));
+    a.open(&net.url, TOKEN);
+    // A long backoff (30 to 60 s): nothing the test does below takes
+    // that long, so any attempt meanwhile was brought forward.
+    a.call("pdb_sync_start('{\"min_backoff_ms\": 60000, \"max_backoff_ms\": 60000}')");
+    a.sql("INSERT INTO notes VALUES (1, 'before')", json!([]));
+    a.until("the row to sync", |h| h.status()["pending_rows"] == 0);
+
+    net.cut();
+    a.sql("INSERT INTO notes VALUES (2, 'during the cut')", json!([]));
+    a.until("the worker to back off", |h| {
+        h.status()["worker"]["state"] == "backoff"
+    });
+    let s = a.status();
+    let (failures, next) = (
+        s["worker"]["failures"].clone(),
+        s["worker"]["next_retry_ms"].clone(),
+    );
+    assert!(next.is_u64(), "{s}");
+    let tried = net.attempts();
+    // The app keeps writing, in bursts the worker would each sync.
+    for burst in 0..10 {
+        let r = a.send(json!({"op": "writes", "n": 20, "from": 100 + 20 * burst}));
+        assert_eq!(r["errors"], json!([]), "{r}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let s = a.status();
+    assert_eq!(
+        (&s["worker"]["failures"], &s["worker"]["next_retry_ms"]),
+        (&failures, &next),
+        "local writes brought the retry forward: {s}"
+    );
+    assert_eq!(net.attempts(), tried, "connections tried while backing off");
+    assert_eq!(s["worker"]["state"], "backoff", "{s}");
+
+    // The network heals; a kick (or the retry, or the watch finding the
+    // witness again) carries everything written meanwhile.
+    net.heal();
+    assert_eq!(a.call("pdb_sync_start()")["worker"], "running");
+    a.until("everything to sync", |h| {
+        let s = h.status();
+        s["pending_rows"] == 0 && s["worker"]["state"] == "idle"
+    });
+    assert_eq!(
+        w.head("g").seq as i64,
+        a.call("pdb_head()")["seq"].as_i64().unwrap()
+    );
 }
 
 #[test]
