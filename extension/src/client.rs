@@ -11,9 +11,9 @@
 use crate::error::{Error, Rejection, Result, Stage};
 use crate::transport::Transport;
 use pdb_protocol::wire::{
-    CommitRequest, CommitsPage, ErrorJson, GroupJson, MigrationRequest, MigrationResponse,
-    MigrationsPage, MinimalCommitResponse, ProjectionList, ProjectionPage, SnapshotJson,
-    WitnessJson,
+    CommitRequest, CommitsPage, ErrorBody, ErrorJson, GroupJson, LimitsJson, MigrationRequest,
+    MigrationResponse, MigrationsPage, MinimalCommitResponse, ProjectionList, ProjectionPage,
+    SnapshotJson, WitnessJson,
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value as Json;
@@ -113,8 +113,32 @@ impl Endpoint<'_> {
     }
 }
 
-/// Largest response body read (a page of commits can be large).
-const MAX_RESPONSE: u64 = 512 * 1024 * 1024;
+/// The most an answer may take, by what its endpoint needs: metadata is
+/// small; pages are bounded by the limits the witness advertises (capped
+/// here, so a witness cannot talk a device into holding more). An answer
+/// past its bound is refused (`response_too_large`) before it is parsed.
+const META_BYTES: u64 = 1 << 20;
+/// A commit's answer (a `schema_mismatch` refusal carries the group's
+/// schema: at most 2 MiB of structure).
+const COMMIT_BYTES: u64 = 16 << 20;
+/// The group's schema and its history.
+const GROUP_BYTES: u64 = 32 << 20;
+/// The largest page size or request size believed from a witness.
+const MAX_ADVERTISED: u64 = 256 << 20;
+/// An error body that is not the witness's typed error is read as loose
+/// JSON only up to this size.
+const LOOSE_ERROR_BYTES: usize = 64 << 10;
+
+/// The bound on a page of commits, migrations or projection rows: the
+/// page bytes the witness advertises plus one request's worth (a page
+/// holds at least one entry), in base64 and JSON, with room per entry
+/// for its certificate and for one schema.
+pub fn page_bound(limits: &LimitsJson) -> u64 {
+    let page = limits.max_page_bytes.min(MAX_ADVERTISED);
+    let body = limits.max_body_bytes.min(MAX_ADVERTISED);
+    let entries = u64::from(limits.max_page_commits.min(100_000));
+    (page + body) * 2 + entries * 4096 + GROUP_BYTES
+}
 
 type Response = ureq::http::Response<ureq::Body>;
 
@@ -125,6 +149,8 @@ pub struct HttpWitness {
     token: String,
     group: String,
     agent: Arc<ureq::Agent>,
+    /// The bound on page answers ([`page_bound`]).
+    page_bytes: u64,
 }
 
 /// The TLS failure inside an error, if the handshake is what failed (a
@@ -207,7 +233,27 @@ impl HttpWitness {
             token: token.to_string(),
             group: group.to_string(),
             agent: transport.agent()?,
+            page_bytes: page_bound(&crate::state::default_limits()),
         })
+    }
+
+    /// The same witness, its pages bounded by these advertised limits.
+    pub fn with_limits(mut self, limits: &LimitsJson) -> HttpWitness {
+        self.page_bytes = page_bound(limits);
+        self
+    }
+
+    /// How many bytes an answer from endpoint `e` may take.
+    fn bound(&self, e: &Endpoint) -> u64 {
+        match e {
+            Endpoint::Witness | Endpoint::Head { .. } | Endpoint::LatestSnapshot => META_BYTES,
+            Endpoint::SnapshotData { .. } => META_BYTES,
+            Endpoint::Commit => COMMIT_BYTES,
+            Endpoint::Group | Endpoint::SubmitMigration | Endpoint::Projections => GROUP_BYTES,
+            Endpoint::Commits { .. }
+            | Endpoint::Migrations { .. }
+            | Endpoint::Projection { .. } => self.page_bytes,
+        }
     }
 
     fn url(&self, e: &Endpoint) -> String {
@@ -233,35 +279,79 @@ impl HttpWitness {
         })
     }
 
-    /// An answer's JSON body, or the witness's typed error.
-    fn body(&self, url: &str, mut resp: Response) -> Result<Json> {
+    /// An answer's bytes, at most `limit` of them.
+    fn read(&self, url: &str, resp: &mut Response, limit: u64) -> Result<Vec<u8>> {
+        let status = resp.status().as_u16();
+        resp.body_mut()
+            .with_config()
+            .limit(limit)
+            .read_to_vec()
+            .map_err(|e| match e {
+                ureq::Error::BodyExceedsLimit(n) => too_large(url, status, n),
+                ureq::Error::Io(io)
+                    if io
+                        .get_ref()
+                        .and_then(|i| i.downcast_ref::<ureq::Error>())
+                        .is_some_and(|i| matches!(i, ureq::Error::BodyExceedsLimit(_))) =>
+                {
+                    too_large(url, status, limit)
+                }
+                e => Error::Network {
+                    stage: Stage::Answer,
+                    message: format!("the answer from {url} (HTTP {status}) broke off ({e})"),
+                },
+            })
+    }
+
+    /// An answer parsed as `T` (at most `limit` bytes, parsed straight
+    /// into the type), or the witness's typed error. `malformed` is the
+    /// error when it is JSON but not a `T`.
+    fn answer<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        mut resp: Response,
+        limit: u64,
+        malformed: &str,
+    ) -> Result<T> {
         let status = resp.status().as_u16();
         let wait = retry_after(&resp);
-        let text = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_RESPONSE)
-            .read_to_string()
-            .map_err(|e| Error::Network {
-                stage: Stage::Answer,
-                message: format!("the answer from {url} (HTTP {status}) broke off ({e})"),
-            })?;
-        let body: Json = serde_json::from_str(&text).map_err(|_| Error::Network {
+        let bytes = self.read(url, &mut resp, limit)?;
+        let not_json = || Error::Network {
             stage: Stage::Unreadable,
-            message: format!("HTTP {status} from {url} is not JSON: {:?}", snippet(&text)),
-        })?;
+            message: format!(
+                "HTTP {status} from {url} is not JSON: {:?}",
+                snippet(&String::from_utf8_lossy(&bytes[..bytes.len().min(240)]))
+            ),
+        };
         if (200..300).contains(&status) {
-            return Ok(body);
+            return serde_json::from_slice::<T>(&bytes).map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => Error::invalid(malformed),
+                _ => not_json(),
+            });
         }
-        // Read leniently: an error body missing fields still tells its
-        // status, and its code and message where present.
-        let fields = &body["error"];
-        let mut error: ErrorJson = serde_json::from_value(fields.clone()).unwrap_or_default();
-        error.code = fields["code"].as_str().unwrap_or("http_error").to_string();
-        error.message = fields["message"]
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("HTTP {status}"));
+        let error = match serde_json::from_slice::<ErrorBody>(&bytes) {
+            Ok(b) => b.error,
+            // Read leniently (when small): an error body missing fields
+            // still tells its status, and its code and message where
+            // present.
+            Err(e) if e.classify() == serde_json::error::Category::Data => {
+                let body: Json = if bytes.len() <= LOOSE_ERROR_BYTES {
+                    serde_json::from_slice(&bytes).unwrap_or_default()
+                } else {
+                    Json::Null
+                };
+                let fields = &body["error"];
+                let mut error: ErrorJson =
+                    serde_json::from_value(fields.clone()).unwrap_or_default();
+                error.code = fields["code"].as_str().unwrap_or("http_error").to_string();
+                error.message = fields["message"]
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("HTTP {status}"));
+                error
+            }
+            Err(_) => return Err(not_json()),
+        };
         Err(Error::Rejected(Box::new(Rejection {
             endpoint: url.to_string(),
             status,
@@ -277,8 +367,10 @@ impl HttpWitness {
         let resp = self.send(&url, |a, url, auth| {
             a.post(url).header("Authorization", auth).send_json(req)
         })?;
-        decode(
-            self.body(&url, resp)?,
+        self.answer(
+            &url,
+            resp,
+            self.bound(&Endpoint::SubmitMigration),
             "the witness sent a malformed migration certificate",
         )
     }
@@ -297,12 +389,18 @@ impl HttpWitness {
         let resp = self.send(&url, |a, url, auth| {
             a.get(url).header("Authorization", auth).call()
         })?;
-        decode(self.body(&url, resp)?, malformed)
+        self.answer(&url, resp, self.bound(&e), malformed)
     }
 }
 
-fn decode<T: DeserializeOwned>(body: Json, malformed: &str) -> Result<T> {
-    serde_json::from_value(body).map_err(|_| Error::invalid(malformed))
+/// An answer past what its endpoint may take: refused unparsed.
+fn too_large(url: &str, status: u16, limit: u64) -> Error {
+    Error::refused(
+        "response_too_large",
+        format!(
+            "response_too_large: the answer from {url} (HTTP {status}) is larger than the {limit} bytes that answer may take; nothing of it was used (a broken proxy or witness)"
+        ),
+    )
 }
 
 impl WitnessApi for HttpWitness {
@@ -333,8 +431,10 @@ impl WitnessApi for HttpWitness {
                 .header("Prefer", "return=minimal")
                 .send_json(req)
         })?;
-        decode(
-            self.body(&url, resp)?,
+        self.answer(
+            &url,
+            resp,
+            self.bound(&Endpoint::Commit),
             "the witness sent a malformed certificate",
         )
     }
@@ -373,9 +473,15 @@ impl WitnessApi for HttpWitness {
         if resp.status().as_u16() != 206 {
             // Not a range: the witness's error (classified as for JSON
             // calls), or an answer that is not what was asked for.
-            let what = self.body(&url, resp)?;
+            let what: Json = self.answer(
+                &url,
+                resp,
+                self.bound(&Endpoint::SnapshotData { seq }),
+                "not a byte range",
+            )?;
             return Err(unreadable(format!(
-                "{url}: expected a byte range, got {what}"
+                "{url}: expected a byte range, got {}",
+                snippet(&what.to_string())
             )));
         }
         let starts_right = resp
@@ -391,14 +497,7 @@ impl WitnessApi for HttpWitness {
                 "{url}: the answer is not the range asked for"
             )));
         }
-        resp.body_mut()
-            .with_config()
-            .limit(end.saturating_sub(start).saturating_add(1))
-            .read_to_vec()
-            .map_err(|e| Error::Network {
-                stage: Stage::Answer,
-                message: format!("the answer from {url} broke off ({e})"),
-            })
+        self.read(&url, &mut resp, end.saturating_sub(start).saturating_add(1))
     }
 
     fn projections(&self) -> Result<ProjectionList> {

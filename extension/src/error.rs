@@ -33,6 +33,15 @@ pub enum Error {
     /// this side (the group's schema moved past what the app understands):
     /// a code, like a witness's, and what to do.
     Stopped { code: &'static str, message: String },
+    /// An answer this side refused, with a code of its own (too large, no
+    /// progress, a head from too far in the future, a key chain that
+    /// forks from the trusted one): nothing of it was used. `class` says
+    /// what sync does about it (retry later, or stop until it changes).
+    Refused {
+        code: &'static str,
+        class: Class,
+        message: String,
+    },
     /// An error of any kind above, told with what was being done: the
     /// message is the whole text shown, the cause keeps the kind.
     Context { message: String, cause: Box<Error> },
@@ -129,9 +138,24 @@ impl Error {
         Error::Untrusted(message.into())
     }
 
+    /// An answer refused with this side's own `code`; sync retries later.
+    pub fn refused(code: &'static str, message: impl Into<String>) -> Error {
+        Error::Refused {
+            code,
+            class: Class::Retry,
+            message: message.into(),
+        }
+    }
+
     /// Whether an answer failed verification.
     pub fn is_untrusted(&self) -> bool {
         matches!(self.root(), Error::Untrusted(_))
+    }
+
+    /// Whether an answer was refused (failed verification, or refused by
+    /// this side's own checks): nothing it states is kept.
+    pub fn is_refused_answer(&self) -> bool {
+        matches!(self.root(), Error::Untrusted(_) | Error::Refused { .. })
     }
 
     /// The code that names what stopped sync: the witness's rejection
@@ -139,7 +163,7 @@ impl Error {
     pub fn code(&self) -> Option<&str> {
         match self.root() {
             Error::Rejected(r) => Some(&r.body.code),
-            Error::Stopped { code, .. } => Some(code),
+            Error::Stopped { code, .. } | Error::Refused { code, .. } => Some(code),
             _ => None,
         }
     }
@@ -182,6 +206,7 @@ impl Error {
             Error::Network { .. } => Some(Class::Retry),
             Error::Rejected(r) => Some(r.class()),
             Error::Stopped { .. } => Some(Class::Stop),
+            Error::Refused { class, .. } => Some(*class),
             _ => None,
         }
     }
@@ -280,6 +305,7 @@ impl fmt::Display for Error {
             | Error::Invalid(message)
             | Error::Untrusted(message)
             | Error::Stopped { message, .. }
+            | Error::Refused { message, .. }
             | Error::Context { message, .. } => f.write_str(message),
             Error::Rejected(r) => write!(f, "{}: {}", r.body.code, r.body.message),
         }

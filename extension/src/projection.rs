@@ -28,6 +28,9 @@ const NAME: &str = "pdb_projection";
 
 /// Rows asked for per page.
 const PAGE: u32 = 1000;
+/// Rows of one projection read into memory at most (a bound on what one
+/// answer chain can make this process hold).
+const MAX_ROWS: usize = 1_000_000;
 
 /// Where a projection's rows come from.
 #[derive(Clone)]
@@ -143,6 +146,20 @@ impl ProjectionCursor {
                 self.rows.push(row);
             }
             match page.next_after {
+                // Each page must move forward, and what is kept in
+                // memory is bounded.
+                Some(n) if n <= after => {
+                    return Err(Error::refused(
+                        "no_progress",
+                        format!("no_progress: the witness's projection page after {after} points back to {n} (a replayed or broken answer)"),
+                    ))
+                }
+                Some(_) if self.rows.len() >= MAX_ROWS => {
+                    return Err(Error::refused(
+                        "response_too_large",
+                        format!("response_too_large: projection {:?} has more than {MAX_ROWS} rows visible to this caller; read it in parts from the witness's HTTP API", s.name),
+                    ))
+                }
                 Some(n) => after = n,
                 None => return Ok(()),
             }

@@ -113,7 +113,7 @@ pub fn pull_then(l0: &Local, w: &dyn WitnessApi, synced: bool) -> Result<Pulled>
         let (p, stopped) = match applied {
             Ok(x) => x,
             Err(e) => {
-                if !e.is_untrusted() {
+                if !e.is_refused_answer() {
                     // How far behind this copy is, kept for pdb_status.
                     let _ = state::set(&l.db, "remote_seq", Value::Integer(signed_head.seq as i64));
                 }
@@ -130,6 +130,18 @@ pub fn pull_then(l0: &Local, w: &dyn WitnessApi, synced: bool) -> Result<Pulled>
         }
         if last {
             return Ok(pulled);
+        }
+        // Every page but the last moves the head: one that does not (a
+        // replayed page whose entries end at this database's own head,
+        // with `next_after` still set) would be asked for again forever.
+        let now = reloaded.as_ref().unwrap_or(l0).head()?.seq;
+        if now <= after {
+            return Err(Error::refused(
+                "no_progress",
+                format!(
+                    "no_progress: the witness's page of commits after {after} holds nothing after it yet says more follow (a replayed or broken answer); nothing was applied, the next pdb_sync asks again"
+                ),
+            ));
         }
     }
 }

@@ -126,13 +126,18 @@ pub fn mark_synced(db: &Db) -> Result<()> {
 pub fn limits(db: &Db) -> Result<LimitsJson> {
     Ok(get_text(db, "limits")?
         .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or(LimitsJson {
-            max_body_bytes: 8 * 1024 * 1024,
-            max_page_bytes: 4 * 1024 * 1024,
-            max_page_commits: 1000,
-            keep_log_commits: None,
-            max_wait_seconds: None,
-        }))
+        .unwrap_or_else(default_limits))
+}
+
+/// What a witness that predates advertised limits takes.
+pub fn default_limits() -> LimitsJson {
+    LimitsJson {
+        max_body_bytes: 8 * 1024 * 1024,
+        max_page_bytes: 4 * 1024 * 1024,
+        max_page_commits: 1000,
+        keep_log_commits: None,
+        max_wait_seconds: None,
+    }
 }
 
 pub fn set_limits(db: &Db, limits: &LimitsJson) -> Result<()> {
@@ -214,12 +219,13 @@ impl Local {
     /// The witness this database was opened for, reached as `pdb_open`
     /// stored.
     pub fn witness(&self) -> Result<HttpWitness> {
-        HttpWitness::new(
+        Ok(HttpWitness::new(
             &self.url,
             &self.token,
             &self.group,
             &Transport::load(&self.db)?,
-        )
+        )?
+        .with_limits(&self.limits))
     }
 
     /// The verified head (its three keys read in one statement: a sync

@@ -96,6 +96,14 @@ fn at_a_glance(
         let class = d["class"].as_str().unwrap_or("local");
         let code = d["code"].as_str().unwrap_or("");
         let (state, advice) = match (class, code) {
+            (_, "response_too_large") => (
+                "waiting",
+                "an answer was larger than its endpoint ever needs (a broken proxy or witness): nothing of it was used; the next pdb_sync asks again",
+            ),
+            (_, "no_progress") => (
+                "waiting",
+                "the witness's pages did not move forward (a replayed or broken answer): nothing was applied; the next pdb_sync asks again",
+            ),
             ("retry", _) => (
                 "waiting",
                 "nothing to do: the next pdb_sync retries and resumes by itself (after retry_after_s, if given)",
