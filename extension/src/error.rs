@@ -147,6 +147,16 @@ impl Error {
         }
     }
 
+    /// An answer refused with this side's own `code`; sync stops until
+    /// what the message names changes.
+    pub fn refused_stop(code: &'static str, message: impl Into<String>) -> Error {
+        Error::Refused {
+            code,
+            class: Class::Stop,
+            message: message.into(),
+        }
+    }
+
     /// Whether an answer failed verification.
     pub fn is_untrusted(&self) -> bool {
         matches!(self.root(), Error::Untrusted(_))

@@ -49,6 +49,60 @@ pub fn chain_to_served(pinned: &str, info: &WitnessJson) -> Result<KeyChain> {
     Ok(chain)
 }
 
+/// The chain the witness serves, when this database already trusts a
+/// chain: accepted only if it extends that one (the trusted keys, then
+/// rotations after them). A chain that forks from it — a rotation from an
+/// old key to another key, signed by whoever holds the old key — is
+/// refused by name (`key_fork`).
+pub fn check_extends(db: &Db, served: &KeyChain) -> Result<()> {
+    if kv::get_text(db, "public_key")?.is_none() {
+        return Ok(());
+    }
+    let trusted = load(db)?;
+    if served.extends(&trusted) {
+        return Ok(());
+    }
+    let show = |c: &KeyChain| {
+        c.keys()
+            .iter()
+            .map(|(k, _)| pdb_protocol::hex(&k.as_bytes()[..4]))
+            .collect::<Vec<_>>()
+            .join(" → ")
+    };
+    Err(Error::refused_stop(
+        "key_fork",
+        format!(
+            "key_fork: the witness's key rotations ({}) fork from the chain this database trusts ({}): someone holding an earlier witness key signed a rotation of their own, or the witness runs from a backup made before its last rotation; nothing was used and sync stopped (see docs/operations.md, \"Key rotation\"). Sync resumes once the witness serves a chain that extends the trusted one",
+            show(served),
+            show(&trusted)
+        ),
+    ))
+}
+
+/// The chain from `pinned` to the key the witness serves, which must
+/// extend the chain this database trusts ([`check_extends`]). A served
+/// chain that does not pass through the pin but starts from the trusted
+/// chain's first key forks from it: refused as `key_fork`.
+pub fn served_chain(db: &Db, pinned: &str, info: &WitnessJson) -> Result<KeyChain> {
+    match chain_to_served(pinned, info) {
+        Ok(chain) => {
+            check_extends(db, &chain)?;
+            Ok(chain)
+        }
+        Err(e) => {
+            if kv::get_text(db, "public_key")?.is_some() {
+                let trusted = load(db)?;
+                if let Some((first, _)) = trusted.keys().first() {
+                    if let Ok(other) = chain_to_served(&pdb_protocol::hex(first.as_bytes()), info) {
+                        check_extends(db, &other)?;
+                    }
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
 /// The chain this database stored.
 pub fn load(db: &Db) -> Result<KeyChain> {
     let pinned = kv::get_text(db, "public_key")?
@@ -62,9 +116,15 @@ pub fn load(db: &Db) -> Result<KeyChain> {
         .map_err(|e| Error::invalid(format!("the stored key rotations are refused: {e}")))
 }
 
-/// Stores the pinned key and the rotations that lead from it.
-pub fn save(db: &Db, pinned: &str, info: &WitnessJson) -> Result<()> {
-    kv::set(db, "public_key", Value::text(pinned))?;
+/// Stores the rotations of `chain` (which `info` served) and pins its
+/// current key: the pin moves forward with each verified rotation, so a
+/// chain that does not pass through it is refused from then on.
+pub fn save(db: &Db, chain: &KeyChain, info: &WitnessJson) -> Result<()> {
+    kv::set(
+        db,
+        "public_key",
+        Value::text(&pdb_protocol::hex(chain.current().as_bytes())),
+    )?;
     let text = serde_json::to_string(&info.rotations).map_err(|e| Error::invalid(e.to_string()))?;
     kv::set(db, "key_rotations", Value::text(&text))
 }
@@ -75,10 +135,10 @@ pub fn follow(db: &Db, w: &dyn WitnessApi) -> Result<bool> {
     let before = load(db)?;
     let pinned = kv::get_text(db, "public_key")?.unwrap_or_default();
     let info = w.witness()?;
-    let chain = chain_to_served(&pinned, &info)?;
+    let chain = served_chain(db, &pinned, &info)?;
     if chain == before {
         return Ok(false);
     }
-    save(db, &pinned, &info)?;
+    save(db, &chain, &info)?;
     Ok(true)
 }

@@ -375,7 +375,7 @@ pub fn open_with(
         .clone()
         .or(state::get_text(&db, "public_key")?)
         .unwrap_or_else(|| info.public_key.clone());
-    let key = keys::chain_to_served(&pinned, &info)?;
+    let key = keys::served_chain(&db, &pinned, &info)?;
     let g = w.group()?;
     let head_rec = signed::verify_head(&key, group, &g.head)?;
     signed::check_fresh(&db, &head_rec, opts.max_head_age_ms)?;
@@ -449,7 +449,7 @@ pub fn open_with(
             state::set(&db, k, v)?;
         }
         state::set_schema(&db, &schema)?;
-        keys::save(&db, &pinned, &info)?;
+        keys::save(&db, &key, &info)?;
         if opts.store_token {
             state::set(&db, "token", Value::text(&opts.token))?;
         } else {

@@ -104,6 +104,10 @@ fn at_a_glance(
                 "waiting",
                 "the witness's pages did not move forward (a replayed or broken answer): nothing was applied; the next pdb_sync asks again",
             ),
+            (_, "key_fork") => (
+                "blocked",
+                "the witness's key rotations fork from the chain this database trusts: ask the witness's operator (docs/operations.md, \"Key rotation\"); sync resumes once the witness serves a chain that extends the trusted one",
+            ),
             ("retry", _) => (
                 "waiting",
                 "nothing to do: the next pdb_sync retries and resumes by itself (after retry_after_s, if given)",

@@ -34,9 +34,14 @@ pub fn sync(db: crate::db::Db) -> Result<Json> {
     let l = state::load(db)?;
     let w = l.witness()?;
     let result = match rounds(&l, &w) {
-        Err(e) if e.is_untrusted() && crate::keys::follow(&db, &w)? => {
-            rounds(&state::load(db)?, &w)
-        }
+        Err(e) if e.is_untrusted() => match crate::keys::follow(&db, &w) {
+            Ok(true) => rounds(&state::load(db)?, &w),
+            Ok(false) => Err(e),
+            // The served chain is refused (a fork, a forged rotation):
+            // that is what stopped sync, and pdb_status says it.
+            Err(f) if f.is_refused_answer() => Err(f),
+            Err(_) => Err(e),
+        },
         result => result,
     };
     finish(&l, result)

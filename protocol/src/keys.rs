@@ -99,6 +99,18 @@ impl KeyChain {
     pub fn current(&self) -> &VerifyingKey {
         &self.keys[self.keys.len() - 1].0
     }
+
+    /// The keys in order, each with the time it came into force.
+    pub fn keys(&self) -> &[(VerifyingKey, u64)] {
+        &self.keys
+    }
+
+    /// Whether this chain is `trusted` followed by zero or more
+    /// rotations: every key of it, with the same start, in the same
+    /// place. A chain that differs anywhere in that part forks from it.
+    pub fn extends(&self, trusted: &KeyChain) -> bool {
+        self.keys.len() >= trusted.keys.len() && self.keys[..trusted.keys.len()] == trusted.keys[..]
+    }
 }
 
 impl Verifier for KeyChain {
@@ -185,6 +197,27 @@ mod tests {
         ));
         let misnumbered = [Rotation::sign(2, &k1, &k2, 1_000)];
         assert!(KeyChain::from_rotations(&k1.verifying_key(), &misnumbered).is_err());
+    }
+
+    #[test]
+    fn a_chain_extends_only_the_chain_it_starts_with() {
+        let (k1, k2, k3) = (key(1), key(2), key(3));
+        let pinned = k1.verifying_key();
+        let r12 = Rotation::sign(1, &k1, &k2, 1_000);
+        let one = KeyChain::from_rotations(&pinned, &[]).unwrap();
+        let followed = KeyChain::from_rotations(&pinned, std::slice::from_ref(&r12)).unwrap();
+        let longer =
+            KeyChain::from_rotations(&pinned, &[r12, Rotation::sign(2, &k2, &k3, 2_000)]).unwrap();
+        let fork =
+            KeyChain::from_rotations(&pinned, &[Rotation::sign(1, &k1, &k3, 1_000)]).unwrap();
+        assert!(followed.extends(&one) && longer.extends(&followed) && longer.extends(&longer));
+        // K1 → K3 by anyone holding K1 is not K1 → K2, nor its extension.
+        assert!(!fork.extends(&followed));
+        assert!(!one.extends(&followed));
+        // The same keys with another start time fork too.
+        let later =
+            KeyChain::from_rotations(&pinned, &[Rotation::sign(1, &k1, &k2, 5_000)]).unwrap();
+        assert!(!later.extends(&followed));
     }
 
     trait SignBytes {

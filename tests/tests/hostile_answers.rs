@@ -1,7 +1,8 @@
 //! Answers that try to hurt the device rather than fool it: an answer far
 //! larger than its endpoint needs must end in a clear error, never in the
 //! host process holding it all or aborting; a page that makes no progress
-//! must end the pull, not loop. Hosts are real: Python (/usr/bin/python3) as its own
+//! must end the pull, not loop; a key chain that forks from the trusted one
+//! is refused by name. Hosts are real: Python (/usr/bin/python3) as its own
 //! process, and rusqlite.
 
 use pdb_e2e::*;
@@ -238,4 +239,69 @@ fn a_replayed_page_that_makes_no_progress_ends_the_pull() {
     let r = a.sync().unwrap();
     assert_eq!(r["pulled"], 2, "{r}");
     assert_eq!(a.dump(&["notes"]), b.dump(&["notes"]));
+}
+
+fn pdb_witness(data: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(target_binary("pdb-witness"))
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cp {} {}", from.display(), to.display());
+}
+
+#[test]
+fn a_rotation_chain_that_forks_from_the_trusted_one_is_refused_by_name() {
+    let (dir, mut w) = setup("fork");
+    let port = w.port();
+    let a = Device::new(&dir.path().join("a.db"));
+    a.open(&w, "g", "remote_wins").unwrap();
+    a.exec("INSERT INTO notes VALUES (1, 'before the rotation')");
+    a.sync().unwrap();
+
+    // An old backup holds K1.
+    w.terminate();
+    let backup = TempDir::new("fork-backup");
+    copy_dir(&dir.path().join("data"), &backup.path().join("data"));
+    // The real witness rotates K1 → K2; the device follows.
+    let out = pdb_witness(&dir.path().join("data"), &["rotate-key"]);
+    assert!(out.status.success(), "{out:?}");
+    let mut w = Witness::start_on(dir.path(), port);
+    a.sync().unwrap();
+    assert_eq!(a.call("pdb_status()").unwrap()["state"], "healthy");
+
+    // Whoever holds the backup rotates K1 → K3 and answers on the same
+    // address.
+    w.terminate();
+    let out = pdb_witness(&backup.path().join("data"), &["rotate-key"]);
+    assert!(out.status.success(), "{out:?}");
+    let mut forked = Witness::start_on(backup.path(), port);
+    let err = a.sync().unwrap_err();
+    assert!(err.contains("key_fork"), "{err}");
+    let s = a.call("pdb_status()").unwrap();
+    assert_eq!(s["reason"]["code"], "key_fork", "{s}");
+    assert_eq!(s["state"], "blocked", "{s}");
+    // Still refused on the next try, and when opened again.
+    assert!(a.sync().unwrap_err().contains("key_fork"));
+    let again = a.open(&forked, "g", "remote_wins").unwrap_err();
+    assert!(again.contains("key_fork"), "{again}");
+
+    // The true witness back: sync resumes.
+    forked.terminate();
+    let _w = Witness::start_on(dir.path(), port);
+    a.exec("INSERT INTO notes VALUES (2, 'after')");
+    a.sync().unwrap();
+    assert_eq!(a.call("pdb_status()").unwrap()["state"], "healthy");
+    assert_eq!(a.call("pdb_verify()").unwrap()["ok"], true);
 }
