@@ -156,10 +156,22 @@ pub struct HttpWitness {
 /// The TLS failure inside an error, if the handshake is what failed (a
 /// certificate not trusted, or not for this host name).
 fn tls_failure(e: &ureq::Error) -> Option<String> {
+    let advice = |t: &rustls::Error| {
+        // What a plain-HTTP server answers a TLS hello with is no TLS
+        // record at all.
+        if matches!(
+            t,
+            rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)
+        ) {
+            format!("{t} (the witness speaks plain HTTP here? then the URL starts with http://)")
+        } else {
+            format!("{t} (a private CA? give its certificate with the ca_file option)")
+        }
+    };
     match e {
-        ureq::Error::Rustls(t) => Some(t.to_string()),
+        ureq::Error::Rustls(t) => Some(advice(t)),
         ureq::Error::Tls(t) => Some(t.to_string()),
-        ureq::Error::Io(io) => rustls_in(io).map(|t| t.to_string()),
+        ureq::Error::Io(io) => rustls_in(io).map(advice),
         _ => None,
     }
 }
@@ -269,9 +281,7 @@ impl HttpWitness {
         build(&self.agent, url, &format!("Bearer {}", self.token)).map_err(|e| {
             let stage = stage_of(&e);
             let message = match (tls_failure(&e), stage) {
-                (Some(t), _) => format!(
-                    "TLS with {url} failed: {t} (a private CA? give its certificate with the ca_file option)"
-                ),
+                (Some(t), _) => format!("TLS with {url} failed: {t}"),
                 (None, Stage::Connect) => format!("connecting to {url}: {e}"),
                 (None, _) => format!("the request to {url} was sent but its answer was lost ({e})"),
             };

@@ -283,8 +283,12 @@ impl Error {
                     r.body.message,
                     after(r)
                 ),
+                (_, "unauthorized") if r.body.table.is_none() && r.status == 401 => format!(
+                    "unauthorized: {} (sync stopped: the witness does not accept this token — give this device's own as pdb_open's token option, or with pdb_set_token)",
+                    r.body.message
+                ),
                 (_, "unauthorized") if r.body.table.is_none() => format!(
-                    "unauthorized: {} (sync stopped: fix the token with pdb_open, or the caller's role on the witness)",
+                    "unauthorized: {} (sync stopped: check the group id given to pdb_open, or have the group's admin give this token's identity a role there)",
                     r.body.message
                 ),
                 (_, "unknown_head") => format!(

@@ -336,6 +336,11 @@ fn has_rows(db: &Db, names: &[String]) -> Result<bool> {
 
 /// Opens (or re-opens) a database for sync with a group.
 pub fn open(db: Db, url: &str, group: &str, mut opts: OpenOptions) -> Result<Json> {
+    if !valid_group_id(group) {
+        return Err(Error::invalid(format!(
+            "invalid group id {group:?}: a group id is 1-64 of a-z 0-9 _ -, starting with a letter or digit (the id the group was created with)"
+        )));
+    }
     opts.keep_stored(&db)?;
     if !opts.store_token {
         crate::token::set(&db, Some(&opts.token))?;
@@ -350,6 +355,16 @@ pub fn open(db: Db, url: &str, group: &str, mut opts: OpenOptions) -> Result<Jso
         })
 }
 
+/// A group id as the witness makes them: 1-64 of `a-z 0-9 _ -`, starting
+/// with a letter or digit.
+fn valid_group_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    (1..=64).contains(&b.len())
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-'))
+}
+
 /// [`open`] against the witness `w` (serving `url`).
 pub fn open_with(
     db: Db,
@@ -362,7 +377,7 @@ pub fn open_with(
     if let (Some(u), Some(g)) = (state::get_text(&db, "url")?, state::get_text(&db, "group")?) {
         if g != group {
             return Err(Error::invalid(format!(
-                "this database is already open for group {g:?} at {u}"
+                "this database is already open for group {g:?} at {u}: open it with group {g:?}, or use another database file for group {group:?} (one file per group; ATTACH several to one connection)"
             )));
         }
     }

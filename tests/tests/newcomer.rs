@@ -333,3 +333,67 @@ fn a_new_database_whose_tables_have_the_groups_current_schema_opens_at_it() {
         "{e}"
     );
 }
+
+#[test]
+fn each_error_of_a_first_open_names_what_the_user_can_change() {
+    let dir = TempDir::new("errors-name-the-fix");
+    let w = Witness::start(dir.path());
+    w.create_group("tasks", DDL);
+    w.create_group("other", DDL);
+    let r = w.post(
+        "/v1/tokens",
+        &json!({"identity": "phone", "group": "tasks", "role": "writer"}),
+    );
+    let token = r.body["token"].as_str().unwrap().to_string();
+    let d = Device::new(&dir.path().join("d.db"));
+    let open = |url: &str, group: &str, token: &str| {
+        d.call(&format!(
+            "pdb_open('{url}', '{group}', json_object('token', '{token}'))"
+        ))
+        .unwrap_err()
+    };
+    let https = w.url.replace("http://", "https://");
+    let cases = [
+        // https:// to a plain-HTTP witness: the fix is the scheme.
+        (
+            open(&https, "tasks", &token),
+            "the URL starts with http://",
+            "ca_file",
+        ),
+        // A group id no group can have: said before any request.
+        (
+            open(&w.url, "my tasks", &token),
+            "invalid group id \"my tasks\"",
+            "unreachable",
+        ),
+        // A mistyped group with a good writer token: the group id first.
+        (open(&w.url, "taks", &token), "check the group id", "Bearer"),
+        // A token the witness does not know: the option the user sets.
+        (
+            open(&w.url, "tasks", "pdb_not-a-token"),
+            "pdb_open's token option",
+            "Authorization",
+        ),
+    ];
+    for (e, names, not) in &cases {
+        assert!(e.contains(names), "{e:?} should name {names:?}");
+        assert!(!e.contains(not), "{e:?} should not mention {not:?}");
+    }
+    d.call(&format!(
+        "pdb_open('{}', 'tasks', json_object('token', '{token}'))",
+        w.url
+    ))
+    .expect("the right URL, group and token");
+    let e = d
+        .call(&format!(
+            "pdb_open('{}', 'other', json_object('token', '{TOKEN}'))",
+            w.url
+        ))
+        .unwrap_err();
+    assert!(
+        e.contains("use another database file for group \"other\""),
+        "{e}"
+    );
+    // None of them left this database blocked.
+    assert_eq!(d.call("pdb_status()").unwrap()["state"], "healthy");
+}

@@ -114,10 +114,15 @@ impl Call {
         let grant = if self.caller.operator {
             operator()
         } else {
-            let no_access = || ApiError::Forbidden {
+            let no_access = || {
+                ApiError::Forbidden {
                 table: None,
                 key: None,
-                message: format!("no access to group {id:?}"),
+                message: format!(
+                    "no access to group {id:?} for {:?}: no such group, or no role in it (check the group id; the group's admin grants roles)",
+                    self.caller.identity
+                ),
+            }
             };
             let (w, g, who) = (self.w.clone(), id.to_string(), self.caller.identity.clone());
             match self.blocking(move || w.directory.grant(&g, &who)).await? {
