@@ -114,6 +114,11 @@ fn migrate_fn(db: Db, args: &[*mut sqlite3_value]) -> Result<String, Error> {
     Ok(crate::migrate::submit(db, &ddl, opts.as_deref())?.to_string())
 }
 
+fn adopt_fn(db: Db, args: &[*mut sqlite3_value]) -> Result<String, Error> {
+    let table = required(args, 0, "the name of this database's own table")?;
+    Ok(crate::migrate::adopt(db, &table)?.to_string())
+}
+
 fn recover_fn(db: Db, args: &[*mut sqlite3_value]) -> Result<String, Error> {
     let mode = required(args, 0, "mode: 'recommit' or 'in_place'")?;
     // One sync at a time per file in this process (the worker's too).
@@ -152,6 +157,7 @@ pub fn register(db: *mut sqlite3) -> sqlite_loadable::Result<()> {
         ("pdb_migrate", 1, migrate_fn, stateful),
         ("pdb_migrate", 2, migrate_fn, stateful),
         ("pdb_recover", 1, recover_fn, stateful),
+        ("pdb_adopt", 1, adopt_fn, stateful),
         ("pdb_head", 0, head, stateful),
         ("pdb_status", 0, status_fn, stateful),
         ("pdb_verify", 0, verify, stateful),

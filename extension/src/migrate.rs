@@ -538,11 +538,78 @@ fn settle_open_conflicts(l: &Local, table: &str, column: Option<&str>) -> Result
     )
 }
 
+/// The `pdb_state` key that records the app's choice to let a migration
+/// take its own table `name` into the group (`pdb_adopt`).
+fn adopt_key(name: &str) -> String {
+    format!("adopt_table:{}", name.to_ascii_lowercase())
+}
+
+/// `pdb_adopt(table)`: the app's explicit choice that when a migration of
+/// the group creates a table of this name, this database's own table of
+/// that name (of exactly the group's structure) becomes the group's, its
+/// rows this device's inserts, signed with its identity and seen by every
+/// member. Without it such a migration stops sync (`local_table_exists`).
+pub fn adopt(db: Db, table: &str) -> Result<serde_json::Value> {
+    if table.is_empty() || table.len() > 128 {
+        return Err(Error::invalid("give the name of a table of this database"));
+    }
+    if read_local(&db, &[table.to_string()])?.is_none() {
+        return Err(Error::invalid(format!(
+            "this database has no table {table:?}: nothing to adopt"
+        )));
+    }
+    if state::load(db)?.schema.table(table).is_some() {
+        return Err(Error::invalid(format!(
+            "table {table:?} is already the group's"
+        )));
+    }
+    state::set(&db, &adopt_key(table), Value::Integer(1))?;
+    Ok(serde_json::json!({
+        "table": table,
+        "adopt": "when a migration of the group creates a table of this name with this structure, its rows become this device's inserts and are pushed to the group",
+    }))
+}
+
+/// Sync stops before a migration that creates a table this database
+/// already has as its own (never the group's): its rows would become the
+/// group's, pushed under this device's identity, because the witness
+/// said so. The app decides: rename or drop its table, or `pdb_adopt` it.
+pub fn local_table_in_the_way(l: &Local, v: &Verified) -> Result<Option<Error>> {
+    for op in &v.migration.ops {
+        let SchemaOp::CreateTable { table } = op else {
+            continue;
+        };
+        if read_local(&l.db, std::slice::from_ref(&table.name))?.is_none()
+            || state::get_i64(&l.db, &adopt_key(&table.name))? == Some(1)
+        {
+            continue;
+        }
+        return Ok(Some(Error::Stopped {
+            code: "local_table_exists",
+            message: format!(
+                "local_table_exists: the group's migration to schema version {} creates table {:?}, and this database has a table of that name of its own (never the group's); its rows are not sent anywhere: rename or drop it, or call pdb_adopt({:?}) to make it the group's (its rows pushed under this device's identity); then sync resumes",
+                v.schema.version, table.name, table.name
+            ),
+        }));
+    }
+    Ok(None)
+}
+
 /// A table the migration adds: created from its structure, or — when the
-/// app already made one of that name exactly as the group has it — taken
-/// as it is, its rows becoming this database's inserts.
+/// app already made one of that name exactly as the group has it, and
+/// chose to adopt it (`pdb_adopt`) — taken as it is, its rows becoming
+/// this database's inserts. An own table not chosen is refused.
 fn create_table(l: &Local, t: &Table) -> Result<()> {
     let adopt = match read_local(&l.db, std::slice::from_ref(&t.name))? {
+        Some(_) if state::get_i64(&l.db, &adopt_key(&t.name))? != Some(1) => {
+            return Err(Error::Stopped {
+                code: "local_table_exists",
+                message: format!(
+                    "local_table_exists: this database has a table {:?} of its own: rename or drop it, or call pdb_adopt({:?}); then sync resumes",
+                    t.name, t.name
+                ),
+            });
+        }
         Some(local) => {
             let local = local
                 .first()
@@ -557,7 +624,9 @@ fn create_table(l: &Local, t: &Table) -> Result<()> {
         }
         None => false,
     };
-    if !adopt {
+    if adopt {
+        state::delete(&l.db, &adopt_key(&t.name))?;
+    } else {
         l.db.exec(&t.create_sql())?;
     }
     for sql in t.index_sql() {

@@ -200,6 +200,10 @@ fn apply_page(
             stopped = Some(crate::migrate::upgrade_required(v.schema.version, max));
             break;
         }
+        if let Some(e) = crate::migrate::local_table_in_the_way(l, &v)? {
+            stopped = Some(e);
+            break;
+        }
         let after = crate::migrate::apply(l, &v, &head, true)?;
         l.set_head(&after)?;
         pulled.migrations += 1;

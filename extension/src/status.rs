@@ -104,6 +104,10 @@ fn at_a_glance(
                 "waiting",
                 "the witness's pages did not move forward (a replayed or broken answer): nothing was applied; the next pdb_sync asks again",
             ),
+            (_, "local_table_exists") => (
+                "blocked",
+                "a migration of the group creates a table this database has of its own: rename or drop that table, or call pdb_adopt(name) to make it the group's; sync resumes",
+            ),
             (_, "key_fork") => (
                 "blocked",
                 "the witness's key rotations fork from the chain this database trusts: ask the witness's operator (docs/operations.md, \"Key rotation\"); sync resumes once the witness serves a chain that extends the trusted one",
