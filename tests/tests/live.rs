@@ -4,7 +4,10 @@
 //! restart and a network cut heal by themselves; an unauthorized answer
 //! stops the worker saying why; closing the connection or exiting while
 //! the worker runs leaves the file writable; a host writing all the time
-//! never sees SQLITE_BUSY. Every wait is bounded; no timing thresholds.
+//! never sees SQLITE_BUSY. Devices are separate processes on
+//! rollback-journal files (SQLite's default), written to also by this
+//! process without the extension. Every wait is bounded; no timing
+//! thresholds.
 
 use pdb_e2e::*;
 use serde_json::{json, Value as Json};
@@ -429,6 +432,97 @@ fn python_and_node_workers_carry_writes_both_ways_without_pdb_sync() {
     assert!(py.wait().success());
     assert_eq!(node.send(json!({"op": "exit"}))["exiting"], true);
     assert!(node.wait().success());
+}
+
+/// A plain connection to `path` in this test's own process: it never
+/// loaded the extension (rollback journal, as the host left the file).
+fn plain_write(path: &Path, sql: &str) {
+    let c = rusqlite::Connection::open(path).expect("open");
+    c.busy_timeout(Duration::from_secs(5))
+        .expect("busy timeout");
+    c.execute_batch(sql)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+#[test]
+fn devices_in_separate_processes_carry_writes_of_a_plain_connection() {
+    let dir = TempDir::new("live-procs");
+    let w = Witness::start(dir.path());
+    w.create_group("g", DDL);
+    // A's process starts its worker first; B's process is started after,
+    // and a third process (this one, without the extension) writes to A.
+    let a_path = db_path(&dir, "a");
+    let mut a = Host::python(&a_path);
+    a.open(&w.url, TOKEN);
+    assert_eq!(a.call("pdb_sync_start()")["worker"], "started");
+    let mut b = Host::node(&db_path(&dir, "b"));
+    b.open(&w.url, TOKEN);
+    assert_eq!(b.call("pdb_sync_start()")["worker"], "started");
+    for h in [&mut a, &mut b] {
+        let mode = h.sql("PRAGMA journal_mode", json!([]));
+        assert_eq!(mode, vec![json!(["delete"])], "{}", h.name);
+    }
+    for i in 1..=5 {
+        let body = format!("plain write {i}");
+        plain_write(
+            &a_path,
+            &format!("INSERT INTO notes VALUES ({i}, '{body}')"),
+        );
+        if !b.saw(i, &body) {
+            panic!(
+                "B never saw row {i}\nA: {}\nB: {}\nwitness head {}",
+                a.status(),
+                b.status(),
+                w.head("g").seq
+            );
+        }
+        // And back: B's host writes, A's worker pulls it.
+        b.sql("INSERT INTO notes VALUES (?, 'from b')", json!([100 + i]));
+        a.sees(100 + i, "from b");
+    }
+    for h in [&mut a, &mut b] {
+        h.until("everything synced", |h| {
+            let s = h.status();
+            s["pending_rows"] == 0 && s["worker"]["state"] == "idle"
+        });
+        assert_eq!(h.call("pdb_verify()")["ok"], true);
+    }
+}
+
+#[test]
+fn a_pull_the_app_keeps_from_committing_is_retried_not_left_open() {
+    let dir = TempDir::new("live-held");
+    let w = Witness::start(dir.path());
+    w.create_group("g", DDL);
+    let a_path = db_path(&dir, "a");
+    let mut a = Host::python(&a_path);
+    a.open(&w.url, TOKEN);
+    a.call("pdb_sync_start()");
+    let mut b = Host::python(&db_path(&dir, "b"));
+    b.open(&w.url, TOKEN);
+    b.call("pdb_sync_start('{\"busy_timeout_ms\": 200, \"min_backoff_ms\": 50, \"max_backoff_ms\": 200}')");
+    // B's app holds a read transaction (rollback journal: a shared lock),
+    // so B's worker cannot commit the pull of A's write.
+    b.sql("BEGIN", json!([]));
+    b.sql("SELECT count(*) FROM notes", json!([]));
+    plain_write(&a_path, "INSERT INTO notes VALUES (1, 'held back')");
+    b.until("B's worker to find the file busy", |h| {
+        h.status()["worker"]["failures"].as_u64().unwrap_or(0) >= 1
+    });
+    // The failed COMMIT rolled the pull back: the worker holds no lock
+    // and no transaction, so the app's reads and writes go on...
+    b.sql("COMMIT", json!([]));
+    b.sql("INSERT INTO notes VALUES (2, 'from b')", json!([]));
+    // ...and the retry pulls once the app lets go.
+    b.sees(1, "held back");
+    a.sees(2, "from b");
+    for h in [&mut a, &mut b] {
+        h.until("everything synced", |h| {
+            let s = h.status();
+            s["pending_rows"] == 0 && s["worker"]["state"] == "idle"
+        });
+        assert_eq!(h.call("pdb_verify()")["ok"], true);
+    }
 }
 
 #[test]
