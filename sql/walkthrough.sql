@@ -1,12 +1,14 @@
 -- PersonalDB walkthrough, plain SQL in the sqlite3 CLI: two devices (two
 -- database files), offline edits on both, sync, and both converge.
 --
--- Needs a running witness with the group "walkthrough" created from
--- sql/walkthrough_schema.sql, and a file pdb_params.sql in the current
--- directory holding (see README):
+-- One command sets it up and runs it (and part two) against a running
+-- witness: PDB_ADMIN_TOKEN=<admin token> scripts/walkthrough.sh
+-- By hand it needs the group created from sql/walkthrough_schema.sql and a
+-- file pdb_params.sql in the current directory holding:
 --   .load /path/to/target/release/libpdb
 --   .parameter set @url 'http://127.0.0.1:7070'
---   .parameter set @token '<token>'
+--   .parameter set @group '<the group id>'
+--   .parameter set @token '<a token of the group's admin>'
 -- Run: sqlite3 < sql/walkthrough.sql
 .bail on
 .mode list
@@ -14,14 +16,14 @@
 -- Device A opens the group (creating the table) and adds two tasks.
 .open walkthrough_a.db
 .read pdb_params.sql
-SELECT 'A opened at seq ' || json_extract(pdb_open(@url, 'walkthrough', json_object('token', @token)), '$.head.seq');
+SELECT 'A opened at seq ' || json_extract(pdb_open(@url, @group, json_object('token', @token)), '$.head.seq');
 INSERT INTO tasks(id, title) VALUES ('t1', 'Buy milk'), ('t2', 'Write report');
 SELECT 'A pushed ' || json_extract(pdb_sync(), '$.pushed') || ' commit(s)';
 
 -- Device B opens the same group and receives them.
 .open walkthrough_b.db
 .read pdb_params.sql
-SELECT 'B pulled ' || json_extract(pdb_open(@url, 'walkthrough', json_object('token', @token)), '$.pulled') || ' commit(s)';
+SELECT 'B pulled ' || json_extract(pdb_open(@url, @group, json_object('token', @token)), '$.pulled') || ' commit(s)';
 
 -- Offline on B: finish t1, add t3. (No sync yet.)
 UPDATE tasks SET done = 1 WHERE id = 't1';

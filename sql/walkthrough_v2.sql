@@ -1,8 +1,9 @@
 -- PersonalDB walkthrough, part two: shipping version 2 of the app from the
--- sqlite3 CLI. Run after sql/walkthrough.sql, in the same directory (the
--- same walkthrough_a.db, walkthrough_b.db and pdb_params.sql), with
+-- sqlite3 CLI. scripts/walkthrough.sh runs it after sql/walkthrough.sql; by
+-- hand, run it after that in the same directory (the same walkthrough_a.db,
+-- walkthrough_b.db and pdb_params.sql), with
 -- sql/migrations/walkthrough_002.sql reachable from there and the token in
--- pdb_params.sql being the group's admin's (as in the README's set-up).
+-- pdb_params.sql being the group's admin's (a migration is the admin's).
 -- Run: sqlite3 < sql/walkthrough_v2.sql
 --
 -- Device B is an install of version 1 of the app that has not upgraded yet:
@@ -15,7 +16,7 @@
 -- B runs version 1 of the app: it says which schema versions it understands.
 .open walkthrough_b.db
 .read pdb_params.sql
-SELECT 'B opened understanding ' || json_extract(pdb_open(@url, 'walkthrough', json_object('token', @token, 'schema_versions', json_array(1, 1))), '$.group') || ' versions ' || json_extract(pdb_status(), '$.app_schema_versions');
+SELECT 'B opened understanding ' || json_extract(pdb_open(@url, @group, json_object('token', @token, 'schema_versions', json_array(1, 1))), '$.group') || ' versions ' || json_extract(pdb_status(), '$.app_schema_versions');
 
 -- The admin ships version 2 of the schema: ordinary DDL, submitted through
 -- any device opened for the group.
@@ -27,12 +28,14 @@ SELECT 'migrated to version ' || json_extract(m, '$.schema_version') || ' at seq
 -- A runs version 2 of the app: it re-opens saying so; sync migrates its
 -- tables (the extension builds the statements itself from the signed
 -- operations), and the app uses the new column.
-SELECT 'A opened, migrations applied: ' || json_extract(pdb_open(@url, 'walkthrough', json_object('token', @token, 'schema_versions', json_array(1, 2))), '$.migrations');
+SELECT 'A opened, migrations applied: ' || json_extract(pdb_open(@url, @group, json_object('token', @token, 'schema_versions', json_array(1, 2))), '$.migrations');
 UPDATE tasks SET due = '2026-12-24' WHERE id = 't3';
 SELECT 'A sync: ' || pdb_sync();
 
--- B, still version 1, adds a task and tries to sync: the group moved past
--- what this app understands, so sync stops and says so.
+-- B, still version 1, adds a task and tries to sync: its t4 is pushed
+-- (commits sealed on version 1 are still accepted inside the migration's
+-- window: the witness translates them), then the pull meets the migration,
+-- which is past what this app understands, so sync stops and says so.
 .open walkthrough_b.db
 .read pdb_params.sql
 INSERT INTO tasks(id, title) VALUES ('t4', 'Plan the trip');
@@ -43,9 +46,9 @@ SELECT pdb_sync();
 SELECT 'B stopped: ' || json_extract(pdb_status(), '$.reason.code') || ', still at schema version ' || json_extract(pdb_status(), '$.schema_version') || ', ' || (SELECT count(*) FROM tasks) || ' tasks here';
 
 -- B upgrades to version 2 of the app and syncs where it stopped: it
--- migrates, its pending t4 is carried across (taking the new column's
--- default), pushed, and A's due date arrives.
-SELECT 'B opened, migrations applied: ' || json_extract(pdb_open(@url, 'walkthrough', json_object('token', @token, 'schema_versions', json_array(1, 2))), '$.migrations');
+-- migrates (its t4, already accepted, takes the new column's default) and
+-- A's due date arrives; nothing is left to push.
+SELECT 'B opened, migrations applied: ' || json_extract(pdb_open(@url, @group, json_object('token', @token, 'schema_versions', json_array(1, 2))), '$.migrations');
 SELECT 'B sync: ' || pdb_sync();
 .open walkthrough_a.db
 .read pdb_params.sql

@@ -145,7 +145,7 @@ fn the_sql_walkthrough_converges_two_devices() {
     std::fs::write(
         dir.path().join("pdb_params.sql"),
         format!(
-            ".load {}\n.parameter set @url '{}'\n.parameter set @token '{TOKEN}'\n",
+            ".load {}\n.parameter set @url '{}'\n.parameter set @group 'walkthrough'\n.parameter set @token '{TOKEN}'\n",
             extension_path().display(),
             w.url
         ),
