@@ -305,7 +305,9 @@ fn apply_op(s: &mut Schema, op: &SchemaOp) -> Result<(), String> {
             if t.columns[i].pk > 0
                 || t.unique.iter().any(|u| uses(u))
                 || t.indexes.iter().any(|x| uses(&x.columns))
-                || t.checks.iter().any(|c| c.contains(&quote_ident(&name)))
+                || t.checks
+                    .iter()
+                    .any(|c| crate::sqltext::names_column(c, &name))
             {
                 return Err(format!(
                     "column {name:?} of {table:?} is in its key, a UNIQUE constraint, an index or a CHECK: drop those first (or keep the column)"
@@ -333,9 +335,13 @@ fn apply_op(s: &mut Schema, op: &SchemaOp) -> Result<(), String> {
             for x in &mut t.indexes {
                 rename(&mut x.columns);
             }
+            // Rewritten from their tokens: a literal holding the name
+            // (`CHECK (title <> '"title"')`) is not a reference to it.
+            let names: Vec<String> = t.columns.iter().map(|c| c.name.clone()).collect();
             for ch in &mut t.checks {
-                *ch = ch.replace(&quote_ident(&old), &quote_ident(to));
+                *ch = crate::sqltext::rename_column(ch, &old, to, &names)?;
             }
+            t.checks.sort();
         }
         SchemaOp::CreateTable { table } => {
             if s.table_index(&table.name).is_some() {

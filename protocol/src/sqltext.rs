@@ -236,6 +236,12 @@ pub fn canonical_expr(sql: &str, ctx: &ExprContext<'_>) -> Result<String, String
     if tokens.len() > 512 {
         return Err("expression is longer than 512 tokens".into());
     }
+    let stack = parser_stack(&tokens);
+    if stack > MAX_PARSER_STACK {
+        return Err(format!(
+            "expression nests too deeply for older SQLite versions (it would take about {stack} of the {MAX_PARSER_STACK} parser-stack entries an expression may; SQLite 3.40 has 100 in all): nest fewer parentheses, calls or CASEs"
+        ));
+    }
     let mut out: Vec<String> = Vec::with_capacity(tokens.len());
     let mut depth: i32 = 0;
     let mut i = 0;
@@ -310,6 +316,325 @@ pub fn canonical_expr(sql: &str, ctx: &ExprContext<'_>) -> Result<String, String
         return Err("unbalanced parentheses".into());
     }
     Ok(out.join(" "))
+}
+
+/// The most parser-stack entries an expression may take, by the estimate
+/// of [`parser_stack`]. SQLite's parser has a fixed stack of 100 entries
+/// (`YYSTACKDEPTH`) up to 3.45 — Debian 12's SQLite is 3.40 — and later
+/// versions grow it: a schema whose CHECK the witness's SQLite reads may
+/// not be readable on a device with an older one, for good. The estimate
+/// is never below what SQLite 3.40 takes (tests/red_admin.rs checks it
+/// against the `sqlite3` command line), and the statement around the
+/// expression (`CREATE TABLE t (..., CHECK (`) takes fewer than 12 more.
+pub const MAX_PARSER_STACK: usize = 60;
+
+/// Binding levels of SQLite's binary operators (higher binds tighter).
+fn binary_level(t: &Token) -> Option<u8> {
+    Some(match t {
+        Token::Word(w) => match w.to_ascii_uppercase().as_str() {
+            "OR" => 1,
+            "AND" => 2,
+            "IS" | "IN" | "LIKE" | "GLOB" | "BETWEEN" | "ISNULL" | "NOTNULL" => 4,
+            "ESCAPE" => 6,
+            _ => return None,
+        },
+        Token::Op(op) => match *op {
+            "=" | "==" | "!=" | "<>" => 4,
+            "<" | "<=" | ">" | ">=" => 5,
+            "&" | "|" | "<<" | ">>" => 7,
+            "+" | "-" => 8,
+            "*" | "/" | "%" => 9,
+            "||" | "->" | "->>" => 10,
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
+/// An upper estimate of the entries SQLite's (LALR) parser holds on its
+/// stack at once while reading `tokens` as an expression: every open
+/// parenthesis, call or CASE holds a few, and inside each, every operator
+/// still waiting for its right side two (an operand and the operator),
+/// every prefix operator one.
+pub fn parser_stack(tokens: &[Token]) -> usize {
+    struct Frame {
+        base: usize,
+        /// Pending binary operators (level) and prefix ones (level 3 for
+        /// NOT, 11 for - + ~), each with its entries.
+        ops: Vec<(u8, usize)>,
+        case: bool,
+        between: usize,
+    }
+    let cost = |frames: &[Frame]| -> usize {
+        frames
+            .iter()
+            .map(|f| f.base + f.ops.iter().map(|(_, c)| c).sum::<usize>())
+            .sum()
+    };
+    let mut frames = vec![Frame {
+        base: 0,
+        ops: Vec::new(),
+        case: false,
+        between: 0,
+    }];
+    let mut max = 0;
+    // Whether the previous token ended an operand (so a following `-` or
+    // `NOT` is not a prefix).
+    let mut after_operand = false;
+    let mut i = 0;
+    while i < tokens.len() {
+        let t = &tokens[i];
+        let upper = match t {
+            Token::Word(w) => w.to_ascii_uppercase(),
+            _ => String::new(),
+        };
+        let top = frames.len() - 1;
+        match t {
+            Token::Op("(") => {
+                // A call holds its name and its open argument list; a
+                // plain parenthesis less.
+                let call = i > 0 && matches!(tokens[i - 1], Token::Word(_));
+                frames.push(Frame {
+                    base: if call { 4 } else { 2 },
+                    ops: Vec::new(),
+                    case: false,
+                    between: 0,
+                });
+                after_operand = false;
+            }
+            Token::Op(")") => {
+                if frames.len() > 1 {
+                    frames.pop();
+                }
+                after_operand = true;
+            }
+            Token::Op(",") => {
+                let f = &mut frames[top];
+                f.ops.clear();
+                f.base = f.base.max(6);
+                after_operand = false;
+            }
+            _ if upper == "CASE" => {
+                frames.push(Frame {
+                    base: 2,
+                    ops: Vec::new(),
+                    case: true,
+                    between: 0,
+                });
+                after_operand = false;
+            }
+            _ if matches!(upper.as_str(), "WHEN" | "THEN" | "ELSE") && frames[top].case => {
+                let f = &mut frames[top];
+                f.ops.clear();
+                f.base = 7;
+                after_operand = false;
+            }
+            _ if upper == "END" && frames[top].case => {
+                frames.pop();
+                after_operand = true;
+            }
+            _ if upper == "AS" => {
+                // CAST(x AS type): the type's words and size.
+                i += 1;
+                while let Some(Token::Word(_)) = tokens.get(i) {
+                    i += 1;
+                }
+                if tokens.get(i) == Some(&Token::Op("(")) {
+                    while i < tokens.len() && tokens[i] != Token::Op(")") {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                after_operand = false;
+                continue;
+            }
+            _ if upper == "COLLATE" => {
+                // A postfix: the name follows and reduces at once.
+                i += 2;
+                after_operand = true;
+                continue;
+            }
+            _ if upper == "AND" && frames[top].between > 0 => {
+                let f = &mut frames[top];
+                f.between -= 1;
+                if let Some(last) = f.ops.last_mut() {
+                    last.1 += 2;
+                }
+                after_operand = false;
+            }
+            _ if !after_operand && (upper == "NOT" || matches!(t, Token::Op("-" | "+" | "~"))) => {
+                let level = if upper == "NOT" { 3 } else { 11 };
+                frames[top].ops.push((level, 1));
+            }
+            _ if upper == "NOT" => {
+                // NOT LIKE, NOT IN, NOT BETWEEN, NOT NULL: one entry more
+                // for the operator that follows.
+                frames[top].ops.push((4, 1));
+            }
+            _ => match binary_level(t) {
+                Some(level) => {
+                    let f = &mut frames[top];
+                    while f.ops.last().is_some_and(|(l, _)| *l >= level) {
+                        f.ops.pop();
+                    }
+                    f.ops.push((level, 2));
+                    if upper == "BETWEEN" {
+                        f.between += 1;
+                    }
+                    after_operand = matches!(upper.as_str(), "ISNULL" | "NOTNULL");
+                }
+                None => {
+                    after_operand = !(matches!(t, Token::Word(_))
+                        && tokens.get(i + 1) == Some(&Token::Op("(")));
+                }
+            },
+        }
+        // The operand being read takes one entry more.
+        max = max.max(cost(&frames) + 1);
+        i += 1;
+    }
+    max
+}
+
+/// What an expression may cost SQLite to evaluate, in units of the
+/// largest value in the row: each column it reads counts once, twice
+/// inside `hex` (the one function whose result outgrows its argument).
+/// A CHECK is evaluated on every row written, inside the writer's
+/// transaction, so the witness bounds it where it is defined
+/// ([`budget_check`]).
+pub const MAX_CHECK_COST: usize = 64;
+
+/// The longest pattern (LIKE, GLOB), needle (`instr`) or set of characters
+/// (`trim`) a CHECK may use: their cost grows with its length times the
+/// value's.
+pub const MAX_PATTERN_BYTES: usize = 64;
+
+/// Checks that an expression of the safe grammar can be evaluated in time
+/// and memory proportional to the row it reads: no `hex` inside `hex`;
+/// LIKE and GLOB patterns, `instr`'s needle and `trim`'s characters are
+/// string literals of at most [`MAX_PATTERN_BYTES`] (a pattern from the
+/// row itself costs its length times the value's); and its cost (see
+/// [`MAX_CHECK_COST`]) is returned. The witness calls it on every CHECK
+/// when a schema or migration is defined; expressions already accepted
+/// are not checked again.
+pub fn budget_check(sql: &str) -> Result<usize, String> {
+    let tokens = tokenize(sql)?;
+    // The functions open at each depth of parentheses (None: a plain one).
+    let mut calls: Vec<Option<String>> = Vec::new();
+    let mut args: Vec<usize> = Vec::new();
+    let mut cost = 0usize;
+    let literal = |i: usize, what: &str, ends: &[&str]| -> Result<(), String> {
+        match (tokens.get(i), tokens.get(i + 1)) {
+            (Some(Token::Str(p)), next)
+                if next.is_none_or(|n| match n {
+                    Token::Op(op) => ends.contains(op),
+                    Token::Word(w) => ends.contains(&w.to_ascii_uppercase().as_str()),
+                    _ => false,
+                }) =>
+            {
+                if p.len() > MAX_PATTERN_BYTES {
+                    return Err(format!(
+                        "{what} is longer than {MAX_PATTERN_BYTES} bytes"
+                    ));
+                }
+                Ok(())
+            }
+            _ => Err(format!(
+                "{what} must be a string literal (a pattern from the row costs its length times the value's on every write)"
+            )),
+        }
+    };
+    // What may follow a pattern: nothing that binds tighter than LIKE.
+    const AFTER_PATTERN: &[&str] = &[
+        ")", ",", "=", "==", "!=", "<>", "AND", "OR", "ESCAPE", "IS", "THEN", "ELSE", "WHEN",
+        "END", "NOT", "IN", "LIKE", "GLOB",
+    ];
+    for (i, t) in tokens.iter().enumerate() {
+        match t {
+            Token::Op("(") => {
+                let name = match i.checked_sub(1).and_then(|k| tokens.get(k)) {
+                    Some(Token::Word(w)) => Some(w.to_ascii_lowercase()),
+                    _ => None,
+                };
+                if name.as_deref() == Some("hex") && calls.iter().flatten().any(|c| c == "hex") {
+                    return Err(
+                        "hex() inside hex() is not allowed (each doubles its argument)".into(),
+                    );
+                }
+                if let Some("like" | "glob") = name.as_deref() {
+                    literal(i + 1, "a LIKE or GLOB pattern", &[","])?;
+                }
+                calls.push(name);
+                args.push(0);
+            }
+            Token::Op(",") => {
+                if let Some(n) = args.last_mut() {
+                    *n += 1;
+                    let what = match (calls.last().cloned().flatten().as_deref(), *n) {
+                        (Some("instr"), 1) => Some("instr()'s needle"),
+                        (Some("trim" | "ltrim" | "rtrim"), 1) => {
+                            Some("the characters trim() removes")
+                        }
+                        (Some("like" | "glob"), 2) => Some("a LIKE escape character"),
+                        _ => None,
+                    };
+                    if let Some(what) = what {
+                        literal(i + 1, what, &[")"])?;
+                    }
+                }
+            }
+            Token::Op(")") => {
+                calls.pop();
+                args.pop();
+            }
+            Token::Word(w)
+                if matches!(w.to_ascii_uppercase().as_str(), "LIKE" | "GLOB" | "ESCAPE")
+                    && tokens.get(i + 1) != Some(&Token::Op("(")) =>
+            {
+                literal(i + 1, "a LIKE or GLOB pattern", AFTER_PATTERN)?;
+            }
+            Token::Quoted(_) => {
+                let inside_hex = calls.iter().flatten().any(|c| c == "hex");
+                cost += if inside_hex { 2 } else { 1 };
+            }
+            _ => {}
+        }
+    }
+    if cost > MAX_CHECK_COST {
+        return Err(format!(
+            "it reads the row's values {cost} times (hex counts twice); at most {MAX_CHECK_COST}"
+        ));
+    }
+    Ok(cost)
+}
+
+/// `expr` (canonical, of the safe grammar) with every reference to column
+/// `from` made one to `to`, rebuilt from its tokens — a string literal that
+/// holds the name stays as it is. `columns` are the table's columns after
+/// the rename.
+pub fn rename_column(
+    expr: &str,
+    from: &str,
+    to: &str,
+    columns: &[String],
+) -> Result<String, String> {
+    let tokens: Vec<Token> = tokenize(expr)?
+        .into_iter()
+        .map(|t| match t {
+            Token::Quoted(q) if q.eq_ignore_ascii_case(from) => Token::Quoted(to.to_string()),
+            t => t,
+        })
+        .collect();
+    canonical_expr(&render(&tokens), &ExprContext::Check { columns })
+}
+
+/// Whether `expr` (canonical) names column `name` (not inside a literal).
+pub fn names_column(expr: &str, name: &str) -> bool {
+    tokenize(expr).is_ok_and(|tokens| {
+        tokens
+            .iter()
+            .any(|t| matches!(t, Token::Quoted(q) if q.eq_ignore_ascii_case(name)))
+    })
 }
 
 fn column(name: &str, ctx: &ExprContext<'_>) -> Result<String, String> {

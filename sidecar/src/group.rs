@@ -110,6 +110,12 @@ fn sandbox_conn(
             [],
             |_| Ok(()),
         )?;
+        // No value a commit carries is larger than a request body: a
+        // CHECK constraint that makes a larger one (evaluated on each row
+        // written, in the writer) is refused with the row, so one
+        // commit's CHECKs hold bounded memory.
+        let most = i32::try_from(sandbox.limits.value_bytes).unwrap_or(i32::MAX);
+        conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, most)?;
     }
     let budget = sandbox.budget(&mut conn)?;
     Ok((conn, budget))

@@ -46,6 +46,9 @@ pub struct Metrics {
     pub groups: Gauge,
     pub db_bytes: Gauge,
     pub wal_bytes: Gauge,
+    /// Open groups whose writer has been busy with one write for more
+    /// than 60 s (read when asked).
+    pub busy_writers: Gauge,
 }
 
 impl Default for Metrics {
@@ -63,6 +66,7 @@ impl Default for Metrics {
             groups: Gauge::default(),
             db_bytes: Gauge::default(),
             wal_bytes: Gauge::default(),
+            busy_writers: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -103,6 +107,11 @@ impl Default for Metrics {
             "open_wal_bytes",
             "Bytes of the open groups' WAL files",
             m.wal_bytes.clone(),
+        );
+        r.register(
+            "busy_writers",
+            "Open groups whose writer has been busy with one write for more than 60 s",
+            m.busy_writers.clone(),
         );
         m
     }

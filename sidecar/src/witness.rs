@@ -281,6 +281,7 @@ impl Witness {
         let dir = groups_dir(&self.settings.data_dir);
         let schema = store::schema::parse(ddl, version).map_err(ApiError::BadRequest)?;
         store::migrate::check_size(&schema).map_err(ApiError::BadRequest)?;
+        store::migrate::check_expressions(&schema, None).map_err(ApiError::BadRequest)?;
         store::create(&dir, id, ddl, &schema)
             .map_err(|e| ApiError::internal("creating a group", e))?;
         Group::open(&dir.join(store::file_name(id)), self.key.clone(), &self.env)
@@ -422,6 +423,11 @@ impl Witness {
         m.db_bytes.set(db as i64);
         m.wal_bytes.set(wal as i64);
         m.waiters.set(self.heads.waiting() as i64);
+        let busy = open
+            .iter()
+            .filter(|g| g.stats().busy_for().is_some_and(|b| b > STUCK_AFTER))
+            .count();
+        m.busy_writers.set(busy as i64);
         Ok(m.render())
     }
 
@@ -437,6 +443,10 @@ impl Witness {
             )));
         }
         let groups = self.open_groups();
+        // One group's busy writer is that group's state (its stats, the
+        // metrics), not the witness's: only when every writer thread is
+        // held does the witness take no commit at all.
+        let mut stuck = Vec::new();
         for g in &groups {
             let stats = g.stats();
             if stats
@@ -448,15 +458,24 @@ impl Witness {
                     g.id
                 )));
             }
-            if let Some(busy) = stats.busy_for().filter(|b| *b > STUCK_AFTER) {
-                return Err(ApiError::Unavailable(format!(
-                    "the writer of group {:?} has been busy for {} s",
-                    g.id,
-                    busy.as_secs()
-                )));
+            if stats.busy_for().is_some_and(|b| b > STUCK_AFTER) {
+                stuck.push(g.id.clone());
             }
         }
-        Ok(serde_json::json!({"ok": true, "open_groups": groups.len(), "free_bytes": free}))
+        let threads = self.settings.limits.writer_threads.max(1);
+        if stuck.len() >= threads {
+            return Err(ApiError::Unavailable(format!(
+                "every writer thread ({threads}) has been busy with one write for more than {} s (groups {stuck:?})",
+                STUCK_AFTER.as_secs()
+            )));
+        }
+        self.metrics.busy_writers.set(stuck.len() as i64);
+        Ok(serde_json::json!({
+            "ok": true,
+            "open_groups": groups.len(),
+            "free_bytes": free,
+            "busy_writers": stuck.len(),
+        }))
     }
 }
 

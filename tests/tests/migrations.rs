@@ -19,8 +19,13 @@ struct Setup {
 }
 
 fn setup(label: &str) -> Setup {
+    setup_with(label, &[])
+}
+
+/// With extra `serve` flags.
+fn setup_with(label: &str, extra: &[&str]) -> Setup {
     let dir = TempDir::new(label);
-    let w = Witness::start(dir.path());
+    let w = Witness::start_with(dir.path(), 0, extra);
     w.create_group("g", DDL);
     Setup { dir, w }
 }
@@ -577,7 +582,8 @@ fn a_migration_queued_behind_commits_takes_its_place_in_the_order() {
 
 #[test]
 fn bad_migrations_are_refused_clearly_and_change_nothing() {
-    let s = setup("refused");
+    // Refused migrations take turns too: more than the default burst.
+    let s = setup_with("refused", &["--migration-burst", "50"]);
     let a = s.device("a");
     a.exec("INSERT INTO notes VALUES (1, 'one', 'o');");
     a.sync().unwrap();

@@ -7,7 +7,15 @@
 //!   ("internal error while migrating the replica"), so no such group
 //!   could pass the restore procedure;
 //! - a migration refused after burning its budget cost no migration turn,
-//!   so an admin could keep several running per group indefinitely.
+//!   so an admin could keep several running per group indefinitely;
+//! - a CHECK nested 29 deep was accepted by the witness's SQLite (whose
+//!   parser stack grows) and then failed on every device with SQLite 3.40
+//!   (`parser stack overflow`) for good;
+//! - CHECKs ran outside any budget: a nested `hex(hex(...))` made one
+//!   1-row commit take a second and most of a GiB in the writer;
+//! - RENAME COLUMN rewrote CHECKs by string replacement, so a literal
+//!   holding the quoted name was changed too and the rename was refused;
+//!   DROP COLUMN was refused when a literal held it.
 //!
 //! No timing thresholds: loops are bounded by counts.
 
@@ -127,3 +135,287 @@ fn verify_passes_after_every_migration_operation_and_still_catches_tampering() {
     let (ok, out) = verify_cli(&data);
     assert!(!ok && out.contains("does not match"), "{out}");
 }
+
+/// A random expression of the safe grammar, nested about `depth` deep,
+/// reading columns (`cols`) or literals only.
+fn random_expr(rng: &mut u64, depth: u32, cols: bool) -> String {
+    let mut next = |n: u64| {
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        *rng % n
+    };
+    let leaf = |k: u64| -> String {
+        match (k % 4, cols) {
+            (0, true) => "a".into(),
+            (1, true) => "b".into(),
+            (2, _) => "'x'".into(),
+            _ => "1".into(),
+        }
+    };
+    if depth == 0 {
+        return leaf(next(4));
+    }
+    let form = next(14);
+    let k = next(4);
+    let sub = |d: u32| random_expr(&mut (*rng ^ ((d as u64 + 1) * 0x9e37_79b9) ^ form), d, cols);
+    let d = depth - 1;
+    match form {
+        0 => format!("({})", sub(d)),
+        1 => format!("abs({})", sub(d)),
+        2 => format!("coalesce({}, {})", sub(d / 2), sub(d)),
+        3 => format!(
+            "CASE WHEN {} THEN {} ELSE {} END",
+            sub(d),
+            sub(d / 2),
+            sub(0)
+        ),
+        4 => format!(
+            "{} OR {} AND {} = {} + {} * {} || {}",
+            sub(0),
+            sub(0),
+            sub(0),
+            sub(0),
+            sub(0),
+            sub(0),
+            sub(d)
+        ),
+        5 => format!("NOT {}", sub(d)),
+        6 => format!("- {}", sub(d)),
+        7 => format!("{} BETWEEN {} AND {}", sub(0), sub(d), sub(0)),
+        8 => format!("{} IN ({}, {})", sub(0), sub(d), sub(0)),
+        9 => format!("{} NOT LIKE 'p%'", sub(d)),
+        10 => format!("CAST({} AS INTEGER)", sub(d)),
+        11 => format!("{} IS NOT NULL", sub(d)),
+        12 => format!("iif({}, {}, {})", sub(0), sub(0), sub(d)),
+        _ => format!("{} < ({} >= {})", leaf(k), sub(d), leaf(k + 1)),
+    }
+}
+
+#[test]
+fn every_schema_expression_the_grammar_accepts_parses_in_the_oldest_supported_sqlite() {
+    use pdb_protocol::sqltext::{canonical_expr, ExprContext};
+    let version = std::process::Command::new("sqlite3")
+        .arg("--version")
+        .output()
+        .expect("the sqlite3 command line (Debian 12: 3.40)");
+    let version = String::from_utf8_lossy(&version.stdout).to_string();
+    assert!(
+        version.starts_with("3.40"),
+        "the floor is SQLite 3.40: {version}"
+    );
+    let cols = vec!["a".to_string(), "b".to_string()];
+    let check = ExprContext::Check { columns: &cols };
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let (mut accepted, mut refused) = (Vec::new(), 0);
+    for i in 0..4000u64 {
+        rng = rng.wrapping_add(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)) | 1;
+        let in_check = i % 4 != 0;
+        let e = random_expr(&mut rng, 2 + (i % 40) as u32, in_check);
+        let ctx = if in_check {
+            &check
+        } else {
+            &ExprContext::Default
+        };
+        match canonical_expr(&e, ctx) {
+            Ok(c) => accepted.push((in_check, c)),
+            Err(why) => {
+                assert!(
+                    why.contains("nests too deeply") || why.contains("512 tokens"),
+                    "{e}: {why}"
+                );
+                refused += 1
+            }
+        }
+    }
+    // Expressions of a depth real schemas use are accepted.
+    for ok in [
+        format!("{}a{} > 0", "abs(".repeat(12), ")".repeat(12)),
+        format!("{}1{}", "CASE WHEN a THEN ".repeat(8), " END".repeat(8)),
+        format!("{}a{} > 0", "(".repeat(15), ")".repeat(15)),
+    ] {
+        accepted.push((true, canonical_expr(&ok, &check).expect(&ok)));
+    }
+    // The issue's CHECK nested 29 deep is refused.
+    let deep = format!("{}a{} > 0", "abs(".repeat(29), ")".repeat(29));
+    assert!(canonical_expr(&deep, &check)
+        .unwrap_err()
+        .contains("nests too deeply"));
+    assert!(
+        refused > 100 && accepted.len() > 1000,
+        "{refused} refused, {} accepted",
+        accepted.len()
+    );
+    // Those the witness's own SQLite (newer, with a parser stack that
+    // grows) takes as a table must be read by SQLite 3.40 too.
+    let newer = rusqlite::Connection::open_in_memory().unwrap();
+    let mut sql = String::from("BEGIN;\n");
+    let mut n = 0;
+    for (i, (in_check, c)) in accepted.iter().enumerate() {
+        let create = if *in_check {
+            format!("CREATE TABLE t{i}(a INTEGER PRIMARY KEY, b TEXT, CHECK ({c}));\n")
+        } else {
+            format!("CREATE TABLE t{i}(a INTEGER PRIMARY KEY, b TEXT DEFAULT ({c}));\n")
+        };
+        if newer.execute_batch(&create).is_ok() {
+            sql.push_str(&create);
+            n += 1;
+        }
+    }
+    sql.push_str("COMMIT;\n");
+    assert!(n > 1000, "{n} valid expressions");
+    let dir = TempDir::new("reda-depth");
+    let file = dir.path().join("schema.sql");
+    std::fs::write(&file, &sql).unwrap();
+    let out = std::process::Command::new("sqlite3")
+        .arg(dir.path().join("t.db"))
+        .arg(format!(".read {}", file.display()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.is_empty(), "{err}");
+    // ... and the file opens again (every CREATE TABLE is parsed anew).
+    let out = std::process::Command::new("sqlite3")
+        .arg(dir.path().join("t.db"))
+        .arg("SELECT count(*) FROM sqlite_schema")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        n.to_string(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn message(r: &Reply) -> String {
+    r.body["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn check_constraints_that_cannot_be_bounded_are_refused_where_they_are_defined() {
+    let dir = TempDir::new("reda-checks");
+    let w = Witness::start_with(dir.path(), 0, &["--migration-burst", "50"]);
+    let nested = format!("length({}b{}) > 0", "hex(".repeat(12), ")".repeat(12));
+    let concat = format!("length({}) > 0", vec!["b"; 70].join(" || "));
+    for (check, says) in [
+        (nested.as_str(), "hex() inside hex()"),
+        ("b LIKE a", "string literal"),
+        ("b GLOB b || '*'", "string literal"),
+        ("instr(b, a) > 0", "string literal"),
+        ("like(a, b)", "string literal"),
+        ("trim(b, a) <> ''", "string literal"),
+        (concat.as_str(), "at most 64"),
+    ] {
+        let ddl =
+            format!("CREATE TABLE t(id INTEGER PRIMARY KEY, a TEXT, b TEXT, CHECK ({check}))");
+        let r = w.post("/v1/groups", &json!({ "group": "g", "schema_sql": ddl }));
+        assert_eq!((r.status, r.code()), (400, "bad_request"), "{check}: {r:?}");
+        assert!(message(&r).contains(says), "{check}: {r:?}");
+        // ... and in a migration.
+        if w.get("/v1/groups/h").status == 404 {
+            w.create_group("h", "CREATE TABLE t(id INTEGER PRIMARY KEY)");
+        }
+        let r = migrate(
+            &w,
+            "h",
+            &format!("CREATE TABLE u(id INTEGER PRIMARY KEY, a TEXT, b TEXT, CHECK ({check}))"),
+        );
+        assert_eq!((r.status, r.code()), (400, "bad_request"), "{check}: {r:?}");
+        assert!(message(&r).contains(says), "{check}: {r:?}");
+    }
+    // Bounded ones are fine, and hold.
+    let g = w.create_group(
+        "g",
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, a TEXT, b TEXT,
+           CHECK (length(hex(b)) < 100 AND b NOT LIKE 'x%' AND instr(b, '!') = 0))",
+    );
+    let d = Device::new(&dir.path().join("d.db"));
+    d.open(&w, "g", "remote_wins").expect("pdb_open");
+    d.exec("INSERT INTO t VALUES (1, 'a', 'fine')");
+    d.sync().expect("sync");
+    assert_eq!(w.head(&g.group).seq, 1);
+}
+
+#[test]
+fn a_refused_migration_takes_a_migration_turn() {
+    let dir = TempDir::new("reda-turns");
+    let w = Witness::start_with(
+        dir.path(),
+        0,
+        &[
+            "--migration-burst",
+            "2",
+            "--migration-every-secs",
+            "3600",
+            "--sql-millis",
+            "100",
+            "--sql-steps",
+            "1000000000",
+        ],
+    );
+    w.create_group("g", "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)");
+    let hundred = format!(
+        "(VALUES {})",
+        (0..100)
+            .map(|i| format!("({i})"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let join = (0..6)
+        .map(|i| format!("{hundred} AS v{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // Two that burn their budget and are refused...
+    for _ in 0..2 {
+        let r = migrate(
+            &w,
+            "g",
+            &format!("CREATE TABLE x AS SELECT count(*) AS n FROM {join}"),
+        );
+        assert_eq!((r.status, r.code()), (400, "bad_request"), "{r:?}");
+    }
+    // ... took the group's two turns: the next waits, whatever it is.
+    let r = migrate(&w, "g", "ALTER TABLE t ADD COLUMN n TEXT");
+    assert_eq!((r.status, r.code()), (429, "overloaded"), "{r:?}");
+    assert_eq!(version(&w, "g"), 1, "nothing changed");
+}
+
+#[test]
+fn renaming_or_dropping_a_column_a_check_only_quotes_works() {
+    let dir = TempDir::new("reda-rename");
+    let w = Witness::start_with(dir.path(), 0, &["--migration-burst", "50"]);
+    w.create_group(
+        "g",
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, title TEXT, old TEXT,
+           CHECK (title <> '\"title\"' AND title <> '\"old\"'))",
+    );
+    let d = Device::new(&dir.path().join("d.db"));
+    d.open(&w, "g", "remote_wins").expect("pdb_open");
+    d.exec("INSERT INTO t VALUES (1, 'a', 'o')");
+    d.sync().expect("sync");
+    let r = migrate(&w, "g", "ALTER TABLE t RENAME COLUMN title TO heading");
+    assert_eq!(r.status, 201, "{r:?}");
+    let t = &r.body["schema"]["tables"][0];
+    assert_eq!(
+        t["checks"][0], "\"heading\" <> '\"title\"' AND \"heading\" <> '\"old\"'",
+        "{t}"
+    );
+    let r = migrate(&w, "g", "ALTER TABLE t DROP COLUMN old");
+    assert_eq!(r.status, 201, "{r:?}");
+    d.sync().expect("the device migrates");
+    d.exec("INSERT INTO t VALUES (2, 'b')");
+    d.sync().expect("sync");
+    assert!(
+        d.conn
+            .execute("INSERT INTO t VALUES (3, '\"title\"')", [])
+            .is_err(),
+        "the CHECK still holds on the device"
+    );
+    let (ok, out) = w.verify_cli();
+    assert!(ok, "{out}");
+}
+

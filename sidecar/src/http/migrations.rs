@@ -53,6 +53,9 @@ pub async fn handle(call: &mut Call, id: &str) -> Answer {
             let kept = info.version(from_version).and_then(|v| v.schema.clone());
             let accepts_from = body.accepts_from.unwrap_or(from_version);
             let limits = g.sql_limits();
+            // Every attempt takes a turn, refused ones too: deriving one
+            // can spend the whole budget of migration SQL.
+            g.take_migration_turn()?;
             // Derived off the async workers, in one of the group's slots;
             // the writer refuses it if another migration went first.
             let g2 = g.clone();
@@ -73,8 +76,6 @@ pub async fn handle(call: &mut Call, id: &str) -> Answer {
                         .map_err(ApiError::BadRequest)
                 })
                 .await?;
-            // A turn is taken only by a migration that will run.
-            g.take_migration_turn()?;
             let input = MigrationInput {
                 migration,
                 author: call.caller.identity.clone(),

@@ -194,6 +194,7 @@ pub fn derive(
         );
     }
     check_size(&target)?;
+    check_expressions(&target, Some(current))?;
     m.tables = target.tables;
     Ok(m)
 }
@@ -227,6 +228,36 @@ pub fn check_size(s: &Schema) -> Result<(), String> {
         return Err(format!(
             "the schema would take {n} bytes as structured data; at most {MAX_SCHEMA_BYTES} are allowed"
         ));
+    }
+    Ok(())
+}
+
+/// Refuses a new schema whose CHECK constraints could not be evaluated
+/// in time and memory proportional to the row they read
+/// (`sqltext::budget_check`): a CHECK runs on every row written, inside
+/// the group's writer, outside any budget of admin SQL. Only tables with
+/// a CHECK that `before` does not have are checked, so a group defined
+/// before these bounds can still migrate.
+pub fn check_expressions(s: &Schema, before: Option<&Schema>) -> Result<(), String> {
+    use pdb_protocol::sqltext::{budget_check, MAX_CHECK_COST};
+    for t in &s.tables {
+        let old = before.and_then(|b| b.table(&t.name));
+        if t.checks
+            .iter()
+            .all(|c| old.is_some_and(|o| o.checks.contains(c)))
+        {
+            continue;
+        }
+        let mut cost = 0;
+        for c in &t.checks {
+            cost += budget_check(c).map_err(|e| format!("table {:?}, CHECK ({c}): {e}", t.name))?;
+        }
+        if cost > MAX_CHECK_COST {
+            return Err(format!(
+                "table {:?}: its CHECK constraints read the row's values {cost} times in all (hex counts twice); at most {MAX_CHECK_COST}",
+                t.name
+            ));
+        }
     }
     Ok(())
 }

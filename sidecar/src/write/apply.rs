@@ -178,6 +178,11 @@ fn sql_conflict(ts: &TableSql, key: &[Value], e: rusqlite::Error) -> ApiError {
             key,
             format!("the change violates a constraint: {e}"),
         ),
+        Some(ErrorCode::TooBig) => conflict(
+            &ts.name,
+            key,
+            format!("the row, or a value a CHECK constraint of the table makes from it, is larger than the witness allows ({e})"),
+        ),
         _ => ApiError::sqlite("writing a replica row", e),
     }
 }
