@@ -60,6 +60,7 @@ pub fn backup(data: &Path, to: &Path, tokens: Option<&Path>) -> Result<serde_jso
         return Err(format!("{} is not empty", to.display()));
     }
     keys::load_key(data).map_err(|e| e.to_string())?;
+    keys::private_dir(to).map_err(io(to))?;
     std::fs::create_dir_all(to.join("groups")).map_err(io(to))?;
     for f in [keys::KEY_FILE, keys::TOKEN_HASH_FILE, keys::ROTATIONS_FILE] {
         copy_file(&data.join(f), &to.join(f))?;

@@ -452,7 +452,7 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, String> {
 
 /// The data directory's lock, or `None` while a running witness holds it.
 fn try_lock_data_dir(data_dir: &Path) -> Result<Option<std::fs::File>, String> {
-    std::fs::create_dir_all(data_dir)
+    crate::keys::private_dir(data_dir)
         .map_err(|e| format!("creating {}: {e}", data_dir.display()))?;
     let f = std::fs::OpenOptions::new()
         .create(true)

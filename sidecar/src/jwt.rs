@@ -68,6 +68,9 @@ struct JwksCache {
     keys: Vec<Key>,
     fetched: Option<Instant>,
     tried: Option<Instant>,
+    /// Fetches finished (or failed): a caller that waited for one under
+    /// way uses its result instead of starting another.
+    attempts: u64,
 }
 
 struct Issuer {
@@ -199,6 +202,7 @@ impl Jwt {
                     keys: Vec::new(),
                     fetched: None,
                     tried: None,
+                    attempts: 0,
                 }),
                 refresh: tokio::sync::Mutex::new(()),
             });
@@ -327,7 +331,10 @@ impl Issuer {
             return Ok(found);
         }
         // A fetch is due. With usable (if old) keys, do not wait for one
-        // already under way; without, wait for it, then look again.
+        // already under way; without, wait for it, then look again — and
+        // take its result: callers that waited together share one fetch,
+        // so each waits at most one fetch's time (not one after another).
+        let attempts = self.cache().attempts;
         let _fetching = if found.is_empty() {
             self.refresh.lock().await
         } else {
@@ -337,7 +344,7 @@ impl Issuer {
             }
         };
         let (found, stale, may_try) = self.cached(alg, kid);
-        if !(stale || found.is_empty()) || !may_try {
+        if !(stale || found.is_empty()) || !may_try || self.cache().attempts != attempts {
             return Ok(found);
         }
         self.cache().tried = Some(Instant::now());
@@ -345,13 +352,18 @@ impl Issuer {
         let fetched = tokio::task::spawn_blocking(move || fetch_jwks(&url))
             .await
             .map_err(|e| ApiError::internal("fetching a JWKS", e))?;
-        match fetched {
-            Ok(keys) => {
-                let mut cache = self.cache();
-                cache.keys = keys;
-                cache.fetched = Some(Instant::now());
+        {
+            let mut cache = self.cache();
+            cache.attempts += 1;
+            // The interval between fetches counts from the end of one.
+            cache.tried = Some(Instant::now());
+            match fetched {
+                Ok(keys) => {
+                    cache.keys = keys;
+                    cache.fetched = Some(Instant::now());
+                }
+                Err(e) => tracing::warn!(issuer = %self.name, error = %e, "JWKS fetch failed"),
             }
-            Err(e) => tracing::warn!(issuer = %self.name, error = %e, "JWKS fetch failed"),
         }
         Ok(self.cached(alg, kid).0)
     }
@@ -422,8 +434,11 @@ fn pem_key(pem: &[u8]) -> Result<Key, String> {
 /// Fetches a JWKS and keeps the keys it can use (signature keys of RS256,
 /// ES256 on P-256, or EdDSA on Ed25519).
 fn fetch_jwks(url: &str) -> Result<Vec<Key>, String> {
+    // No redirect is followed: the https-or-loopback check is on the
+    // configured URL, and a redirect could lead anywhere.
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(JWKS_TIMEOUT))
+        .max_redirects(0)
         .build()
         .into();
     let text = agent
@@ -470,4 +485,44 @@ fn fetch_jwks(url: &str) -> Result<Vec<Key>, String> {
         }
     }
     Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// Answers one request on a loopback port with `answer`; its URL.
+    fn serve_once(answer: String) -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/jwks.json", l.local_addr().unwrap());
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = l.accept() {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(answer.as_bytes());
+            }
+        });
+        url
+    }
+
+    #[test]
+    fn a_jwks_redirect_is_not_followed() {
+        let body = r#"{"keys":[]}"#;
+        let target = serve_once(format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ));
+        // The target itself serves a (empty) key set...
+        let direct = serve_once(format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ));
+        assert!(fetch_jwks(&direct).is_ok());
+        // ... but reached through a redirect, nothing is fetched.
+        let redirect = serve_once(format!(
+            "HTTP/1.1 302 Found\r\nLocation: {target}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ));
+        assert!(fetch_jwks(&redirect).is_err());
+    }
 }

@@ -16,6 +16,14 @@ pub const ROTATIONS_FILE: &str = "rotations.json";
 /// The next key while a rotation is being made (see [`rotate`]).
 const NEXT_KEY_FILE: &str = "witness.key.next";
 
+/// Makes `dir` (created if missing) readable by the witness's user only:
+/// a data directory made by an older witness, or by hand, becomes private.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");

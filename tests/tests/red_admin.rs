@@ -15,7 +15,12 @@
 //!   1-row commit take a second and most of a GiB in the writer;
 //! - RENAME COLUMN rewrote CHECKs by string replacement, so a literal
 //!   holding the quoted name was changed too and the rename was refused;
-//!   DROP COLUMN was refused when a literal held it.
+//!   DROP COLUMN was refused when a literal held it;
+//! - group files, `directory.sqlite` and backups were world-readable;
+//! - callers with a `kid` the JWKS cache lacked queued one 5 s fetch after
+//!   another while the identity provider was down (5 s, 10 s, 15 s ...);
+//!   a JWKS redirect was followed past the https-or-loopback check
+//!   (`sidecar/src/jwt.rs`'s unit test).
 //!
 //! No timing thresholds: loops are bounded by counts.
 
@@ -419,3 +424,134 @@ fn renaming_or_dropping_a_column_a_check_only_quotes_works() {
     assert!(ok, "{out}");
 }
 
+#[test]
+fn the_data_directory_and_backups_are_private_like_the_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("reda-perms");
+    let w = Witness::start(dir.path());
+    w.create_group("g", "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)");
+    let d = Device::new(&dir.path().join("d.db"));
+    d.open(&w, "g", "remote_wins").expect("pdb_open");
+    d.exec("INSERT INTO t VALUES (1, 'secret')");
+    d.sync().expect("sync");
+    let backup = dir.path().join("backup");
+    let out = std::process::Command::new(target_binary("pdb-witness"))
+        .arg("--data-dir")
+        .arg(&w.data_dir)
+        .args(["backup", "--to"])
+        .arg(&backup)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    for p in [
+        w.data_dir.clone(),
+        w.data_dir.join("groups"),
+        backup.clone(),
+    ] {
+        assert_eq!(mode(&p), 0o700, "{}", p.display());
+    }
+    for p in [
+        w.data_dir.join("groups/g.sqlite"),
+        w.data_dir.join("groups/g.sqlite-wal"),
+        w.data_dir.join("directory.sqlite"),
+        backup.join("groups/g.sqlite"),
+    ] {
+        assert_eq!(mode(&p) & 0o077, 0, "{} is {:o}", p.display(), mode(&p));
+    }
+}
+
+#[test]
+fn callers_waiting_for_a_jwks_fetch_share_it_instead_of_queueing_one_each() {
+    use jsonwebtoken::Algorithm;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    let dir = TempDir::new("reda-jwks");
+    let jwks = jwt::Jwks::start();
+    let w = Witness::start_with(dir.path(), 0, &["--jwt-jwks-url", &jwks.url]);
+    w.create_group("g", "CREATE TABLE t(id INTEGER PRIMARY KEY)");
+    for who in ["jwt:alice", "jwt:bob"] {
+        let r = w.request(
+            "PUT",
+            &format!("/v1/groups/g/members/{who}"),
+            Some(TOKEN),
+            Some(&json!({"role": "reader"})),
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let claims = |sub: &str| json!({"sub": sub, "exp": jwt::now_secs() + 600});
+    let alice = jwt::token(Algorithm::RS256, &claims("alice"));
+    let r = w.request("GET", "/v1/groups/g/head", Some(&alice), None);
+    assert_eq!(r.status, 200, "the first use fetches the JWKS: {r:?}");
+    // The provider rotates to a key the witness has not seen, and stops
+    // answering. Bob's tokens are signed with the new key.
+    jwks.hold.store(true, Ordering::SeqCst);
+    let bob = jwt::token(Algorithm::ES256, &claims("bob"));
+    let before = jwks.fetches.load(Ordering::SeqCst);
+    let w = Arc::new(w);
+    let first = {
+        let (w, bob, fetches) = (w.clone(), bob.clone(), jwks.fetches.clone());
+        std::thread::spawn(move || {
+            // At most one fetch per 2 s: ask until one starts.
+            for _ in 0..10_000 {
+                let r = w.request("GET", "/v1/groups/g/head", Some(&bob), None);
+                if fetches.load(Ordering::SeqCst) > before {
+                    return r;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            panic!("the witness never fetched the JWKS again");
+        })
+    };
+    for _ in 0..2_000 {
+        if !jwks.held.lock().unwrap().is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(!jwks.held.lock().unwrap().is_empty(), "a fetch is held");
+    // Three more of Bob's requests arrive while that fetch hangs: they
+    // wait for it, and take its outcome.
+    let waiting: Vec<_> = (0..3)
+        .map(|_| {
+            let (w, bob) = (w.clone(), bob.clone());
+            std::thread::spawn(move || w.request("GET", "/v1/groups/g/head", Some(&bob), None))
+        })
+        .collect();
+    for t in waiting {
+        let r = t.join().expect("a waiting caller");
+        assert_eq!(r.status, 401, "the provider is down: {r:?}");
+    }
+    assert_eq!(first.join().expect("first").status, 401);
+    assert_eq!(
+        jwks.fetches.load(Ordering::SeqCst),
+        before + 1,
+        "the callers that waited shared the one fetch (no fetch after fetch)"
+    );
+    // Once the provider answers again, Bob gets in.
+    jwks.release();
+    *jwks.body.lock().unwrap() = serde_json::to_string(&jsonwebtoken::jwk::JwkSet {
+        keys: vec![jwt::jwk(Algorithm::RS256), jwt::jwk(Algorithm::ES256)],
+    })
+    .unwrap();
+    let mut ok = false;
+    for _ in 0..200 {
+        let r = w.request("GET", "/v1/groups/g/head", Some(&bob), None);
+        if r.status == 200 {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(ok, "bob's new key is fetched once the provider is back");
+}

@@ -14,16 +14,13 @@
 //!
 //! No timing thresholds: waits are generous bounds on completion.
 
-use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::Algorithm;
 use pdb_e2e::*;
 use pdb_protocol::wire::Policy;
 use pdb_protocol::Value;
 use serde_json::{json, Value as Json};
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn put(w: &Witness, path: &str, token: &str, body: Json) -> Reply {
@@ -116,88 +113,10 @@ fn one_groups_admins_cannot_take_the_blocking_slots_every_group_needs() {
     assert_eq!(r.status, 200, "{r:?}");
 }
 
-/// A JWKS endpoint on loopback that can be made to hold requests: a held
-/// one is parked unanswered until the test lets it go.
-struct Jwks {
-    url: String,
-    body: String,
-    hold: Arc<AtomicBool>,
-    held: Arc<Mutex<Vec<TcpStream>>>,
-    fetches: Arc<AtomicU64>,
-}
-
-impl Jwks {
-    fn start() -> Jwks {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
-        let body = serde_json::to_string(&JwkSet {
-            keys: vec![jwt::jwk(Algorithm::RS256)],
-        })
-        .unwrap();
-        let (hold, held, fetches) = (
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(Mutex::new(Vec::new())),
-            Arc::new(AtomicU64::new(0)),
-        );
-        let j = Jwks {
-            url,
-            body: body.clone(),
-            hold: hold.clone(),
-            held: held.clone(),
-            fetches: fetches.clone(),
-        };
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                    line.clear();
-                }
-                fetches.fetch_add(1, Ordering::SeqCst);
-                if hold.load(Ordering::SeqCst) {
-                    held.lock().unwrap().push(stream);
-                    continue;
-                }
-                let mut s = stream;
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            }
-        });
-        j
-    }
-
-    /// Whether a held request's client (the witness) still waits on it.
-    fn held_fetch_still_waiting(&self) -> bool {
-        let held = self.held.lock().unwrap();
-        let Some(s) = held.first() else { return false };
-        s.set_nonblocking(true).unwrap();
-        let mut b = [0u8; 1];
-        let open = matches!(s.peek(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
-        s.set_nonblocking(false).unwrap();
-        open
-    }
-
-    /// Answers the held requests and holds no more.
-    fn release(&self) {
-        self.hold.store(false, Ordering::SeqCst);
-        for mut s in self.held.lock().unwrap().drain(..) {
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-                self.body.len(),
-                self.body
-            );
-        }
-    }
-}
-
 #[test]
 fn tokens_with_unknown_kids_do_not_hold_up_callers_the_jwks_cache_serves() {
     let dir = TempDir::new("red-jwks");
-    let jwks = Jwks::start();
+    let jwks = jwt::Jwks::start();
     let w = Witness::start_with(dir.path(), 0, &["--jwt-jwks-url", &jwks.url]);
     w.create_group("g", "CREATE TABLE t(id INTEGER PRIMARY KEY)");
     let r = put(
