@@ -213,3 +213,62 @@ fn a_device_behind_nothing_lost_or_a_replayed_state_changes_nothing() {
     d.sync().unwrap();
     assert!(verified(&d));
 }
+
+#[test]
+fn a_witness_behind_its_last_device_gets_the_lost_history_back() {
+    let dir = TempDir::new("recover-behind");
+    let data = dir.path().join("data");
+    let w = Witness::start(dir.path());
+    w.create_group("g", DDL);
+    let devs = TempDir::new("recover-behind-devs");
+    let a = Device::new(&devs.path().join("a.db"));
+    let b = Device::new(&devs.path().join("b.db"));
+    a.open(&w, "g", "local_wins").unwrap();
+    b.open(&w, "g", "remote_wins").unwrap();
+    a.exec("INSERT INTO t VALUES ('r1', 'one', 1), ('r2', 'two', 2)");
+    a.sync().unwrap();
+    b.sync().unwrap();
+    let backup = dir.path().join("backup");
+    ok(cli(&data, &["backup", "--to", backup.to_str().unwrap()]));
+    let backed = w.head("g").seq;
+    a.exec("UPDATE t SET note = 'one, later' WHERE id = 'r1'; DELETE FROM t WHERE id = 'r2'");
+    a.sync().unwrap();
+    a.exec("INSERT INTO t VALUES ('r3', 'three, never pushed', 3)");
+    let port = w.port();
+    let mut w = w;
+    assert!(w.terminate().success());
+    let restored = dir.path().join("restored");
+    ok(cli(
+        &restored.join("data"),
+        &["restore", "--from", backup.to_str().unwrap()],
+    ));
+    let w = Witness::start_on(&restored, port);
+
+    // Nobody committed since: the witness is at an earlier point of a's
+    // own history, and a knows how many commits it lost.
+    let e = a.sync().unwrap_err();
+    assert!(e.contains("unknown_head"), "{e}");
+    let s = status(&a);
+    assert_eq!(s["restored"]["kind"], "behind", "{s}");
+    assert_eq!(s["restored"]["lost_commits"], 1, "{s}");
+    assert_eq!(s["restored"]["witness_seq"], backed, "{s}");
+    // b never synced past the backup: it goes on as before.
+    b.sync().unwrap();
+
+    let r = a.call("pdb_recover('recommit')").unwrap();
+    assert_eq!(r["shared_seq"], backed, "{r}");
+    assert_eq!(r["lost_commits"], 1, "{r}");
+    assert!(verified(&a));
+    b.sync().unwrap();
+    let want = rows(&[("r1", "one, later", 1), ("r3", "three, never pushed", 3)]);
+    assert_eq!(a.dump(&["t"]), want);
+    assert_eq!(b.dump(&["t"]), want);
+    assert!(verified(&b));
+    // The re-commits are a's: the witness's log names a's caller.
+    let author = count(
+        &a,
+        "SELECT count(*) FROM pdb_certificates WHERE seq > 1 AND mine = 1",
+    );
+    assert!(author >= 1, "{author}");
+    assert!(w.head("g").seq > backed);
+}

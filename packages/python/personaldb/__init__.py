@@ -46,6 +46,7 @@ __all__ = [
     "head",
     "status",
     "verify",
+    "recover",
     "version",
     "sync_start",
     "sync_stop",
@@ -221,6 +222,19 @@ def resolve(conn: sqlite3.Connection, conflict_id: int, side: str) -> Json:
     of ``pdb_conflicts`` with ``kept = 'open'``.
     """
     return _json(conn, "SELECT pdb_resolve(?, ?)", (conflict_id, side))
+
+
+def recover(conn: sqlite3.Connection, mode: str) -> Json:
+    """``pdb_recover(mode)``: the way forward after the witness was restored
+    from an older backup (sync stopped with ``unknown_head``;
+    ``status(conn)["restored"]`` says what was found).
+
+    ``mode`` is ``"recommit"`` on the device that synced last (what the
+    witness lost is committed again) and ``"in_place"`` on the others
+    afterwards (the witness's state, this device's pending rows kept). See
+    docs/operations.md, "Recovery".
+    """
+    return _json(conn, "SELECT pdb_recover(?)", (mode,))
 
 
 def head(conn: sqlite3.Connection) -> Json:
