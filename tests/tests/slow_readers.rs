@@ -41,13 +41,13 @@ fn ask(s: &mut TcpStream, path: &str, token: &str) -> RawReply {
     read_answer_to(s, true).expect("answer head")
 }
 
-#[test]
-fn answers_nobody_reads_are_bounded_and_timed_out() {
-    let dir = TempDir::new("slow-readers");
+/// A witness (with `flags`) whose group g has a snapshot larger than one
+/// 8 MiB range; the tokens of readers "slow" and "other"; the data path.
+fn witness_with_snapshot(dir: &TempDir, flags: &[&str]) -> (Witness, String, String, String) {
     let data = dir.path().join("data");
     let reader = add_token(&data, "slow");
     let other = add_token(&data, "other");
-    let w = Witness::start_with(dir.path(), 0, &["--write-timeout-secs", "3"]);
+    let w = Witness::start_with(dir.path(), 0, flags);
     let g = w.create_group("g", DDL);
     for who in ["slow", "other"] {
         let r = w.request(
@@ -75,6 +75,13 @@ fn answers_nobody_reads_are_bounded_and_timed_out() {
     assert_eq!(m.status, 201, "{m:?}");
     let seq = m.body["seq"].as_u64().unwrap();
     let path = format!("/v1/groups/g/snapshots/{seq}/data");
+    (w, reader, other, path)
+}
+
+#[test]
+fn answers_nobody_reads_are_bounded_and_timed_out() {
+    let dir = TempDir::new("slow-readers");
+    let (w, reader, other, path) = witness_with_snapshot(&dir, &["--write-timeout-secs", "3"]);
     let port = w.port();
 
     // 40 connections ask for 8 MiB each and never read past the head.
@@ -136,4 +143,43 @@ fn answers_nobody_reads_are_bounded_and_timed_out() {
         }
         assert!(got < RANGE, "a stalled answer was written whole");
     }
+}
+
+#[test]
+fn a_callers_slot_is_held_until_its_answer_is_written() {
+    let dir = TempDir::new("slow-caller");
+    let (w, reader, other, path) = witness_with_snapshot(
+        &dir,
+        &["--write-timeout-secs", "3", "--max-calls-per-caller", "3"],
+    );
+    let port = w.port();
+    // Three answers nobody reads, from three addresses (so no address
+    // passes its share of memory): the caller's three calls are in
+    // progress until they are written.
+    let mut held = Vec::new();
+    for i in 0..3u8 {
+        let mut s = tight([127, 0, 0, 10 + i], port);
+        assert_eq!(ask(&mut s, &path, &reader).status, 206);
+        held.push(s);
+    }
+    let mut s = tight([127, 0, 0, 20], port);
+    let r = ask(&mut s, "/v1/groups/g", &reader);
+    assert_eq!(r.status, 429, "{r:?}");
+    // Another caller is not held up.
+    let mut s = tight([127, 0, 0, 21], port);
+    assert_eq!(ask(&mut s, "/v1/groups/g", &other).status, 200);
+    // Once the write timeout closed them, the caller is served again.
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut s = tight([127, 0, 0, 20], port);
+        if ask(&mut s, "/v1/groups/g", &reader).status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the caller's slots were never released"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(held);
 }
