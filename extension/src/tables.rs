@@ -40,7 +40,8 @@ pub fn check_local(db: &Db, schema: &Schema) -> Result<()> {
     for (want, have) in schema.tables.iter().zip(&local) {
         want.check_local(have).map_err(|e| {
             Error::invalid(format!(
-                "schema_mismatch: {e} (this app changed a synced table; undo the change, or use another database)"
+                "schema_mismatch: {e} — the group's schema version {} (this app changed a synced table; undo the change, or use another database)",
+                schema.version
             ))
         })?;
     }

@@ -1,5 +1,6 @@
-//! The `pdb-witness` command line: serving, and the offline commands
-//! (create groups, verify, tokens, roles) run while the witness is stopped.
+//! The `pdb-witness` command line: serving; tokens and roles, through the
+//! running witness's API or on the files while it is stopped; and the
+//! offline commands (create groups, migrate, verify, keys, restore).
 
 use crate::auth::{Authenticator, Caller};
 use crate::jwt::{IssuerConfig, Jwt};

@@ -332,6 +332,7 @@ fn a_new_database_whose_tables_have_the_groups_current_schema_opens_at_it() {
         e.contains("match none of the group's schema versions (it is at version 2"),
         "{e}"
     );
+    assert!(e.contains("has 5 columns here and 4 in the group"), "{e}");
 }
 
 #[test]
