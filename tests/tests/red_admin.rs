@@ -20,7 +20,12 @@
 //! - callers with a `kid` the JWKS cache lacked queued one 5 s fetch after
 //!   another while the identity provider was down (5 s, 10 s, 15 s ...);
 //!   a JWKS redirect was followed past the https-or-loopback check
-//!   (`sidecar/src/jwt.rs`'s unit test).
+//!   (`sidecar/src/jwt.rs`'s unit test);
+//! - ADD COLUMN on a STRICT table or one with a CHECK was refused as "not
+//!   authorized" (SQLite's own pragma_quick_check), and ADD COLUMN … CHECK
+//!   with no word of why;
+//! - a rule SQLite folds to a constant (`(SELECT … FROM pragma_table_list)
+//!   > 0 OR 1`) passed the allow-lists, which saw only what survived.
 //!
 //! No timing thresholds: loops are bounded by counts.
 
@@ -554,4 +559,64 @@ fn callers_waiting_for_a_jwks_fetch_share_it_instead_of_queueing_one_each() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert!(ok, "bob's new key is fetched once the provider is back");
+}
+
+#[test]
+fn add_column_works_on_strict_and_checked_tables_and_a_column_check_is_explained() {
+    let dir = TempDir::new("reda-addcol");
+    let w = Witness::start_with(dir.path(), 0, &["--migration-burst", "50"]);
+    w.create_group(
+        "g",
+        "CREATE TABLE c(id INTEGER PRIMARY KEY, v TEXT, CHECK (length(v) < 10));
+         CREATE TABLE s(id INTEGER PRIMARY KEY, v TEXT) STRICT;",
+    );
+    let d = Device::new(&dir.path().join("d.db"));
+    d.open(&w, "g", "remote_wins").expect("pdb_open");
+    d.exec("INSERT INTO c VALUES (1, 'a'); INSERT INTO s VALUES (1, 'b');");
+    d.sync().expect("sync");
+    for ddl in [
+        "ALTER TABLE c ADD COLUMN n INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE s ADD COLUMN n INTEGER",
+    ] {
+        let r = migrate(&w, "g", ddl);
+        assert_eq!(r.status, 201, "{ddl}: {r:?}");
+    }
+    let r = migrate(&w, "g", "ALTER TABLE c ADD COLUMN m INTEGER CHECK (m > 0)");
+    assert_eq!((r.status, r.code()), (400, "bad_request"), "{r:?}");
+    assert!(
+        message(&r).contains("ADD COLUMN with a CHECK") && message(&r).contains("write rule"),
+        "{r:?}"
+    );
+    d.sync().expect("the device migrates");
+    d.exec("UPDATE c SET n = 5; UPDATE s SET n = 6;");
+    d.sync().expect("sync");
+    let (ok, out) = w.verify_cli();
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn a_rule_is_checked_on_what_it_names_not_only_on_what_sqlite_keeps_of_it() {
+    let dir = TempDir::new("reda-fold");
+    let w = Witness::start(dir.path());
+    w.create_group("g", "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)");
+    for expr in [
+        "(SELECT count(*) FROM pragma_table_list) > 0 OR 1",
+        "1 OR (SELECT count(*) FROM pdb_members) > 0",
+        "1 OR length(randomblob(10)) > 0",
+    ] {
+        let r = w.request(
+            "PUT",
+            "/v1/groups/g/rules/t",
+            Some(TOKEN),
+            Some(&json!({ "expr": expr })),
+        );
+        assert_eq!((r.status, r.code()), (400, "bad_request"), "{expr}: {r:?}");
+    }
+    let r = w.request(
+        "PUT",
+        "/v1/groups/g/rules/t",
+        Some(TOKEN),
+        Some(&json!({ "expr": "new.v IS NULL OR length(new.v) < 100" })),
+    );
+    assert!(r.status == 200 || r.status == 201, "{r:?}");
 }
