@@ -108,6 +108,10 @@ fn at_a_glance(
                 "blocked",
                 "a migration of the group creates a table this database has of its own: rename or drop that table, or call pdb_adopt(name) to make it the group's; sync resumes",
             ),
+            (_, "clock_skew") => (
+                "waiting",
+                "the witness's signed time and this device's clock are far apart: check this device's clock (and ask the witness's operator to check theirs); sync resumes by itself once they agree",
+            ),
             (_, "key_fork") => (
                 "blocked",
                 "the witness's key rotations fork from the chain this database trusts: ask the witness's operator (docs/operations.md, \"Key rotation\"); sync resumes once the witness serves a chain that extends the trusted one",

@@ -739,6 +739,38 @@ mod tests {
     }
 
     #[test]
+    fn a_witness_clock_far_ahead_is_clock_skew_and_once_corrected_nothing_is_locked_out() {
+        let w = witness();
+        let c = device(&w, Policy::RemoteWins);
+        c.exec("INSERT INTO notes VALUES (1, 'x', 1)");
+        sync(&c, &w).unwrap();
+        // A head 400 days ahead of this device's clock: its own code, in
+        // the retry class, and nothing of it used.
+        w.faults.borrow_mut().clock_offset_ms = 400 * 86_400_000;
+        w.remote("notes", vec![insert(note(2, "remote", 2))]);
+        let e = sync(&c, &w).unwrap_err();
+        assert_eq!(e.code(), Some("clock_skew"), "{e}");
+        assert_eq!(e.class(), Some(crate::error::Class::Retry));
+        assert!(e.to_string().contains("400 days"), "{e}");
+        let s = status(&c);
+        assert_eq!(s["state"], "waiting", "{s}");
+        assert_eq!(s["reason"]["code"], "clock_skew", "{s}");
+        assert_eq!(c.count("SELECT count(*) FROM notes"), 1);
+        // A head a few minutes ahead is taken; then the witness's clock is
+        // corrected backwards: its heads are earlier than one seen, but
+        // extend the verified history — not a rollback, no lockout.
+        w.faults.borrow_mut().clock_offset_ms = 4 * 60_000;
+        sync(&c, &w).unwrap();
+        assert_eq!(c.count("SELECT count(*) FROM notes"), 2);
+        w.faults.borrow_mut().clock_offset_ms = 0;
+        sync(&c, &w).unwrap();
+        c.exec("INSERT INTO notes VALUES (3, 'after the correction', 3)");
+        let r = sync(&c, &w).unwrap();
+        assert_eq!(r["pushed"], 1, "{r}");
+        assert_eq!(status(&c)["state"], "healthy");
+    }
+
+    #[test]
     fn a_retry_keeps_the_outbox_byte_for_byte_and_reads_retry_after() {
         let w = witness();
         let c = device(&w, Policy::RemoteWins);

@@ -125,6 +125,8 @@ pub struct Faults {
     /// Answer commits without the head, as witnesses before it did
     /// (until cleared).
     pub no_head: bool,
+    /// The witness's clock is off by this much (ms; until cleared).
+    pub clock_offset_ms: i64,
 }
 
 pub struct Log {
@@ -240,7 +242,8 @@ impl FakeWitness {
             state_root: log.root.digest(),
             schema_version: 1,
             schema_hash: self.schema.hash(),
-            time_ms: pdb_protocol::now_ms(),
+            time_ms: pdb_protocol::now_ms()
+                .saturating_add_signed(self.faults.borrow().clock_offset_ms),
         };
         let signed = Signed::sign(&self.key, rec.encode());
         HeadJson {

@@ -958,8 +958,46 @@ fn change_role_offline(
     Ok(())
 }
 
+/// The latest time this witness signed into a group's log (each group's
+/// last entry), for `rotate-key`.
+fn latest_signed_ms(data_dir: &Path) -> Result<u64, String> {
+    let dir = witness::groups_dir(data_dir);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(0);
+    };
+    let mut latest = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(id) = name
+            .strip_suffix(".sqlite")
+            .filter(|id| store::valid_id(id))
+        else {
+            continue;
+        };
+        let head = rusqlite::Connection::open_with_flags(
+            e.path(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .and_then(|c| store::log::head(&c))
+        .map_err(|e| format!("reading group {id}'s head: {e}"))?;
+        latest = latest.max(head.time_ms);
+    }
+    Ok(latest)
+}
+
 fn rotate_key(data_dir: &Path) -> Result<(), String> {
     let _lock = lock_data_dir(data_dir)?;
+    // A new key is in force from its start: a start before a time the old
+    // key already signed would put those records outside the old key's
+    // period (verify fails, devices refuse them).
+    let latest = latest_signed_ms(data_dir)?;
+    let now = pdb_protocol::now_ms();
+    if now <= latest {
+        return Err(format!(
+            "refusing to rotate: this witness already signed a record at {latest} ms since 1970, {} s after this machine's clock ({now} ms); a key starting now would put that record outside the old key's period. Check the clock; rotate once it has passed that time",
+            (latest - now) / 1000
+        ));
+    }
     let r = keys::rotate(data_dir).map_err(|e| e.to_string())?;
     let rec = r.verify().map_err(|e| e.to_string())?;
     println!("{}", hex(&rec.new_key));

@@ -127,10 +127,19 @@ pub fn chain(data_dir: &Path, key: &SigningKey) -> std::io::Result<(Vec<Rotation
 pub fn rotate(data_dir: &Path) -> std::io::Result<Rotation> {
     let old = load_key(data_dir)?;
     let (mut rotations, _) = chain(data_dir, &old)?;
+    let index = u32::try_from(rotations.len() + 1).map_err(std::io::Error::other)?;
+    let start = now_ms();
+    if let Some(last) = rotations.last().and_then(|r| r.verify().ok()) {
+        if start <= last.start_ms {
+            return Err(std::io::Error::other(format!(
+                "refusing to rotate: the last rotation started at {} ms, after this machine's clock ({start} ms); check the clock",
+                last.start_ms
+            )));
+        }
+    }
     let new = SigningKey::from_bytes(&random32()?);
     write_private(&data_dir.join(NEXT_KEY_FILE), &hex(new.as_bytes()))?;
-    let index = u32::try_from(rotations.len() + 1).map_err(std::io::Error::other)?;
-    let rotation = Rotation::sign(index, &old, &new, now_ms());
+    let rotation = Rotation::sign(index, &old, &new, start);
     rotations.push(rotation.clone());
     let list: Vec<RotationJson> = rotations.iter().map(RotationJson::from).collect();
     let text = serde_json::to_string_pretty(&list).map_err(std::io::Error::other)?;

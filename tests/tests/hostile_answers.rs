@@ -305,3 +305,42 @@ fn a_rotation_chain_that_forks_from_the_trusted_one_is_refused_by_name() {
     assert_eq!(a.call("pdb_status()").unwrap()["state"], "healthy");
     assert_eq!(a.call("pdb_verify()").unwrap()["ok"], true);
 }
+
+#[test]
+fn rotate_key_refuses_a_start_before_a_time_the_witness_already_signed() {
+    let (dir, mut w) = setup("rotate-clock");
+    let a = Device::new(&dir.path().join("a.db"));
+    a.open(&w, "g", "remote_wins").unwrap();
+    a.exec("INSERT INTO notes VALUES (1, 'signed')");
+    a.sync().unwrap();
+    w.terminate();
+    let data = dir.path().join("data");
+    // As if the witness's clock had run 400 days ahead when it signed its
+    // last entry, and was corrected since.
+    let group = rusqlite::Connection::open(data.join("groups").join("g.sqlite")).unwrap();
+    let ahead = pdb_protocol::now_ms() as i64 + 400 * 86_400_000;
+    group
+        .execute("UPDATE pdb_head SET time_ms = ?1", [ahead])
+        .unwrap();
+    let out = pdb_witness(&data, &["rotate-key"]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("refusing to rotate"), "{text}");
+    assert!(!data.join("witness.key.next").exists());
+    assert!(
+        !data.join("rotations.json").exists() || {
+            let r = std::fs::read_to_string(data.join("rotations.json")).unwrap();
+            r.trim() == "[]"
+        }
+    );
+    // Once the clock is past it, the rotation goes ahead.
+    group
+        .execute(
+            "UPDATE pdb_head SET time_ms = ?1",
+            [ahead - 401 * 86_400_000],
+        )
+        .unwrap();
+    drop(group);
+    let out = pdb_witness(&data, &["rotate-key"]);
+    assert!(out.status.success(), "{out:?}");
+}

@@ -259,7 +259,9 @@ pub fn process(
         schema_hash: info.schema_hash,
         author: input.author.clone(),
         idempotency_key: input.idempotency_key.clone(),
-        time_ms: now_ms(),
+        // Times along the chain never go backwards, whatever the clock
+        // does: a clock stepped back signs the time it already signed.
+        time_ms: now_ms().max(head.time_ms),
     };
     let signed = Signed::sign(key, record.encode());
     let head_hash = sha256(&signed.bytes);
