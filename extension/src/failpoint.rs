@@ -1,7 +1,9 @@
 //! Test-only panics: `PDB_TEST_PANIC=<point>[,<point>...]` in the host's
 //! environment (read once, at the first point reached) makes the named
 //! points panic, so end-to-end tests can prove a panic leaves no work half
-//! done. Unset — always, outside tests — every point is a no-op.
+//! done; `abort:<point>` aborts the process there instead (a crash: no
+//! unwinding, no destructors). Unset — always, outside tests — every
+//! point is a no-op.
 
 use std::sync::OnceLock;
 
@@ -15,5 +17,11 @@ pub fn hit(point: &str) {
     });
     if points.iter().any(|p| p == point) {
         panic!("PDB_TEST_PANIC: {point}");
+    }
+    if points
+        .iter()
+        .any(|p| p.strip_prefix("abort:") == Some(point))
+    {
+        std::process::abort();
     }
 }

@@ -121,9 +121,10 @@ fn adopt_fn(db: Db, args: &[*mut sqlite3_value]) -> Result<String, Error> {
 
 fn recover_fn(db: Db, args: &[*mut sqlite3_value]) -> Result<String, Error> {
     let mode = required(args, 0, "mode: 'recommit' or 'in_place'")?;
+    let opts = text_arg(args, 1, "options JSON")?;
     // One sync at a time per file in this process (the worker's too).
     let _one = db.file()?.map(|f| crate::worker::sync_lock(&f));
-    Ok(crate::recover::recover(db, &mode)?.to_string())
+    Ok(crate::recover::recover(db, &mode, opts.as_deref())?.to_string())
 }
 
 fn head(db: Db, _: &[*mut sqlite3_value]) -> Result<String, Error> {
@@ -157,6 +158,7 @@ pub fn register(db: *mut sqlite3) -> sqlite_loadable::Result<()> {
         ("pdb_migrate", 1, migrate_fn, stateful),
         ("pdb_migrate", 2, migrate_fn, stateful),
         ("pdb_recover", 1, recover_fn, stateful),
+        ("pdb_recover", 2, recover_fn, stateful),
         ("pdb_adopt", 1, adopt_fn, stateful),
         ("pdb_head", 0, head, stateful),
         ("pdb_status", 0, status_fn, stateful),

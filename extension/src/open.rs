@@ -341,6 +341,8 @@ pub fn open(db: Db, url: &str, group: &str, mut opts: OpenOptions) -> Result<Jso
             "invalid group id {group:?}: a group id is 1-64 of a-z 0-9 _ -, starting with a letter or digit (the id the group was created with)"
         )));
     }
+    // What a pdb_recover that did not finish (a crash) left beside the file.
+    crate::recover::remove_stale_scratch(db.file()?.as_deref());
     opts.keep_stored(&db)?;
     if !opts.store_token {
         crate::token::set(&db, Some(&opts.token))?;

@@ -21,7 +21,7 @@
 
 use crate::client::WitnessApi;
 use crate::db::{as_blob, as_i64, transaction, Db, Owned};
-use crate::error::{Class, Error, Result};
+use crate::error::{Error, Result};
 use crate::merge::{self, Row};
 use crate::open::{open_with, OpenOptions};
 use crate::pending::{self, Entry};
@@ -143,35 +143,148 @@ pub fn status(db: &Db) -> Result<Json> {
 }
 
 pub fn advice() -> &'static str {
-    "the witness's history no longer holds this database's head (restored from an older backup?). On the device that synced last (the highest head_seq of the group's devices): SELECT pdb_recover('recommit') — its state is committed again. Then on every other device: SELECT pdb_recover('in_place') — the witness's state, with that device's pending rows kept (docs/operations.md)"
+    "the witness's history no longer holds this database's head (restored from an older backup?). On the device that synced last (the highest head_seq of the group's devices): SELECT pdb_recover('recommit') — its state is committed again. Then on every other device: SELECT pdb_recover('in_place') — the witness's state, with that device's pending rows kept; one that wrote lost commits itself is refused (lost_commits_here) until told they were re-committed: pdb_recover('in_place', json_object('discard_lost', 1)) (docs/operations.md)"
 }
 
-fn scratch_path(l: &Local) -> Result<String> {
-    Ok(match l.db.file()? {
-        Some(f) if !f.is_empty() => format!("{f}-pdb-recover"),
-        _ => std::env::temp_dir()
-            .join(format!("pdb-recover-{}-{}", l.group, std::process::id()))
-            .to_string_lossy()
-            .into_owned(),
+/// The scratch file beside this database's file; for a database with no
+/// file, in a private directory (0700, a random name) of its own.
+/// Returns the path and that directory.
+fn scratch_path(l: &Local) -> Result<(String, Option<std::path::PathBuf>)> {
+    if let Some(f) = l.db.file()?.filter(|f| !f.is_empty()) {
+        return Ok((format!("{f}-pdb-recover"), None));
+    }
+    let mut r = [0u8; 16];
+    getrandom::getrandom(&mut r)
+        .map_err(|e| Error::invalid(format!("no randomness for the scratch directory: {e}")))?;
+    let dir = std::env::temp_dir().join(format!("pdb-recover-{}", hex(&r)));
+    create_private_dir(&dir).map_err(|e| {
+        Error::invalid(format!(
+            "cannot make the scratch directory {}: {e} (set TMPDIR to a writable directory)",
+            dir.display()
+        ))
+    })?;
+    let path = dir.join("scratch").to_string_lossy().into_owned();
+    Ok((path, Some(dir)))
+}
+
+#[cfg(unix)]
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().mode(0o700).create(dir)
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir(dir)
+}
+
+/// Creates the (empty) scratch file readable by this user only: it holds
+/// the group's rows.
+fn create_private_file(path: &str) -> Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o.open(path).map(|_| ()).map_err(|e| {
+        Error::invalid(format!(
+            "cannot create the scratch file {path}: {e} (pdb_recover writes it beside the database file)"
+        ))
     })
 }
 
+const SCRATCH_SUFFIXES: [&str; 6] = [
+    "",
+    "-journal",
+    "-wal",
+    "-shm",
+    "-pdb-snapshot",
+    "-pdb-progress.json",
+];
+
 fn remove_scratch(path: &str) {
-    for suffix in [
-        "",
-        "-journal",
-        "-wal",
-        "-shm",
-        "-pdb-snapshot",
-        "-pdb-progress.json",
-    ] {
+    for suffix in SCRATCH_SUFFIXES {
         let _ = std::fs::remove_file(format!("{path}{suffix}"));
     }
 }
 
-/// `pdb_recover(mode)`.
-pub fn recover(db: Db, mode: &str) -> Result<Json> {
+/// Removes what a pdb_recover that did not finish (a crash, a kill) left
+/// beside the database file `file`.
+pub fn remove_stale_scratch(file: Option<&str>) {
+    if let Some(f) = file.filter(|f| !f.is_empty()) {
+        remove_scratch(&format!("{f}-pdb-recover"));
+    }
+}
+
+/// The scratch database while a recovery runs: whatever way the recovery
+/// ends (an error, a panic unwinding), it is detached and its files and
+/// private directory removed.
+struct Scratch {
+    db: Db,
+    path: String,
+    dir: Option<std::path::PathBuf>,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = self.db.exec(&format!("DETACH DATABASE {SCRATCH}"));
+        remove_scratch(&self.path);
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// `pdb_recover(mode[, options])`'s options: `discard_lost` (in_place
+/// only) installs the witness's state even though this device holds
+/// commits the witness lost.
+#[derive(Default)]
+struct Options {
+    discard_lost: bool,
+}
+
+impl Options {
+    fn parse(s: Option<&str>) -> Result<Options> {
+        let Some(s) = s else {
+            return Ok(Options::default());
+        };
+        let bad = || {
+            Error::invalid("pdb_recover's options are a JSON object: {\"discard_lost\": 1} (in_place only) or nothing")
+        };
+        let v: Json = serde_json::from_str(s).map_err(|_| bad())?;
+        let obj = v.as_object().ok_or_else(bad)?;
+        let mut o = Options::default();
+        for (k, v) in obj {
+            match (k.as_str(), v) {
+                ("discard_lost", Json::Bool(b)) => o.discard_lost = *b,
+                ("discard_lost", Json::Number(n))
+                    if n.as_i64() == Some(0) || n.as_i64() == Some(1) =>
+                {
+                    o.discard_lost = n.as_i64() == Some(1)
+                }
+                ("discard_lost", _) => {
+                    return Err(Error::invalid(
+                        "discard_lost must be 1 or 0 (true or false)",
+                    ))
+                }
+                _ => return Err(bad()),
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// `pdb_recover(mode[, options])`.
+pub fn recover(db: Db, mode: &str, opts: Option<&str>) -> Result<Json> {
     let mode = Mode::parse(mode)?;
+    let opts = Options::parse(opts)?;
+    if opts.discard_lost && mode != Mode::InPlace {
+        return Err(Error::invalid(
+            "discard_lost is an option of pdb_recover('in_place') only (recommit keeps everything)",
+        ));
+    }
     if db.in_transaction()? {
         return Err(Error::invalid(
             "call pdb_recover outside a transaction (it attaches a scratch database)",
@@ -179,11 +292,12 @@ pub fn recover(db: Db, mode: &str) -> Result<Json> {
     }
     let l = state::load(db)?;
     let w = l.witness()?;
-    let path = scratch_path(&l)?;
+    let (path, dir) = scratch_path(&l)?;
+    // One left by a recovery that did not finish goes first.
     remove_scratch(&path);
-    let out = recover_with(&l, &w, mode, &path);
-    let _ = db.exec(&format!("DETACH DATABASE {SCRATCH}"));
-    remove_scratch(&path);
+    let scratch = Scratch { db, path, dir };
+    let out = recover_with(&l, &w, mode, &opts, &scratch.path);
+    drop(scratch);
     let out = out.map_err(Error::classified)?;
     // The way is clear: sync now (its outcome is part of the answer).
     let synced = match crate::sync::sync(db) {
@@ -198,6 +312,7 @@ pub fn recover(db: Db, mode: &str) -> Result<Json> {
 /// The witness's current state, verified, in the scratch database at
 /// `path`.
 fn build_scratch(l: &Local, w: &dyn WitnessApi, path: &str) -> Result<()> {
+    create_private_file(path)?;
     let scratch = Owned::create(path, 5_000)?;
     let opts = OpenOptions {
         token: l.token.clone(),
@@ -205,7 +320,9 @@ fn build_scratch(l: &Local, w: &dyn WitnessApi, path: &str) -> Result<()> {
         policy: l.policy,
         transport: crate::transport::Transport::load(&l.db)?,
         max_head_age_ms: signed::max_head_age(&l.db)?,
-        store_token: true,
+        // The token stays in memory (the requests go through `w`, which
+        // holds it): never written into the scratch file.
+        store_token: false,
         schema_versions: match crate::migrate::app_range(&l.db)? {
             (0, u32::MAX) => None,
             r => Some(r),
@@ -447,24 +564,24 @@ fn differing_keys(l: &Local, ti: usize) -> Result<Vec<Vec<Value>>> {
     )
 }
 
-fn recover_with(l: &Local, w: &dyn WitnessApi, mode: Mode, path: &str) -> Result<Json> {
+fn recover_with(
+    l: &Local,
+    w: &dyn WitnessApi,
+    mode: Mode,
+    opts: &Options,
+    path: &str,
+) -> Result<Json> {
     let d = l.head()?;
     // A commit sent before may have landed on the witness as it is now:
     // resent, it replays (and the witness's state holds it) or is refused
     // (its base is in the lost history): then it is unsealed, its rows
     // stay pending.
     if let Some(o) = pending::outbox(&l.db)? {
-        let landed = o.attempts > 0
-            && match crate::push::send(l, w, &o) {
-                Ok(_) => true,
-                Err(e)
-                    if e.is_rejection("unknown_head")
-                        || matches!(e.class(), Some(Class::Rebase | Class::FixRows)) =>
-                {
-                    false
-                }
-                Err(e) => return Err(e),
-            };
+        // Any refusal or failure (unknown_head, a rebase, rows refused,
+        // the witness busy or unreachable) is "not landed": either way
+        // only the outbox goes, the rows stay pending, and the witness's
+        // state read next shows whether it had landed after all.
+        let landed = o.attempts > 0 && crate::push::send(l, w, &o).is_ok();
         transaction(&l.db, || {
             if landed {
                 l.db.run(
@@ -481,6 +598,7 @@ fn recover_with(l: &Local, w: &dyn WitnessApi, mode: Mode, path: &str) -> Result
         &format!("ATTACH DATABASE ?1 AS {SCRATCH}"),
         &[Value::text(path)],
     )?;
+    crate::failpoint::hit("recover_attached");
     let (wh, wtime) = scratch_head(l)?;
     // Fresh: no older than a head this database saw (a replayed state is
     // refused like a replayed head).
@@ -492,13 +610,48 @@ fn recover_with(l: &Local, w: &dyn WitnessApi, mode: Mode, path: &str) -> Result
     }
     let f = shared_point(l, &wh)?;
     if f == Some(d.seq) {
+        // What an `unknown_head` showed no longer holds (a proxy's fake
+        // answer, or the witness back on this history): no advice left.
+        state::delete(&l.db, RESTORED)?;
         return Err(Error::Stopped {
             code: "not_restored",
             message: format!(
-                "the witness's history holds this database's head {}: nothing to recover, pdb_sync goes on",
+                "not_restored: the witness's history holds this database's head {}: nothing to recover, pdb_sync goes on",
                 d.seq
             ),
         });
+    }
+    // In place replaces this database's history after the shared point
+    // with the witness's: refused while this device holds commits the
+    // witness lost that may be nowhere else — it is ahead on the
+    // witness's own history (behind), or it wrote some of the lost
+    // commits — unless told to discard them.
+    if mode == Mode::InPlace && !opts.discard_lost {
+        let cut = f.unwrap_or(0).min(wh.seq);
+        let mine =
+            l.db.row(
+                &format!(
+                    "SELECT count(*) FROM main.pdb_certificates WHERE mine = 1 AND ({})",
+                    lost_where()
+                ),
+                &[Value::Integer(cut as i64)],
+            )?
+            .and_then(|r| r.first().and_then(as_i64))
+            .unwrap_or(0);
+        let behind = f == Some(wh.seq) && d.seq > wh.seq;
+        if behind || mine > 0 {
+            return Err(Error::Stopped {
+                code: "lost_commits_here",
+                message: format!(
+                    "lost_commits_here: this database holds commits the witness lost ({}): in_place would discard them. If this is the device that synced last, run SELECT pdb_recover('recommit') here; if that device re-committed them already, SELECT pdb_recover('in_place', json_object('discard_lost', 1))",
+                    if behind {
+                        format!("it is {} commits ahead of the witness's history", d.seq - wh.seq)
+                    } else {
+                        format!("{mine} written by this device")
+                    }
+                ),
+            });
+        }
     }
     // For a recommit: the state at the shared point, for the rows changed
     // since (undone from the witness's state, commit by commit back).
@@ -570,6 +723,16 @@ fn recover_with(l: &Local, w: &dyn WitnessApi, mode: Mode, path: &str) -> Result
         "pending_rows": lost.1,
         "conflicts": lost.2,
     }))
+}
+
+/// The certificates of this database (`main`) that are not of the
+/// witness's history, after the shared point `?1`: past it, or at a seq
+/// where the scratch copy's differs.
+fn lost_where() -> String {
+    format!(
+        "seq > ?1 OR seq IN (SELECT c.seq FROM main.pdb_certificates c JOIN {SCRATCH}.pdb_certificates s \
+         ON s.seq = c.seq WHERE s.head_hash IS NOT c.head_hash)"
+    )
 }
 
 /// In one local transaction: the witness's state in the tables, this
@@ -649,11 +812,11 @@ fn install(
     }
     // The certificates of the lost history, kept aside with who wrote
     // them; the witness's in their place.
-    let lost_where = format!(
-        "seq > ?1 OR seq IN (SELECT c.seq FROM main.pdb_certificates c JOIN {SCRATCH}.pdb_certificates s \
-         ON s.seq = c.seq WHERE s.head_hash IS NOT c.head_hash)"
-    );
-    let cut = Value::Integer(f.unwrap_or(wh.seq).min(wh.seq) as i64);
+    // With no shared point every certificate here is of the other
+    // history (the scratch copy may hold none of the seqs they have, when
+    // it started from a snapshot).
+    let lost_where = lost_where();
+    let cut = Value::Integer(f.unwrap_or(0).min(wh.seq) as i64);
     l.db.run(
         &format!(
             "INSERT INTO pdb_lost_commits(seq, idem_key, author, mine, head_hash, time_ms, record, signature, recovered_at_ms, mode)
@@ -673,6 +836,14 @@ fn install(
     l.db.exec(&format!(
         "INSERT OR IGNORE INTO main.pdb_certificates SELECT * FROM {SCRATCH}.pdb_certificates"
     ))?;
+    // The keys those certificates are signed by: the scratch open followed
+    // the witness's rotations from this database's pinned key (a chain
+    // extending the trusted one), so they are trusted here from now on.
+    for k in ["public_key", "key_rotations"] {
+        if let Some(v) = scratch_get(&l.db, k)? {
+            state::set(&l.db, k, v)?;
+        }
+    }
     let newest = state::get_i64(&l.db, "head_time_ms")?.unwrap_or(0);
     state::set(
         &l.db,

@@ -114,6 +114,11 @@ pub fn clear_error(db: &Db) -> Result<()> {
 /// sync's last local transaction, so an idle sync makes one).
 pub fn mark_synced(db: &Db) -> Result<()> {
     clear_error(db)?;
+    // The witness's history holds this database's head again (the pull
+    // verified a head extending it, or a commit on it landed): a restore
+    // seen before is no longer the case, and pdb_status stops advising
+    // pdb_recover.
+    delete(db, crate::recover::RESTORED)?;
     set(
         db,
         "last_sync_ms",

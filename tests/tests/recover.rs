@@ -129,6 +129,14 @@ fn a_restored_witness_is_recovered_by_recommit_then_in_place() {
         assert_eq!(s["restored"]["device_seq"], backed + lost, "{s}");
     }
 
+    // In place on a device holding commits the witness lost is refused
+    // (it would drop them), naming what to run, and changes nothing.
+    let e = a.call("pdb_recover('in_place')").unwrap_err();
+    assert!(e.contains("lost_commits_here"), "{e}");
+    assert!(e.contains("pdb_recover('recommit')"), "{e}");
+    assert_eq!(a.dump(&["t"]), a_state);
+    assert_eq!(count(&a, "SELECT count(*) FROM pdb_lost_commits"), 0);
+
     // The device that synced last re-commits what the witness lost.
     let r = a.call("pdb_recover('recommit')").unwrap();
     assert_eq!(r["mode"], "recommit", "{r}");
@@ -152,8 +160,18 @@ fn a_restored_witness_is_recovered_by_recommit_then_in_place() {
     // Who wrote the lost commits is kept.
     assert_eq!(count(&a, "SELECT count(*) FROM pdb_lost_commits"), 2);
 
-    // The others recover in place, keeping their pending rows.
-    let r = b.call("pdb_recover('in_place')").unwrap();
+    // b wrote a lost commit too: in place is refused until told that
+    // what it lost is committed again (a pulled b's edit and re-committed
+    // it); then it installs the witness's state, keeping pending rows.
+    let e = b.call("pdb_recover('in_place')").unwrap_err();
+    assert!(e.contains("lost_commits_here"), "{e}");
+    let e = b
+        .call("pdb_recover('recommit', json_object('discard_lost', 1))")
+        .unwrap_err();
+    assert!(e.contains("in_place"), "{e}");
+    let r = b
+        .call("pdb_recover('in_place', json_object('discard_lost', 1))")
+        .unwrap();
     assert_eq!(r["mode"], "in_place", "{r}");
     assert!(verified(&b));
     b.sync().unwrap();
@@ -169,49 +187,197 @@ fn a_restored_witness_is_recovered_by_recommit_then_in_place() {
         assert_eq!(status(d)["state"], "healthy", "{}", status(d));
     }
     assert!(w.head("g").seq > backed + 1);
+    // No scratch copy is left beside any database file.
+    for f in ["a.db", "b.db", "c.db"] {
+        let scratch = devs.path().join(format!("{f}-pdb-recover"));
+        assert!(!scratch.exists(), "{}", scratch.display());
+    }
+}
+
+/// A witness with group "g", a device `a` (at `dir/devs/a.db`) that synced
+/// one commit past a backup, and the witness restarted from that backup
+/// on the same port (`open_opts`: more pdb_open options, each `, 'k', v`).
+/// Returns the witness and the backup's head seq.
+fn restored(dir: &Path, a: &Device, open_opts: &str) -> (Witness, u64) {
+    let w = Witness::start(dir);
+    w.create_group("g", DDL);
+    a.call(&format!(
+        "pdb_open('{}', 'g', json_object('token', '{TOKEN}', 'policy', 'remote_wins'{open_opts}))",
+        w.url
+    ))
+    .unwrap();
+    a.exec("INSERT INTO t VALUES ('r1', 'one', 1)");
+    a.sync().unwrap();
+    let backup = dir.join("backup");
+    ok(cli(
+        &dir.join("data"),
+        &["backup", "--to", backup.to_str().unwrap()],
+    ));
+    let backed = w.head("g").seq;
+    a.exec("INSERT INTO t VALUES ('r2', 'two', 2)");
+    a.sync().unwrap();
+    let port = w.port();
+    let mut w = w;
+    assert!(w.terminate().success());
+    let restored = dir.join("restored");
+    ok(cli(
+        &restored.join("data"),
+        &["restore", "--from", backup.to_str().unwrap()],
+    ));
+    (Witness::start_on(&restored, port), backed)
 }
 
 #[test]
-fn a_device_behind_nothing_lost_or_a_replayed_state_changes_nothing() {
-    let dir = TempDir::new("recover-replay");
-    let w = Witness::start(dir.path());
-    w.create_group("g", DDL);
-    let proxy = Proxy::start(&w.url);
-    let devs = TempDir::new("recover-replay-devs");
-    let d = Device::new(&devs.path().join("d.db"));
-    d.open_url(&proxy.url, "g", "remote_wins").unwrap();
-    d.exec("INSERT INTO t VALUES ('r1', 'one', 1)");
-    d.sync().unwrap();
-    // Nothing was restored: pdb_recover says so and changes nothing.
-    let e = d.call("pdb_recover('recommit')").unwrap_err();
-    assert!(
-        e.contains("not_restored") || e.contains("nothing to recover"),
-        "{e}"
-    );
-    let e = d.call("pdb_recover('sideways')").unwrap_err();
-    assert!(e.contains("'recommit'"), "{e}");
+fn the_restore_advice_clears_once_the_witness_holds_this_head_again() {
+    let dir = TempDir::new("recover-clears");
+    let devs = TempDir::new("recover-clears-devs");
+    let a = Device::new(&devs.path().join("a.db"));
+    let (w, _) = restored(dir.path(), &a, "");
+    let e = a.sync().unwrap_err();
+    assert!(e.contains("unknown_head"), "{e}");
+    assert_eq!(status(&a)["restored"]["kind"], "behind", "{}", status(&a));
 
-    // An attacker keeps the answers a fresh open gets at this point...
-    let scratch = Device::new(&devs.path().join("scratch.db"));
-    proxy.set(ProxyMode::Record);
-    scratch.open_url(&proxy.url, "g", "remote_wins").unwrap();
-    proxy.set(ProxyMode::Pass);
-    // ...the device moves on (and sees a later signed head)...
-    std::thread::sleep(std::time::Duration::from_millis(1_500));
-    d.exec("UPDATE t SET note = 'later' WHERE id = 'r1'; INSERT INTO t VALUES ('r2', 'two', 2)");
-    d.sync().unwrap();
-    let before = (d.dump(&["t"]), d.call("pdb_head()").unwrap());
-    // ...and then replays them: the device seems ahead of the witness.
-    proxy.set(ProxyMode::Replay);
-    for mode in ["recommit", "in_place"] {
-        let e = d.call(&format!("pdb_recover('{mode}')")).unwrap_err();
-        assert!(e.contains("replayed"), "{e}");
-        assert_eq!((d.dump(&["t"]), d.call("pdb_head()").unwrap()), before);
-        assert_eq!(count(&d, "SELECT count(*) FROM pdb_lost_commits"), 0);
-    }
-    proxy.set(ProxyMode::Pass);
-    d.sync().unwrap();
-    assert!(verified(&d));
+    // The operator brings the witness back on its own data (the restore
+    // was a mistake): nothing is lost, and nothing more to recover.
+    let port = w.port();
+    let mut w = w;
+    assert!(w.terminate().success());
+    let w = Witness::start_on(dir.path(), port);
+    let e = a.call("pdb_recover('in_place')").unwrap_err();
+    assert!(e.contains("not_restored"), "{e}");
+    assert!(status(&a)["restored"].is_null(), "{}", status(&a));
+
+    // The advice also goes with a sync that verifies a head on this
+    // database's history (an unknown_head seen again, then healthy).
+    let port = w.port();
+    let mut w = w;
+    assert!(w.terminate().success());
+    let w2 = Witness::start_on(&dir.path().join("restored"), port);
+    assert!(a.sync().unwrap_err().contains("unknown_head"));
+    assert!(!status(&a)["restored"].is_null(), "{}", status(&a));
+    let mut w2 = w2;
+    assert!(w2.terminate().success());
+    let _w = Witness::start_on(dir.path(), port);
+    a.sync().unwrap();
+    let s = status(&a);
+    assert_eq!(s["state"], "healthy", "{s}");
+    assert!(s["restored"].is_null(), "{s}");
+    drop(w);
+}
+
+/// Runs a Python host on the database `db` (with `PDB_TEST_PANIC` set to
+/// `panic` when given) and returns its exit status and what it printed.
+fn python(db: &Path, script: &str, panic: Option<&str>) -> (bool, String) {
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.arg("-c").arg(format!(
+        r#"
+import sqlite3, json, os
+db = sqlite3.connect({db:?}, isolation_level=None)
+db.enable_load_extension(True)
+db.load_extension({ext:?})
+db.enable_load_extension(False)
+def one(sql):
+    return db.execute(sql).fetchone()[0]
+def error(sql):
+    try:
+        db.execute(sql).fetchall()
+        return None
+    except sqlite3.Error as e:
+        return str(e)
+one("SELECT pdb_set_token('{TOKEN}')")
+{script}
+"#,
+        db = db.display().to_string(),
+        ext = extension_path().display().to_string(),
+    ));
+    match panic {
+        Some(p) => cmd.env("PDB_TEST_PANIC", p),
+        None => cmd.env_remove("PDB_TEST_PANIC"),
+    };
+    let out = cmd.output().expect("run python");
+    // What it printed last is the last line.
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_scratch_copy_is_private_holds_no_token_and_never_stays() {
+    let dir = TempDir::new("recover-scratch");
+    let devs = TempDir::new("recover-scratch-devs");
+    let path = devs.path().join("a.db");
+    let scratch = devs.path().join("a.db-pdb-recover");
+    let a = Device::new(&path);
+    // The app keeps its token out of the file (store_token 0): it is
+    // handed to each process (pdb_set_token).
+    let (_w, _) = restored(dir.path(), &a, ", 'store_token', json('false')");
+    drop(a);
+
+    // A host that crashes in the middle of a recovery leaves the scratch
+    // copy: readable by this user only, and without the token.
+    let (ok, out) = python(
+        &path,
+        "print(error(\"SELECT pdb_sync()\"))\nprint(one(\"SELECT pdb_recover('recommit')\"))",
+        Some("abort:recover_attached"),
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("unknown_head"), "{out}");
+    let bytes = std::fs::read(&scratch).expect("the crashed recovery's scratch file");
+    assert!(bytes.len() > 4096, "{}", bytes.len());
+    assert!(
+        !bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),
+        "the token is in the scratch file"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&scratch).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+
+    // The next open removes it; a recovery that panics detaches and
+    // removes its copy (the connection can attach again at once).
+    let (ok, out) = python(
+        &path,
+        &format!(
+            "s = {s:?}\n\
+             e1 = error(\"SELECT pdb_open('{url}', 'g', json_object('token', '{TOKEN}', 'store_token', json('false')))\")\n\
+             gone_after_open = not os.path.exists(s)\n\
+             e2 = error(\"SELECT pdb_recover('recommit')\")\n\
+             print(json.dumps({{'open': e1, 'gone_after_open': gone_after_open, 'recover': e2, \
+             'gone_after_panic': not os.path.exists(s), \
+             'attach': error(\"ATTACH DATABASE ':memory:' AS pdb_recover\")}}))",
+            s = scratch.display().to_string(),
+            url = _w.url,
+        ),
+        Some("recover_attached"),
+    );
+    assert!(ok, "{out}");
+    let v: Json = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert!(v["open"].as_str().unwrap().contains("unknown_head"), "{v}");
+    assert_eq!(v["gone_after_open"], true, "{v}");
+    assert!(
+        v["recover"].as_str().unwrap().contains("internal error"),
+        "{v}"
+    );
+    assert_eq!(v["gone_after_panic"], true, "{v}");
+    assert!(v["attach"].is_null(), "{v}");
+
+    // The recovery runs to the end, and leaves nothing behind.
+    let (ok, out) = python(
+        &path,
+        "print(one(\"SELECT pdb_recover('recommit')\"))\nprint(one(\"SELECT pdb_status()\"))",
+        None,
+    );
+    assert!(ok, "{out}");
+    let s: Json = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(s["state"], "healthy", "{s}");
+    assert!(!scratch.exists());
+    assert!(std::fs::read_dir(devs.path()).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .contains("pdb-recover")));
 }
 
 #[test]
