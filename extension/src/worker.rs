@@ -12,7 +12,10 @@
 //! exponential backoff and jitter, honouring `Retry-After`; a failure of
 //! the stop class (unauthorized, app upgrade required, ...) parks the
 //! worker, which says why in `pdb_status().worker` and tries again once
-//! the token, the stored settings or the app's schema range change.
+//! the token, the stored settings or the app's schema range change, and
+//! — for a stop the witness's side can lift — now and then by itself
+//! (capped, jittered backoff). While idle it pulls about once a minute
+//! even with watches (a missed wake-up never leaves it behind).
 //!
 //! Library lifetime: SQLite unloads an extension's library when the
 //! connection that loaded it closes, and the worker's threads run code
@@ -53,6 +56,14 @@ pub struct Options {
     pub max_backoff_ms: u64,
     /// The worker connection's busy timeout.
     pub busy_timeout_ms: u64,
+    /// While idle, pull about this often (±20 %) even with head watches:
+    /// a watch wake-up missed never leaves the device behind for longer.
+    pub idle_pull_ms: u64,
+    /// Parked by a stop the witness's side can lift (`unknown_head`,
+    /// `key_fork`, `unauthorized`, ...): ask again after this long,
+    /// doubling (with jitter) up to the second.
+    pub stop_probe_min_ms: u64,
+    pub stop_probe_max_ms: u64,
 }
 
 impl Default for Options {
@@ -66,6 +77,9 @@ impl Default for Options {
             min_backoff_ms: 250,
             max_backoff_ms: 30_000,
             busy_timeout_ms: 5_000,
+            idle_pull_ms: 60_000,
+            stop_probe_min_ms: 30_000,
+            stop_probe_max_ms: 600_000,
         }
     }
 }
@@ -94,6 +108,9 @@ pub fn parse_options(text: Option<&str>) -> Result<Options> {
             "min_backoff_ms" => (&mut o.min_backoff_ms, 10, 3_600_000),
             "max_backoff_ms" => (&mut o.max_backoff_ms, 10, 3_600_000),
             "busy_timeout_ms" => (&mut o.busy_timeout_ms, 0, 600_000),
+            "idle_pull_ms" => (&mut o.idle_pull_ms, 100, 86_400_000),
+            "stop_probe_min_ms" => (&mut o.stop_probe_min_ms, 10, 86_400_000),
+            "stop_probe_max_ms" => (&mut o.stop_probe_max_ms, 10, 86_400_000),
             _ => return Err(Error::invalid(format!("unknown option {k:?}"))),
         };
         if !(lo..=hi).contains(&n) {
@@ -102,6 +119,7 @@ pub fn parse_options(text: Option<&str>) -> Result<Options> {
         *slot = n;
     }
     o.max_backoff_ms = o.max_backoff_ms.max(o.min_backoff_ms);
+    o.stop_probe_max_ms = o.stop_probe_max_ms.max(o.stop_probe_min_ms);
     Ok(o)
 }
 
@@ -130,6 +148,13 @@ struct Ctl {
     reason: Json,
     last_error: Option<String>,
     next_retry_ms: Option<u64>,
+    /// The last failure carried a `Retry-After`: no wake-up (a head
+    /// watch finding the witness again, a head that moved) brings the
+    /// retry before this.
+    not_before: Option<Instant>,
+    /// The watch thread panicked more than it may restart: nobody
+    /// watches, the sync thread pulls every `pull_every_ms` instead.
+    watch_dead: bool,
     syncs: u64,
     failures: u32,
     last_sync_ms: Option<u64>,
@@ -234,6 +259,8 @@ pub fn start(db: Db, options: Options) -> Result<Json> {
             reason: Json::Null,
             last_error: None,
             next_retry_ms: None,
+            not_before: None,
+            watch_dead: false,
             syncs: 0,
             failures: 0,
             last_sync_ms: None,
@@ -318,7 +345,7 @@ pub fn status(db: &Db) -> Result<Json> {
         "last_sync_ms": c.last_sync_ms,
         "started_ms": c.started_ms,
         "head_seq": c.head_seq,
-        "watching": c.target.as_ref().map(|t| t.wait.is_some()),
+        "watching": c.target.as_ref().map(|t| t.wait.is_some() && !c.watch_dead),
     }))
 }
 
@@ -478,9 +505,12 @@ fn run(w: &Worker) {
     // The last sync failed and is retried at `due` (backoff): local writes
     // wait for that retry instead of bringing it forward.
     let mut backing_off = false;
-    let mut parked: Option<String> = None;
+    let mut parked: Option<Parked> = None;
     let mut last_check = Instant::now();
     let mut last_pull = Instant::now();
+    // The safety net: an idle worker pulls at this time even while head
+    // watches work (a wake-up missed leaves it behind no longer).
+    let mut idle_pull = Instant::now() + around(w.lock().options.idle_pull_ms);
     loop {
         let o = {
             let mut c = w.lock();
@@ -492,19 +522,33 @@ fn run(w: &Worker) {
                 due = Some(Instant::now());
             }
             if std::mem::take(&mut c.remote) && parked.is_none() {
-                due = Some(Instant::now());
+                // Never before a Retry-After the witness asked for: a herd
+                // of devices would send their bodies straight back into an
+                // overloaded witness the moment its head answers again.
+                let now = Instant::now();
+                due = Some(c.not_before.map_or(now, |t| t.max(now)));
             }
             c.options.clone()
         };
         // Parked by a stop-class failure: look (every second) for what
-        // would change the answer.
-        if let Some(f) = &parked {
+        // would change the answer here, and ask the witness again now and
+        // then when its side can lift the stop.
+        if let Some(p) = &parked {
             if last_check.elapsed() >= Duration::from_secs(1) {
                 last_check = Instant::now();
-                if &fingerprint(&db) != f {
+                if fingerprint(&db) != p.fingerprint {
                     parked = None;
                     due = Some(Instant::now());
                 }
+            }
+        }
+        if let Some(Parked {
+            probe: Some((at, _)),
+            ..
+        }) = &parked
+        {
+            if *at <= Instant::now() && due.is_none() {
+                due = Some(Instant::now());
             }
         }
         // Local writes: sync once they settle — unless a retry is due
@@ -519,30 +563,49 @@ fn run(w: &Worker) {
                 }
             }
         }
-        // Without head watches, pull now and then.
-        let polling = w.lock().target.as_ref().is_some_and(|t| t.wait.is_none());
-        if polling
-            && parked.is_none()
-            && last_pull.elapsed() >= Duration::from_millis(o.pull_every_ms)
-        {
-            due = Some(due.map_or(Instant::now(), |d| d.min(Instant::now())));
+        if parked.is_none() && !backing_off && due.is_none() {
+            // Without head watches (or with the watch thread gone), pull
+            // now and then; with them, now and then too, more rarely.
+            let polling = {
+                let c = w.lock();
+                c.watch_dead || c.target.as_ref().is_some_and(|t| t.wait.is_none())
+            };
+            if (polling && last_pull.elapsed() >= Duration::from_millis(o.pull_every_ms))
+                || Instant::now() >= idle_pull
+            {
+                due = Some(Instant::now());
+            }
         }
         match due {
             Some(t) if t <= Instant::now() => {
                 due = None;
                 last_pull = Instant::now();
+                let was = parked.take();
                 match once(w, &db) {
                     Ok(()) => backing_off = false,
                     Err(Next::Retry(after)) => {
                         backing_off = true;
                         due = Some(Instant::now() + after);
                     }
-                    Err(Next::Park) => {
+                    Err(Next::Park { probe }) => {
                         backing_off = false;
-                        parked = Some(fingerprint(&db));
+                        let probe = probe.then(|| {
+                            let n = was
+                                .and_then(|p| p.probe)
+                                .map_or(1, |(_, n)| n.saturating_add(1));
+                            let after = spread(o.stop_probe_min_ms, o.stop_probe_max_ms, n, None);
+                            w.lock().next_retry_ms =
+                                Some(now_ms().saturating_add(after.as_millis() as u64));
+                            (Instant::now() + after, n)
+                        });
+                        parked = Some(Parked {
+                            fingerprint: fingerprint(&db),
+                            probe,
+                        });
                         last_check = Instant::now();
                     }
                 }
+                idle_pull = Instant::now() + around(o.idle_pull_ms);
                 // `version` stays: writes by others during the sync are
                 // seen next turn (our own do not move our data_version).
             }
@@ -554,6 +617,26 @@ fn run(w: &Worker) {
             }
         }
     }
+}
+
+/// What holds a parked worker.
+struct Parked {
+    /// The settings it parked under: a change lifts it.
+    fingerprint: String,
+    /// A stop the witness's side can lift: when to ask again, and how
+    /// many times it has been asked.
+    probe: Option<(Instant, u32)>,
+}
+
+/// `ms` ± 20 %, at random.
+fn around(ms: u64) -> Duration {
+    let spread = ms / 5;
+    Duration::from_millis(ms - spread + random() % (2 * spread + 1))
+}
+
+fn random() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::getrandom(&mut b).map_or(0, |()| u64::from_le_bytes(b))
 }
 
 /// Waits until local writes settle: no new one for `debounce_ms`, or
@@ -588,9 +671,14 @@ fn settle(w: &Worker, conn: &Owned, version: &mut i64, o: &Options) {
 enum Next {
     /// Try again after this long.
     Retry(Duration),
-    /// Wait for the cause to change.
-    Park,
+    /// Wait for the cause to change; `probe`: the witness's side can
+    /// change it too, so ask again now and then.
+    Park { probe: bool },
 }
+
+/// Stops only this side can lift (the app's schema range, a table of the
+/// app's own): the witness is not asked again until they change here.
+const LOCAL_STOPS: &[&str] = &["app_upgrade_required", "local_table_exists"];
 
 /// One sync, its outcome recorded for `pdb_status` and the watch thread
 /// told the new head.
@@ -617,6 +705,7 @@ fn once(w: &Worker, db: &Db) -> std::result::Result<(), Next> {
             c.reason = Json::Null;
             c.last_error = None;
             c.next_retry_ms = None;
+            c.not_before = None;
             c.syncs += 1;
             c.failures = 0;
             c.last_sync_ms = Some(now_ms());
@@ -627,17 +716,27 @@ fn once(w: &Worker, db: &Db) -> std::result::Result<(), Next> {
             c.failures = c.failures.saturating_add(1);
             let busy = matches!(e.sqlite_code(), Some((5 | 6, _)));
             if e.class() == Some(Class::Stop) && !busy {
+                let code = e.code().unwrap_or("stopped");
+                let local =
+                    matches!(e.root(), Error::Stopped { .. }) && LOCAL_STOPS.contains(&code);
                 c.state = "stopped";
                 c.next_retry_ms = None;
+                c.not_before = None;
                 c.reason = json!({
-                    "code": e.code().unwrap_or("stopped"),
+                    "code": code,
                     "class": "stop",
                     "message": e.to_string(),
-                    "advice": "see pdb_status().reason; the worker tries again by itself once the token, pdb_open's settings or the app's schema versions change, or on pdb_sync_start",
+                    "advice": if local {
+                        "see pdb_status().reason; the worker tries again by itself once the token, pdb_open's settings or the app's schema versions change, or on pdb_sync_start"
+                    } else {
+                        "see pdb_status().reason; the worker asks the witness again by itself (next_retry_ms, backing off to 10 minutes) and resumes once the answer no longer stops it, or at once when the token, pdb_open's settings or the app's schema versions change, or on pdb_sync_start"
+                    },
                 });
-                Err(Next::Park)
+                Err(Next::Park { probe: !local })
             } else {
                 let delay = backoff(&c.options, c.failures, e.retry_after());
+                // Wake-ups wait for a retry the witness timed.
+                c.not_before = e.retry_after().map(|_| Instant::now() + delay);
                 c.state = "backoff";
                 // A wake-up the watch thread sent during this sync (its own
                 // failure, most likely) is answered by this one.
@@ -683,12 +782,16 @@ fn target(w: &Worker, db: &Db) -> Option<Target> {
 /// Exponential backoff with full jitter, at least the witness's
 /// `Retry-After`.
 fn backoff(o: &Options, failures: u32, retry_after: Option<u64>) -> Duration {
-    let exp = o
-        .min_backoff_ms
+    spread(o.min_backoff_ms, o.max_backoff_ms, failures, retry_after)
+}
+
+/// `min` × 2^(n−1), at most `max`, with full jitter (between half and
+/// all of it), at least `retry_after` seconds.
+fn spread(min: u64, max: u64, failures: u32, retry_after: Option<u64>) -> Duration {
+    let exp = min
         .saturating_mul(1u64 << failures.saturating_sub(1).min(20))
-        .min(o.max_backoff_ms);
-    let mut b = [0u8; 8];
-    let r = getrandom::getrandom(&mut b).map_or(0, |()| u64::from_le_bytes(b));
+        .min(max);
+    let r = random();
     // Between half and all of it.
     let ms = exp / 2 + r % (exp / 2 + 1);
     let floor = retry_after.unwrap_or(0).saturating_mul(1000);
@@ -731,8 +834,32 @@ impl Drop for SyncGuard {
 
 // --- The watch thread -------------------------------------------------
 
+/// How often a panicking watch is started again before the worker does
+/// without it (and pulls every `pull_every_ms`).
+const WATCH_RESTARTS: u32 = 5;
+
 fn watch_thread(w: Arc<Worker>) {
-    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| watch(&w)));
+    let mut panics = 0u32;
+    while std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| watch(&w))).is_err() {
+        // A bug: start it again after a backoff, a few times, then let
+        // the sync thread poll instead — never `watching: true` with
+        // nobody watching.
+        panics += 1;
+        let mut c = w.lock();
+        if panics > WATCH_RESTARTS {
+            c.watch_dead = true;
+            drop(c);
+            w.cv.notify_all();
+            break;
+        }
+        let until = Instant::now() + backoff(&c.options, panics, None);
+        while !c.stop && Instant::now() < until {
+            c = w.sleep(c, until.saturating_duration_since(Instant::now()));
+        }
+        if c.stop {
+            break;
+        }
+    }
     let mut c = w.lock();
     c.threads = c.threads.saturating_sub(1);
     drop(c);
@@ -760,10 +887,12 @@ fn watch(w: &Worker) {
             (c.target.clone(), c.options.clone())
         };
         let Some(t) = t else { continue };
+        crate::failpoint::hit("worker_watch");
         let after = t.after.max(seen);
         // After a failure, first ask without waiting: whether the witness
         // answers again is known at once.
         let wait = if failures > 0 { 0 } else { t.wait.unwrap_or(0) };
+        let asked = Instant::now();
         let answer = t
             .witness
             .watch_head(after, wait)
@@ -791,6 +920,14 @@ fn watch(w: &Worker) {
                     // A witness that grants no wait: do not spin.
                     let c = w.lock();
                     let _c = w.sleep(c, Duration::from_millis(o.pull_every_ms));
+                } else if wait > 0 && asked.elapsed() < Duration::from_secs(1) {
+                    // Asked to wait, answered at once with nothing new (a
+                    // broken or hostile witness or proxy): do not spin.
+                    let mut c = w.lock();
+                    let until = asked + Duration::from_secs(1);
+                    while !c.stop && Instant::now() < until {
+                        c = w.sleep(c, until.saturating_duration_since(Instant::now()));
+                    }
                 }
             }
             Err(e) => {

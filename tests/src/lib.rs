@@ -589,6 +589,9 @@ pub enum ProxyMode {
     /// (each ending in CRLF) and body, as a broken proxy or a witness
     /// with a full disk would.
     Answer(u16, &'static str, &'static str),
+    /// Like `Answer`, for POSTs only; GETs are relayed (a witness whose
+    /// commit side is overloaded while its heads still answer).
+    AnswerPosts(u16, &'static str, &'static str),
     /// Read the request, then answer nothing while the mode stays (at
     /// most 60 s): a hung witness.
     Hang,
@@ -602,6 +605,8 @@ pub struct Proxy {
     pub relayed_commits: std::sync::Arc<AtomicU64>,
     /// The Range header of every snapshot data request seen.
     pub ranges: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// `METHOD path` of every request seen, in order.
+    pub requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     target: String,
 }
 
@@ -620,17 +625,19 @@ impl Proxy {
         let mode = std::sync::Arc::new(std::sync::Mutex::new(ProxyMode::Pass));
         let relayed = std::sync::Arc::new(AtomicU64::new(0));
         let ranges = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (m, r, g, to) = (
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (m, r, g, q, to) = (
             mode.clone(),
             relayed.clone(),
             ranges.clone(),
+            requests.clone(),
             target.to_string(),
         );
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (m, r, g, target) = (m.clone(), r.clone(), g.clone(), to.clone());
+                let (m, r, g, q, target) = (m.clone(), r.clone(), g.clone(), q.clone(), to.clone());
                 std::thread::spawn(move || {
-                    let _ = relay(stream, &target, &m, &r, &g);
+                    let _ = relay(stream, &target, &m, &r, &g, &q);
                 });
             }
         });
@@ -639,6 +646,7 @@ impl Proxy {
             mode,
             relayed_commits: relayed,
             ranges,
+            requests,
             target: target.to_string(),
         }
     }
@@ -662,6 +670,7 @@ fn relay(
     mode: &std::sync::Mutex<ProxyMode>,
     relayed: &AtomicU64,
     ranges: &std::sync::Mutex<Vec<String>>,
+    requests: &std::sync::Mutex<Vec<String>>,
 ) -> std::io::Result<()> {
     use std::io::{Read, Write};
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -692,9 +701,21 @@ fn relay(
     }
     let mut body = vec![0u8; len];
     reader.read_exact(&mut body)?;
+    requests
+        .lock()
+        .expect("requests")
+        .push(format!("{method} {path}"));
     let current = mode.lock().expect("mode").clone();
     match current {
         ProxyMode::Down => return Ok(()),
+        ProxyMode::AnswerPosts(status, headers, text) if method == "POST" => {
+            write!(
+                stream,
+                "HTTP/1.1 {status} X\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                text.len()
+            )?;
+            return stream.flush();
+        }
         ProxyMode::Answer(status, headers, text) => {
             write!(
                 stream,

@@ -4,7 +4,10 @@
 //! restart and a network cut heal by themselves; an unauthorized answer
 //! stops the worker saying why; closing the connection or exiting while
 //! the worker runs leaves the file writable; a host writing all the time
-//! never sees SQLITE_BUSY. Devices are separate processes on
+//! never sees SQLITE_BUSY; a stop from one witness answer lifts by itself,
+//! a Retry-After holds the retry, a missed watch wake-up is caught by the
+//! idle pull, a watch that keeps panicking is replaced by polling. Devices
+//! are separate processes on
 //! rollback-journal files (SQLite's default), written to also by this
 //! process without the extension. Every wait is bounded; no timing
 //! thresholds.
@@ -771,4 +774,200 @@ fn a_host_writing_all_the_time_never_sees_busy() {
     let n = count(&mut py);
     assert_eq!(n, json!(1000));
     node.until("the same rows", |h| count(h) == json!(1000));
+}
+
+/// How many requests of the proxy's log, from `from` on, `f` picks.
+fn requests_since(p: &Proxy, from: usize, f: impl Fn(&str) -> bool) -> usize {
+    let log = p.requests.lock().unwrap();
+    log[from.min(log.len())..].iter().filter(|r| f(r)).count()
+}
+
+/// Waits (bounded) until the proxy has seen, from `from` on, a request
+/// `f` picks.
+fn until_request(p: &Proxy, from: usize, what: &str, f: impl Fn(&str) -> bool) {
+    let start = std::time::Instant::now();
+    while requests_since(p, from, &f) == 0 {
+        assert!(start.elapsed() < BOUND, "no {what} seen");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn is_watch(r: &str) -> bool {
+    r.starts_with("GET ") && r.contains("/head?") && r.contains("wait=")
+}
+
+#[test]
+fn a_stop_from_one_witness_answer_lifts_by_itself() {
+    // One injected 409 unknown_head (no key needed to send it) parked the
+    // worker until the app intervened; now a parked worker asks again now
+    // and then and resumes once the answer no longer stops it.
+    let dir = TempDir::new("live-probe");
+    let w = Witness::start(dir.path());
+    w.create_group("g", DDL);
+    let proxy = Proxy::start(&w.url);
+    let mut a = Host::python(&db_path(&dir, "a"));
+    a.open(&proxy.url, TOKEN);
+    a.call(
+        "pdb_sync_start('{\"min_backoff_ms\": 50, \"max_backoff_ms\": 500, \"stop_probe_min_ms\": 200, \"stop_probe_max_ms\": 1000}')",
+    );
+    a.sql("INSERT INTO notes VALUES (1, 'before')", json!([]));
+    a.until("the row to sync", |h| h.status()["pending_rows"] == 0);
+
+    proxy.set(ProxyMode::Answer(
+        409,
+        "Content-Type: application/json\r\n",
+        r#"{"error":{"code":"unknown_head","message":"injected","retryable":false}}"#,
+    ));
+    a.sql("INSERT INTO notes VALUES (2, 'while refused')", json!([]));
+    a.until("the worker to stop", |h| {
+        h.status()["worker"]["state"] == "stopped"
+    });
+    let s = a.status();
+    assert_eq!(s["worker"]["reason"]["code"], "unknown_head", "{s}");
+    assert!(
+        s["worker"]["next_retry_ms"].is_u64(),
+        "a stop the witness can lift says when it asks again: {s}"
+    );
+    // It keeps asking while the answer stops it (each probe one sync).
+    let from = proxy.requests.lock().unwrap().len();
+    until_request(&proxy, from, "probe", |r| !is_watch(r));
+    assert_eq!(a.status()["worker"]["state"], "stopped");
+
+    // The cause goes: with no call from the app, sync resumes.
+    proxy.set(ProxyMode::Pass);
+    a.until("sync to resume by itself", |h| {
+        let s = h.status();
+        s["pending_rows"] == 0 && s["worker"]["state"] == "idle"
+    });
+    assert_eq!(w.all_commits("g").len(), 2);
+    assert_eq!(a.call("pdb_verify()")["ok"], true);
+}
+
+#[test]
+fn a_retry_after_holds_the_retry_when_the_watch_finds_the_witness_again() {
+    let dir = TempDir::new("live-retry-after");
+    let w = Witness::start(dir.path());
+    w.create_group("g", DDL);
+    let proxy = Proxy::start(&w.url);
+    let mut a = Host::python(&db_path(&dir, "a"));
+    a.open(&proxy.url, TOKEN);
+    a.call(
+        "pdb_sync_start('{\"min_backoff_ms\": 50, \"max_backoff_ms\": 500, \"wait_seconds\": 1}')",
+    );
+    a.sql("INSERT INTO notes VALUES (1, 'before')", json!([]));
+    a.until("the row to sync", |h| h.status()["pending_rows"] == 0);
+
+    // The commit side is overloaded and asks for an hour; heads answer.
+    proxy.set(ProxyMode::AnswerPosts(
+        503,
+        "Content-Type: application/json\r\nRetry-After: 3600\r\n",
+        r#"{"error":{"code":"overloaded","message":"injected","retryable":true}}"#,
+    ));
+    a.sql("INSERT INTO notes VALUES (2, 'held back')", json!([]));
+    a.until("the worker to back off", |h| {
+        h.status()["worker"]["state"] == "backoff"
+    });
+    let s = a.status();
+    let (failures, next) = (
+        s["worker"]["failures"].clone(),
+        s["worker"]["next_retry_ms"].clone(),
+    );
+    assert!(next.is_u64(), "{s}");
+    let posts = requests_since(&proxy, 0, |r| r.starts_with("POST "));
+
+    // The watch fails (the witness unreachable), then finds it again: a
+    // probe without waiting, then a long poll — the "recovered" wake-up.
+    let down = proxy.requests.lock().unwrap().len();
+    proxy.set(ProxyMode::Down);
+    until_request(&proxy, down, "watch probe after a failure", |r| {
+        is_watch(r) && r.ends_with("wait=0")
+    });
+    let up = proxy.requests.lock().unwrap().len();
+    proxy.set(ProxyMode::Pass);
+    until_request(&proxy, up, "watch probe answered", |r| {
+        is_watch(r) && r.ends_with("wait=0")
+    });
+    until_request(&proxy, up, "long poll after the recovery", |r| {
+        is_watch(r) && !r.ends_with("wait=0")
+    });
+    // The sync thread wakes within a poll (20 ms) when woken; give it far
+    // more than that to show it was not.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        requests_since(&proxy, 0, |r| r.starts_with("POST ")),
+        posts,
+        "a commit was sent before the witness's Retry-After"
+    );
+    let s = a.status();
+    assert_eq!(
+        (&s["worker"]["failures"], &s["worker"]["next_retry_ms"]),
+        (&failures, &next),
+        "{s}"
+    );
+    assert_eq!(s["worker"]["state"], "backoff", "{s}");
+    // The app may still ask for it.
+    assert_eq!(a.call("pdb_sync_start()")["worker"], "running");
+    a.until("the row to sync", |h| h.status()["pending_rows"] == 0);
+}
+
+/// The head a watch is answered with in the test below (a genuinely
+/// signed, older one).
+static OLD_HEAD: std::sync::OnceLock<Json> = std::sync::OnceLock::new();
+
+#[test]
+fn a_missed_watch_wake_up_is_caught_by_the_idle_pull() {
+    let dir = TempDir::new("live-idle-pull");
+    let w = Witness::start(dir.path());
+    w.create_group("g", DDL);
+    let proxy = Proxy::start(&w.url);
+    let mut a = Host::python(&db_path(&dir, "a"));
+    let mut b = Host::node(&db_path(&dir, "b"));
+    a.open(&w.url, TOKEN);
+    b.open(&proxy.url, TOKEN);
+    b.call("pdb_sync_start('{\"wait_seconds\": 1, \"idle_pull_ms\": 500}')");
+    b.until("the worker to watch", |h| {
+        h.status()["worker"]["watching"] == true
+    });
+    let seq = w.head("g").seq;
+    let old = w.get(&format!("/v1/groups/g/head?after={seq}&wait=0"));
+    assert_eq!(old.status, 200, "{old:?}");
+    OLD_HEAD.set(old.body).unwrap();
+    // Every watch is answered "nothing new" (a wake-up missed, forever).
+    proxy.set(ProxyMode::TamperGet(|path, j| {
+        if path.contains("/head?") && path.contains("wait=") {
+            *j = OLD_HEAD.get().unwrap().clone();
+        }
+    }));
+    let from = proxy.requests.lock().unwrap().len();
+    a.sql("INSERT INTO notes VALUES (1, 'missed')", json!([]));
+    a.call("pdb_sync()");
+    b.sees(1, "missed");
+    assert!(
+        requests_since(&proxy, from, is_watch) > 0,
+        "the watch was answered meanwhile"
+    );
+}
+
+#[test]
+fn a_watch_that_keeps_panicking_is_replaced_by_polling() {
+    let dir = TempDir::new("live-watch-panic");
+    let w = Witness::start(dir.path());
+    w.create_group("g", DDL);
+    let mut a = Host::python(&db_path(&dir, "a"));
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.arg("-c")
+        .arg(PY_HOST)
+        .env("PDB_TEST_PANIC", "worker_watch");
+    let mut b = Host::spawn("python", cmd, &db_path(&dir, "b"));
+    a.open(&w.url, TOKEN);
+    b.open(&w.url, TOKEN);
+    b.call("pdb_sync_start('{\"min_backoff_ms\": 10, \"max_backoff_ms\": 50, \"pull_every_ms\": 200}')");
+    // Restarted a few times, then reported: nobody watches.
+    b.until("the worker to say it does not watch", |h| {
+        h.status()["worker"]["watching"] == false
+    });
+    a.sql("INSERT INTO notes VALUES (1, 'polled')", json!([]));
+    a.call("pdb_sync()");
+    b.sees(1, "polled");
+    assert_eq!(b.status()["worker"]["state"], "idle");
 }
