@@ -123,8 +123,16 @@ const META_BYTES: u64 = 1 << 20;
 const COMMIT_BYTES: u64 = 16 << 20;
 /// The group's schema and its history.
 const GROUP_BYTES: u64 = 32 << 20;
-/// The largest page size or request size believed from a witness.
-const MAX_ADVERTISED: u64 = 256 << 20;
+/// The largest request (commit) size believed from a witness.
+const MAX_ADVERTISED_BODY: u64 = 256 << 20;
+/// The largest page size believed from a witness.
+const MAX_ADVERTISED_PAGE: u64 = 64 << 20;
+/// The most entries a page can hold: the device never asks for more
+/// (pull's and projection reads' page sizes are at most this).
+const MAX_PAGE_ENTRIES: u64 = 1000;
+/// The most one page answer may take, whatever the witness advertises:
+/// room for one largest commit in base64 with its certificate.
+const MAX_PAGE_ANSWER: u64 = 512 << 20;
 /// An error body that is not the witness's typed error is read as loose
 /// JSON only up to this size.
 const LOOSE_ERROR_BYTES: usize = 64 << 10;
@@ -133,11 +141,14 @@ const LOOSE_ERROR_BYTES: usize = 64 << 10;
 /// page bytes the witness advertises plus one request's worth (a page
 /// holds at least one entry), in base64 and JSON, with room per entry
 /// for its certificate and for one schema.
+/// The limits come unsigned from `/v1/witness`, so each is capped and so
+/// is the sum: a hostile answer cannot talk a device into holding more
+/// than [`MAX_PAGE_ANSWER`].
 pub fn page_bound(limits: &LimitsJson) -> u64 {
-    let page = limits.max_page_bytes.min(MAX_ADVERTISED);
-    let body = limits.max_body_bytes.min(MAX_ADVERTISED);
-    let entries = u64::from(limits.max_page_commits.min(100_000));
-    (page + body) * 2 + entries * 4096 + GROUP_BYTES
+    let page = limits.max_page_bytes.min(MAX_ADVERTISED_PAGE);
+    let body = limits.max_body_bytes.min(MAX_ADVERTISED_BODY);
+    let entries = u64::from(limits.max_page_commits).min(MAX_PAGE_ENTRIES);
+    ((page + body) * 2 + entries * 4096 + GROUP_BYTES).min(MAX_PAGE_ANSWER)
 }
 
 type Response = ureq::http::Response<ureq::Body>;
@@ -522,5 +533,35 @@ impl WitnessApi for HttpWitness {
             Endpoint::Projection { name, after, limit },
             "malformed page",
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_answer_is_bounded_whatever_the_witness_advertises() {
+        let ordinary = page_bound(&crate::state::default_limits());
+        assert_eq!(
+            ordinary,
+            (4 + 8) * 2 * (1 << 20) + 1000 * 4096 + GROUP_BYTES
+        );
+        let hostile = LimitsJson {
+            max_body_bytes: 1 << 40,
+            max_page_bytes: 1 << 40,
+            max_page_commits: u32::MAX,
+            keep_log_commits: None,
+            max_wait_seconds: None,
+        };
+        assert_eq!(page_bound(&hostile), MAX_PAGE_ANSWER);
+        // A witness configured for its largest commits still has room for
+        // one of them in base64 with its certificate.
+        let largest = LimitsJson {
+            max_body_bytes: MAX_ADVERTISED_BODY,
+            max_page_bytes: 4 << 20,
+            ..crate::state::default_limits()
+        };
+        assert!(page_bound(&largest) > MAX_ADVERTISED_BODY * 4 / 3 + (4 << 20) * 4 / 3);
     }
 }

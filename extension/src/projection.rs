@@ -31,6 +31,24 @@ const PAGE: u32 = 1000;
 /// Rows of one projection read into memory at most (a bound on what one
 /// answer chain can make this process hold).
 const MAX_ROWS: usize = 1_000_000;
+/// Bytes of rows of one projection held in memory at most (values as
+/// their JSON text would take).
+const MAX_BYTES: usize = 256 << 20;
+
+/// About how many bytes `v` takes as JSON text.
+fn json_bytes(v: &Json) -> usize {
+    match v {
+        Json::Null | Json::Bool(_) | Json::Number(_) => 8,
+        Json::String(s) => s.len() + 2,
+        Json::Array(a) => 2 + a.iter().map(json_bytes).sum::<usize>(),
+        Json::Object(o) => {
+            2 + o
+                .iter()
+                .map(|(k, v)| k.len() + 3 + json_bytes(v))
+                .sum::<usize>()
+        }
+    }
+}
 
 /// Where a projection's rows come from.
 #[derive(Clone)]
@@ -133,11 +151,21 @@ impl ProjectionCursor {
     fn fetch(&mut self) -> Result<()> {
         let s = &self.source;
         let mut after = 0i64;
+        let mut held = 0usize;
         self.rows.clear();
         loop {
             let page = s.witness.projection_page(&s.name, after, PAGE)?;
             verify_head(&s.key, &s.group, &page.head)?;
+            // A page that says more follows holds rows: an empty one would
+            // have this loop ask forever (a replayed or broken answer).
+            if page.rows.is_empty() && page.next_after.is_some() {
+                return Err(Error::refused(
+                    "no_progress",
+                    format!("no_progress: the witness's projection page after {after} holds no rows but says more follow (a replayed or broken answer)"),
+                ));
+            }
             for row in page.rows {
+                held += row.iter().map(json_bytes).sum::<usize>();
                 if row.len() != self.columns {
                     return Err(Error::invalid(
                         "a row does not match the projection's columns",
@@ -154,10 +182,10 @@ impl ProjectionCursor {
                         format!("no_progress: the witness's projection page after {after} points back to {n} (a replayed or broken answer)"),
                     ))
                 }
-                Some(_) if self.rows.len() >= MAX_ROWS => {
+                Some(_) if self.rows.len() >= MAX_ROWS || held >= MAX_BYTES => {
                     return Err(Error::refused(
                         "response_too_large",
-                        format!("response_too_large: projection {:?} has more than {MAX_ROWS} rows visible to this caller; read it in parts from the witness's HTTP API", s.name),
+                        format!("response_too_large: projection {:?} has more than {MAX_ROWS} rows or {} MiB visible to this caller; read it in parts from the witness's HTTP API", s.name, MAX_BYTES >> 20),
                     ))
                 }
                 Some(n) => after = n,

@@ -344,3 +344,61 @@ fn rotate_key_refuses_a_start_before_a_time_the_witness_already_signed() {
     let out = pdb_witness(&data, &["rotate-key"]);
     assert!(out.status.success(), "{out:?}");
 }
+
+static EMPTY_PAGES: AtomicU64 = AtomicU64::new(0);
+
+/// Answers every projection page with no rows and `next_after` one past
+/// where it was asked (bounded, so a broken fix fails instead of hanging).
+fn empty_projection_pages(path: &str, j: &mut Json) {
+    if !path.contains("/projections/notes_view?") || EMPTY_PAGES.load(Ordering::SeqCst) >= 200 {
+        return;
+    }
+    EMPTY_PAGES.fetch_add(1, Ordering::SeqCst);
+    let after: i64 = path
+        .split("after=")
+        .nth(1)
+        .and_then(|s| s.split('&').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    j["rows"] = json!([]);
+    j["next_after"] = json!(after + 1);
+}
+
+#[test]
+fn a_projection_page_that_holds_nothing_but_says_more_follow_ends_the_read() {
+    let (dir, w) = setup("empty-projection-pages");
+    let r = w.request(
+        "PUT",
+        "/v1/groups/g/projections/notes_view",
+        Some(TOKEN),
+        Some(&json!({"table": "notes", "columns": ["id", "body"]})),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let proxy = Proxy::start(&w.url);
+    let a = Device::new(&dir.path().join("a.db"));
+    a.open_url(&proxy.url, "g", "remote_wins").unwrap();
+    a.exec("INSERT INTO notes VALUES (1, 'first'), (2, 'second')");
+    a.sync().unwrap();
+    a.exec("CREATE VIRTUAL TABLE temp.v USING pdb_projection('notes_view')");
+
+    proxy.set(ProxyMode::TamperGet(empty_projection_pages));
+    let err = a
+        .conn
+        .query_row("SELECT count(*) FROM temp.v", [], |r| r.get::<_, i64>(0))
+        .expect_err("an empty page that says more follow must end the read")
+        .to_string();
+    assert!(err.contains("no_progress"), "{err}");
+    assert_eq!(
+        EMPTY_PAGES.load(Ordering::SeqCst),
+        1,
+        "one page asked for, and refused: no loop"
+    );
+
+    // Honest answers again: the projection reads in full.
+    proxy.set(ProxyMode::Pass);
+    let n: i64 = a
+        .conn
+        .query_row("SELECT count(*) FROM temp.v", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 2);
+}
