@@ -268,6 +268,11 @@ pub struct LimitArgs {
     /// closed (what the answer held is released).
     #[arg(long, env = "PDB_WRITE_TIMEOUT_SECS", default_value_t = 30)]
     write_timeout_secs: u64,
+    /// Bytes per second an answer must be taken at, on average: each
+    /// answer is cut (and what it held released) past the write timeout
+    /// plus its length at this rate.
+    #[arg(long, env = "PDB_MIN_WRITE_BYTES_PER_SEC", default_value_t = 64 * 1024)]
+    min_write_bytes_per_sec: u64,
     /// Request body bytes held in memory at once, all requests together.
     #[arg(long, env = "PDB_MAX_BUFFERED_BYTES", default_value_t = 256 * 1024 * 1024)]
     max_buffered_bytes: usize,
@@ -324,6 +329,7 @@ impl LimitArgs {
             idle_timeout: secs(self.idle_timeout_secs),
             body_timeout: secs(self.body_timeout_secs),
             write_timeout: secs(self.write_timeout_secs),
+            min_write_rate: self.min_write_bytes_per_sec.max(1),
             max_buffered_bytes: self.max_buffered_bytes,
             max_calls_per_caller: self.max_calls_per_caller.max(1),
             group_reads: self.group_reads.max(1),

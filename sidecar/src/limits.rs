@@ -19,6 +19,10 @@ pub struct Limits {
     /// A connection that takes no bytes of an answer for this long is
     /// closed (and what the answer held is released).
     pub write_timeout: Duration,
+    /// An answer must be written within the write timeout plus its
+    /// length at this many bytes per second, however its reader trickles
+    /// (then the connection is closed and what the answer held released).
+    pub min_write_rate: u64,
     /// Request bodies held in memory at once, all requests together.
     pub max_buffered_bytes: usize,
     /// Requests one caller (identity) may have in progress at once.
@@ -58,6 +62,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
+            min_write_rate: 64 * 1024,
             max_buffered_bytes: 256 * 1024 * 1024,
             max_calls_per_caller: 32,
             group_reads: 4,

@@ -78,6 +78,16 @@ fn witness_with_snapshot(dir: &TempDir, flags: &[&str]) -> (Witness, String, Str
     (w, reader, other, path)
 }
 
+/// Asks for the 8 MiB range from `from` and reads it all: it is served.
+fn read_whole_range(port: u16, from: [u8; 4], path: &str, token: &str) {
+    let mut s = tight(from, port);
+    let r = ask(&mut s, path, token);
+    assert_eq!(r.status, 206, "{r:?}");
+    let mut body = Vec::new();
+    s.read_to_end(&mut body).ok();
+    assert_eq!(body.len(), RANGE, "a large answer was cut");
+}
+
 #[test]
 fn answers_nobody_reads_are_bounded_and_timed_out() {
     let dir = TempDir::new("slow-readers");
@@ -104,10 +114,9 @@ fn answers_nobody_reads_are_bounded_and_timed_out() {
     assert!(held.len() <= 8, "{} answers held", held.len());
     assert!(!held.is_empty());
     assert_eq!(held.len() + refused, 40);
-    // Others are served meanwhile.
-    let mut s = tight([127, 0, 0, 2], port);
-    let r = ask(&mut s, "/v1/groups/g", &other);
-    assert_eq!(r.status, 200, "{r:?}");
+    // Others' large answers are served meanwhile (the stalled ones hold
+    // only their address's share of the bound).
+    read_whole_range(port, [127, 0, 0, 2], &path, &other);
 
     // What they held is released: the address is served whole again.
     let until = Instant::now() + Duration::from_secs(60);
@@ -182,4 +191,67 @@ fn a_callers_slot_is_held_until_its_answer_is_written() {
         std::thread::sleep(Duration::from_millis(200));
     }
     drop(held);
+}
+
+#[test]
+fn a_trickling_reader_is_cut_at_the_answers_deadline() {
+    let dir = TempDir::new("slow-trickle");
+    // Room for four 8 MiB answers in all, one per address; each must be
+    // written within 8 s plus 8 MiB at 4 MiB/s.
+    let (w, reader, other, path) = witness_with_snapshot(
+        &dir,
+        &[
+            "--write-timeout-secs",
+            "8",
+            "--min-write-bytes-per-sec",
+            "4194304",
+            "--max-buffered-bytes",
+            "33554432",
+        ],
+    );
+    let port = w.port();
+    // Four readers from four addresses take the whole bound.
+    let mut trickling = Vec::new();
+    for i in 0..4u8 {
+        let mut s = tight([127, 0, 0, 30 + i], port);
+        assert_eq!(ask(&mut s, &path, &reader).status, 206);
+        s.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        trickling.push((s, 0usize, false));
+    }
+    // While they hold it, another caller's large answer is refused.
+    let mut s = tight([127, 0, 0, 40], port);
+    let r = ask(&mut s, &path, &other);
+    assert_eq!(r.status, 503, "{r:?}");
+    drop(s);
+    // They read a little, regularly (16 KiB each every 100 ms, far under
+    // the minimum rate, but never idle for the write timeout), until the
+    // witness ends their answers.
+    let mut buf = vec![0u8; 16 * 1024];
+    for _ in 0..(2 * RANGE / buf.len()) {
+        if trickling.iter().all(|t| t.2) {
+            break;
+        }
+        for (s, got, done) in trickling.iter_mut().filter(|t| !t.2) {
+            match s.read(&mut buf) {
+                Ok(0) => *done = true,
+                Ok(n) => *got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => *done = true,
+            }
+            if *got >= RANGE {
+                *done = true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (_, got, done) in &trickling {
+        assert!(*done, "a trickling reader was neither cut nor served");
+        assert!(*got > 0, "the reader never got bytes");
+        assert!(*got < RANGE, "a trickling answer was written whole");
+    }
+    // What they held is released: another caller's large answer is
+    // served whole.
+    read_whole_range(port, [127, 0, 0, 40], &path, &other);
 }

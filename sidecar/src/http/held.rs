@@ -3,17 +3,39 @@
 //! takes no bytes for the write timeout is closed. So a client that asks
 //! for large answers and never reads them holds the caller's call limit
 //! and the witness's memory bounds (docs/witness.md, "Limits") only until
-//! the write timeout, never for as long as it likes.
+//! the write timeout, never for as long as it likes. Nor can one that
+//! reads a little, regularly: each answer must be written within the
+//! write timeout plus its length at the minimum write rate
+//! (`--min-write-bytes-per-sec`), or the connection is closed and what
+//! the answer held released.
 
 use crate::admit::{BodyBytes, CallerSlot};
 use hyper::body::{Body, Bytes, Frame, SizeHint};
 use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
+
+/// When the answer being written on a connection must be done by: set
+/// by its body, enforced by the connection's `WriteTimeout`.
+#[derive(Clone, Default)]
+pub struct Deadline(Arc<Mutex<Option<Instant>>>);
+
+impl Deadline {
+    fn set(&self, when: Option<Instant>) {
+        if let Ok(mut d) = self.0.lock() {
+            *d = when;
+        }
+    }
+
+    fn get(&self) -> Option<Instant> {
+        self.0.lock().ok().and_then(|d| *d)
+    }
+}
 
 /// Bytes handed to hyper per frame: hyper buffers a few frames at most,
 /// so what it holds beyond this body's account stays small.
@@ -31,13 +53,26 @@ pub struct Hold {
 pub struct HeldBody {
     rest: Bytes,
     hold: Option<Hold>,
+    deadline: Option<Deadline>,
 }
 
 impl HeldBody {
-    pub fn new(body: Bytes, hold: Hold) -> HeldBody {
+    /// `body`, to be written on the connection whose `deadline` this is
+    /// within `timeout` plus its length at `min_rate` bytes per second.
+    pub fn new(
+        body: Bytes,
+        hold: Hold,
+        deadline: &Deadline,
+        timeout: Duration,
+        min_rate: u64,
+    ) -> HeldBody {
+        let secs = body.len() as f64 / min_rate.max(1) as f64;
+        let allowed = timeout.saturating_add(Duration::from_secs_f64(secs.min(1e9)));
+        deadline.set(Instant::now().checked_add(allowed));
         HeldBody {
             rest: body,
             hold: Some(hold),
+            deadline: Some(deadline.clone()),
         }
     }
 
@@ -45,6 +80,15 @@ impl HeldBody {
         HeldBody {
             rest: Bytes::new(),
             hold: None,
+            deadline: None,
+        }
+    }
+}
+
+impl Drop for HeldBody {
+    fn drop(&mut self) {
+        if let Some(d) = self.deadline.take() {
+            d.set(None);
         }
     }
 }
@@ -59,6 +103,9 @@ impl Body for HeldBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         if self.rest.is_empty() {
             self.hold = None;
+            if let Some(d) = self.deadline.take() {
+                d.set(None);
+            }
             return Poll::Ready(None);
         }
         let n = self.rest.len().min(FRAME);
@@ -76,20 +123,35 @@ impl Body for HeldBody {
 }
 
 /// A connection's byte stream whose writes fail with `TimedOut` once
-/// the peer has taken no bytes for `timeout` (hyper then closes it).
+/// the peer has taken no bytes for `timeout`, or the answer being
+/// written is past its deadline (hyper then closes it).
 pub struct WriteTimeout<S> {
     inner: S,
     timeout: Duration,
+    deadline: Deadline,
     stalled: Option<Pin<Box<Sleep>>>,
 }
 
 impl<S> WriteTimeout<S> {
-    pub fn new(inner: S, timeout: Duration) -> WriteTimeout<S> {
+    pub fn new(inner: S, timeout: Duration, deadline: Deadline) -> WriteTimeout<S> {
         WriteTimeout {
             inner,
             timeout,
+            deadline,
             stalled: None,
         }
+    }
+
+    /// Before a write: an answer past its deadline is cut, however much
+    /// its reader has been taking.
+    fn late(&self) -> Option<io::Error> {
+        let d = self.deadline.get()?;
+        (Instant::now() >= d).then(|| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took the answer slower than the minimum write rate",
+            )
+        })
     }
 
     /// After a write returned `r`: progress resets the clock; waiting
@@ -98,9 +160,15 @@ impl<S> WriteTimeout<S> {
         match r {
             Poll::Pending => {
                 let timeout = self.timeout;
+                let deadline = self.deadline.get();
                 let sleep = self
                     .stalled
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if let Some(d) = deadline {
+                    if d < sleep.deadline() {
+                        sleep.as_mut().reset(d);
+                    }
+                }
                 match sleep.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
@@ -135,6 +203,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if let Some(e) = self.late() {
+            return Poll::Ready(Err(e));
+        }
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         self.after(cx, r)
     }
@@ -144,6 +215,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if let Some(e) = self.late() {
+            return Poll::Ready(Err(e));
+        }
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         self.after(cx, r)
     }

@@ -22,7 +22,7 @@ mod tokens;
 use crate::error::ApiError;
 use crate::witness::Witness;
 use call::{Answer, Call, Reply};
-use held::{HeldBody, Hold, WriteTimeout};
+use held::{Deadline, HeldBody, Hold, WriteTimeout};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderName, HeaderValue, CONTENT_RANGE, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
@@ -131,7 +131,10 @@ async fn serve<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let ip = peer.ip();
-    let service = hyper::service::service_fn(move |req| handle(w.clone(), req, ip));
+    let deadline = Deadline::default();
+    let answers = deadline.clone();
+    let service =
+        hyper::service::service_fn(move |req| handle(w.clone(), req, ip, answers.clone()));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.idle_timeout)
@@ -141,6 +144,7 @@ async fn serve<S>(
             TokioIo::new(OwnErrors::new(WriteTimeout::new(
                 stream,
                 limits.write_timeout,
+                deadline,
             ))),
             service,
         );
@@ -182,6 +186,7 @@ async fn handle(
     w: Arc<Witness>,
     req: Request<Incoming>,
     peer: IpAddr,
+    deadline: Deadline,
 ) -> Result<Response<HeldBody>, Infallible> {
     let start = Instant::now();
     let method = req.method().clone();
@@ -254,7 +259,9 @@ async fn handle(
         // No body goes with a HEAD answer; say so in its length too.
         resp.map(|_| HeldBody::empty())
     } else {
-        resp.map(|b| HeldBody::new(b, hold))
+        let limits = admission.admission.limits();
+        let (timeout, rate) = (limits.write_timeout, limits.min_write_rate);
+        resp.map(|b| HeldBody::new(b, hold, &deadline, timeout, rate))
     };
     metrics.request(endpoint, status.as_u16(), start.elapsed().as_secs_f64());
     tracing::info!(
