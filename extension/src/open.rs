@@ -133,10 +133,22 @@ impl OpenOptions {
     /// keeps its stored value (the token — this process's, or the stored
     /// one —, whether it is stored, the policy, the transport, the head
     /// age bound, the app's schema versions), so re-opening with one new
-    /// option changes only that one. Then a token must be known.
-    fn keep_stored(&mut self, db: &Db) -> Result<()> {
+    /// option changes only that one — except that the token and the
+    /// transport's trust settings (`ca_file`, `allow_http`) are kept only
+    /// for the stored URL's origin: a re-open naming another server must
+    /// name its token (the stored one is never sent to another host).
+    /// Then a token must be known.
+    fn keep_stored(&mut self, db: &Db, url: &str) -> Result<()> {
         state::migrate(db)?;
         if state::is_open(db)? {
+            let stored_url = state::get_text(db, "url")?;
+            let same_origin = stored_url.as_deref().is_some_and(|u| same_origin(u, url));
+            if !same_origin && !self.given("token") {
+                return Err(Error::invalid(format!(
+                    "another server: this database syncs with {}, not {url}; the stored token is only sent to the server it was given for — to move to {url}, give its token as json_object('token', '<token>') (and ca_file or allow_http if it needs them)",
+                    stored_url.as_deref().unwrap_or("another server")
+                )));
+            }
             let stored_token = state::get_text(db, "token")?;
             if !self.given("store_token") {
                 self.store_token = stored_token.is_some();
@@ -155,10 +167,10 @@ impl OpenOptions {
                 }
             }
             let stored = Transport::load(db)?;
-            if !self.given("ca_file") {
+            if !self.given("ca_file") && same_origin {
                 self.transport.ca_file = stored.ca_file;
             }
-            if !self.given("allow_http") {
+            if !self.given("allow_http") && same_origin {
                 self.transport.allow_http = stored.allow_http;
             }
             if !self.given("timeout_ms") {
@@ -187,6 +199,24 @@ impl OpenOptions {
         }
         Ok(())
     }
+}
+
+/// Whether two URLs have the same origin: scheme, host (in any case) and
+/// port (the scheme's default when not written). A URL that does not parse
+/// has no origin in common with anything.
+fn same_origin(a: &str, b: &str) -> bool {
+    fn origin(u: &str) -> Option<(String, String, u16)> {
+        let uri: ureq::http::Uri = u.parse().ok()?;
+        let scheme = uri.scheme_str()?.to_ascii_lowercase();
+        let port = match (uri.port_u16(), scheme.as_str()) {
+            (Some(p), _) => p,
+            (None, "https") => 443,
+            (None, "http") => 80,
+            (None, _) => return None,
+        };
+        Some((scheme, uri.host()?.to_ascii_lowercase(), port))
+    }
+    matches!((origin(a), origin(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// `schema_versions`: `[min, max]` (or one version N, meaning `[N, N]`),
@@ -343,7 +373,7 @@ pub fn open(db: Db, url: &str, group: &str, mut opts: OpenOptions) -> Result<Jso
     }
     // What a pdb_recover that did not finish (a crash) left beside the file.
     crate::recover::remove_stale_scratch(db.file()?.as_deref());
-    opts.keep_stored(&db)?;
+    opts.keep_stored(&db, url)?;
     if !opts.store_token {
         crate::token::set(&db, Some(&opts.token))?;
     }
@@ -513,4 +543,30 @@ pub fn open_with(
         "migrations": pulled.migrations,
         "bootstrapped_from": bootstrapped, "head": status::head_json(&l)?,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_origin;
+
+    #[test]
+    fn an_origin_is_scheme_host_and_port() {
+        for (a, b) in [
+            ("https://w.example", "https://W.example/"),
+            ("https://w.example", "https://w.example:443"),
+            ("http://127.0.0.1:8080", "http://127.0.0.1:8080/v1"),
+        ] {
+            assert!(same_origin(a, b), "{a} {b}");
+        }
+        for (a, b) in [
+            ("https://w.example", "https://evil.example"),
+            ("https://w.example", "http://w.example"),
+            ("http://127.0.0.1:8080", "http://127.0.0.1:8081"),
+            ("https://w.example", "https://w.example.evil"),
+            ("https://w.example", "https://w.example@evil.example"),
+            ("https://w.example", "not a url"),
+        ] {
+            assert!(!same_origin(a, b), "{a} {b}");
+        }
+    }
 }

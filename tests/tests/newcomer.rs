@@ -398,3 +398,77 @@ fn each_error_of_a_first_open_names_what_the_user_can_change() {
     // None of them left this database blocked.
     assert_eq!(d.call("pdb_status()").unwrap()["state"], "healthy");
 }
+
+/// A listener that records the Authorization header of every request it
+/// gets and answers each with 503.
+fn recording_listener() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten().take(1000) {
+            let mut r = std::io::BufReader::new(stream);
+            let mut auth = String::new();
+            for _ in 0..200 {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = line.split_once(':') {
+                    if k.eq_ignore_ascii_case("authorization") {
+                        auth = v.trim().to_string();
+                    }
+                }
+            }
+            s.lock().unwrap().push(auth);
+            let _ = r.get_mut().write_all(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn re_opening_with_another_servers_url_never_sends_it_the_stored_token() {
+    let dir = TempDir::new("reopen-other-url");
+    let w = Witness::start(dir.path());
+    w.create_group("tasks", DDL);
+    let d = Device::new(&dir.path().join("d.db"));
+    d.call(&format!(
+        "pdb_open('{}', 'tasks', json_object('token', '{TOKEN}'))",
+        w.url
+    ))
+    .expect("first open");
+    let (evil, seen) = recording_listener();
+    // Another port on the same host is another origin: no request at all,
+    // and the error names the option to give.
+    let e = d
+        .call(&format!("pdb_open('{evil}', 'tasks', '{{}}')"))
+        .unwrap_err();
+    assert!(e.contains("json_object('token'"), "{e}");
+    assert!(e.contains(&w.url), "names the stored server: {e}");
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+    // With its own token the new server gets that one, never the stored.
+    let _ = d.call(&format!(
+        "pdb_open('{evil}', 'tasks', json_object('token', 'for-the-new-server'))"
+    ));
+    let got = seen.lock().unwrap().clone();
+    assert!(!got.is_empty());
+    assert!(
+        got.iter().all(|a| a == "Bearer for-the-new-server"),
+        "{got:?}"
+    );
+    // Nothing changed: the database still syncs with its witness, and a
+    // re-open at the same URL keeps the token.
+    d.exec("INSERT INTO tasks VALUES ('t1', 'x', 0)");
+    assert_eq!(d.sync().expect("sync")["pushed"], 1);
+    d.call(&format!("pdb_open('{}', 'tasks', '{{}}')", w.url))
+        .expect("same origin keeps the stored token");
+}
