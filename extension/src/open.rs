@@ -249,13 +249,14 @@ fn schema_versions(v: Option<&Json>) -> Result<Option<(u32, u32)>> {
     }
 }
 
-/// Where a new database starts: the schema, whether its local tables are
-/// to be built again at it (they were empty and in the shape of another of
-/// the group's versions), and whether it starts from the newest snapshot
-/// even with rows of its own (they are re-based on it).
+/// Where a new database starts: the schema, the local tables to drop
+/// first so they are built again at it (empty, and exactly the tables of
+/// the other version of the group whose shape they have), and whether it
+/// starts from the newest snapshot even with rows of its own (they are
+/// re-based on it).
 struct Start {
     schema: Schema,
-    rebuild: bool,
+    rebuild: Vec<String>,
     snapshot_with_own_rows: bool,
 }
 
@@ -283,7 +284,7 @@ fn start_schema(
         snapshot_with_own_rows,
     };
     let Some(first) = g.schema_history.first() else {
-        return Ok(start(current, false, false));
+        return Ok(start(current, Vec::new(), false));
     };
     let names: Vec<String> = current.tables.iter().map(|t| t.name.clone()).collect();
     let local = read_local(db, &names)?;
@@ -304,34 +305,41 @@ fn start_schema(
     };
     let from = snapshot.unwrap_or(first.version);
     if local.is_none() {
-        return Ok(start(at(from)?, false, false));
+        return Ok(start(at(from)?, Vec::new(), false));
     }
     // The local tables exist: which of the group's versions are they?
     if let Some(v) = snapshot {
         let s = at(v)?;
         if tables::check_local(db, &s).is_ok() {
-            return Ok(start(s, false, own_rows));
+            return Ok(start(s, Vec::new(), own_rows));
         }
     }
-    let s = at(first.version)?;
-    if tables::check_local(db, &s).is_ok() {
-        return Ok(start(s, false, false));
-    }
+    // Newest first, so tables in the shape of a later version that added
+    // a table are not taken for the first version's (which would keep the
+    // added table as one of the app's own).
     let mut versions: Vec<u32> = g.schema_history.iter().map(|h| h.version).collect();
     versions.sort_unstable_by(|a, b| b.cmp(a));
     versions.dedup();
-    let mut shape = None;
-    for v in versions
-        .into_iter()
-        .filter(|v| *v != first.version && Some(*v) != snapshot)
-    {
-        if tables::check_local(db, &at(v)?).is_ok() {
-            shape = Some(v);
-            break;
+    // Empty tables in a later version's shape are built again where the
+    // history starts — exactly that version's tables, never a table of
+    // another name (it may be the app's own). Tables with rows go on to
+    // older versions: the first version's shape starts there.
+    let mut with_rows = None;
+    for v in versions.into_iter().filter(|v| Some(*v) != snapshot) {
+        let s = at(v)?;
+        if tables::check_local(db, &s).is_err() {
+            continue;
         }
+        if v == first.version {
+            return Ok(start(s, Vec::new(), false));
+        }
+        let names: Vec<String> = s.tables.iter().map(|t| t.name.clone()).collect();
+        if !has_rows(db, &names)? {
+            return Ok(start(at(from)?, names, false));
+        }
+        with_rows.get_or_insert(v);
     }
-    match shape {
-        Some(_) if !own_rows => Ok(start(at(from)?, true, false)),
+    match with_rows {
         Some(v) => Err(Error::invalid(format!(
             "schema_mismatch: the tables here hold rows in the shape of the group's schema version {v}, but a new device starts from version {from} ({}): ask the group's admin for a snapshot at version {v} (POST /v1/groups/{group}/snapshots) and open again, or open with the tables empty",
             if snapshot.is_some() { "its newest snapshot's" } else { "where its log starts" }
@@ -453,17 +461,28 @@ pub fn open_with(
         let s = start_schema(&db, w, &key, group, &g, current)?;
         (s.schema, s.rebuild, s.snapshot_with_own_rows)
     } else {
-        (state::stored_schema(&db)?, false, false)
+        (state::stored_schema(&db)?, Vec::new(), false)
     };
     let schema_hash = schema.hash();
     let names: Vec<String> = schema.tables.iter().map(|t| t.name.clone()).collect();
 
     transaction(&db, || {
-        if rebuild {
+        if !rebuild.is_empty() {
             // Empty tables in the shape of a later version: built again
-            // where the history starts (pulling takes them to it).
-            for n in &names {
-                db.exec(&format!("DROP TABLE {}", pdb_protocol::sql::quote_ident(n)))?;
+            // where the history starts (pulling takes them to it). Still
+            // empty now, inside the transaction: another connection may
+            // have written to them since they were looked at.
+            if has_rows(&db, &rebuild)? {
+                return Err(Error::invalid(format!(
+                    "schema_mismatch: rows were written to {} while this database was being opened (its tables were empty, in the shape of a later schema version, and are built again where the group's history starts); open again",
+                    rebuild.join(", ")
+                )));
+            }
+            for n in &rebuild {
+                db.exec(&format!(
+                    "DROP TABLE IF EXISTS {}",
+                    pdb_protocol::sql::quote_ident(n)
+                ))?;
             }
         }
         let created = match read_local(&db, &names)? {

@@ -472,3 +472,77 @@ fn re_opening_with_another_servers_url_never_sends_it_the_stored_token() {
     d.call(&format!("pdb_open('{}', 'tasks', '{{}}')", w.url))
         .expect("same origin keeps the stored token");
 }
+
+/// Tables in the shape of a later version are built again where the
+/// history starts — exactly that version's tables, never a table of
+/// another name: a history that dropped a table or created one opens, and
+/// an app's own table is never touched.
+#[test]
+fn a_new_database_in_a_later_shape_rebuilds_only_that_versions_tables() {
+    let dir = TempDir::new("open-rebuild-exact");
+    let w = Witness::start(dir.path());
+    let open = |d: &Device, group: &str| {
+        d.call(&format!(
+            "pdb_open('{}', '{group}', json_object('token', '{TOKEN}'))",
+            w.url
+        ))
+    };
+    let migrate = |group: &str, ddl: &str| {
+        let r = w.post(
+            &format!("/v1/groups/{group}/migrations"),
+            &json!({ "ddl": ddl }),
+        );
+        assert_eq!(r.status, 201, "{r:?}");
+    };
+    let synced_at_v2 = |d: &Device| {
+        d.sync()
+            .expect("sync (the open or this pull takes it to version 2)");
+        let st = d.call("pdb_status()").unwrap();
+        assert_eq!(st["schema_version"], 2, "{st}");
+        assert_eq!(d.call("pdb_verify()").unwrap()["ok"], true);
+    };
+
+    // Version 2 dropped a table: the app made the tables of version 2.
+    w.create_group(
+        "dropped",
+        "CREATE TABLE tasks(id TEXT PRIMARY KEY, title TEXT); CREATE TABLE tags(id TEXT PRIMARY KEY, name TEXT)",
+    );
+    migrate("dropped", "DROP TABLE tags");
+    let x = Device::new(&dir.path().join("x.db"));
+    x.exec("CREATE TABLE tasks(id TEXT PRIMARY KEY, title TEXT)");
+    open(&x, "dropped").expect("the empty tables of version 2 open");
+    synced_at_v2(&x);
+
+    // The same, with a table of the app's own under the dropped table's
+    // name, holding rows: refused, and the app's table is as it was.
+    let y = Device::new(&dir.path().join("y.db"));
+    y.exec(
+        "CREATE TABLE tasks(id TEXT PRIMARY KEY, title TEXT);
+         CREATE TABLE tags(label TEXT); INSERT INTO tags VALUES ('mine');",
+    );
+    let e = open(&y, "dropped").expect_err("a table of the app's own is never dropped");
+    assert!(e.contains("schema_mismatch"), "{e}");
+    let kept: String = y
+        .conn
+        .query_row("SELECT group_concat(label) FROM tags", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kept, "mine", "the app's own rows are kept");
+
+    // Version 2 created a table: the app made both; the first pull creates
+    // it as the migration says, not stopping at a table the open kept.
+    w.create_group(
+        "created",
+        "CREATE TABLE tasks(id TEXT PRIMARY KEY, title TEXT)",
+    );
+    migrate(
+        "created",
+        "CREATE TABLE labels(id TEXT PRIMARY KEY, name TEXT)",
+    );
+    let z = Device::new(&dir.path().join("z.db"));
+    z.exec(
+        "CREATE TABLE tasks(id TEXT PRIMARY KEY, title TEXT);
+         CREATE TABLE labels(id TEXT PRIMARY KEY, name TEXT);",
+    );
+    open(&z, "created").expect("the empty tables of version 2 open");
+    synced_at_v2(&z);
+}
