@@ -38,13 +38,15 @@ pub fn max_head_age(db: &Db) -> Result<u64> {
 /// (`clock_skew`).
 pub const MAX_AHEAD_MS: u64 = 5 * 60_000;
 
-/// Seconds as a person reads them: "90 s", "3 h", "400 days".
+/// Seconds as a person reads them, to the nearest unit: "90 s", "3 h",
+/// "400 days" (a span measured a few milliseconds after it was signed is
+/// still the span that was meant).
 fn span(ms: u64) -> String {
-    let s = ms / 1000;
+    let s = (ms + 500) / 1000;
     match s {
         0..=5_399 => format!("{s} s"),
-        5_400..=172_799 => format!("{} h", s / 3600),
-        _ => format!("{} days", s / 86_400),
+        5_400..=172_799 => format!("{} h", (s + 1800) / 3600),
+        _ => format!("{} days", (s + 43_200) / 86_400),
     }
 }
 
@@ -92,4 +94,19 @@ pub fn check_fresh(db: &Db, rec: &HeadRecord, max_age: u64) -> Result<()> {
         state::set(db, "head_time_ms", Value::Integer(rec.time_ms as i64))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::span;
+
+    #[test]
+    fn a_span_reads_to_the_nearest_unit() {
+        let day = 86_400_000;
+        assert_eq!(span(400 * day - 5), "400 days");
+        assert_eq!(span(400 * day + 5), "400 days");
+        assert_eq!(span(3 * 3_600_000 - 1), "3 h");
+        assert_eq!(span(90_000), "90 s");
+        assert_eq!(span(0), "0 s");
+    }
 }
