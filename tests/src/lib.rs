@@ -38,6 +38,17 @@ pub fn target_binary(name: &str) -> PathBuf {
     path
 }
 
+/// Runs the built `pdb-witness` on the data directory `data` with `args`
+/// (an offline command, or one that reaches the witness running there).
+pub fn witness_command(data: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(target_binary("pdb-witness"))
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .output()
+        .expect("run pdb-witness")
+}
+
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct TempDir(pub PathBuf);
 

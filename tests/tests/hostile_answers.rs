@@ -241,15 +241,6 @@ fn a_replayed_page_that_makes_no_progress_ends_the_pull() {
     assert_eq!(a.dump(&["notes"]), b.dump(&["notes"]));
 }
 
-fn pdb_witness(data: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(target_binary("pdb-witness"))
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn copy_dir(from: &Path, to: &Path) {
     let ok = Command::new("cp")
         .arg("-a")
@@ -275,7 +266,7 @@ fn a_rotation_chain_that_forks_from_the_trusted_one_is_refused_by_name() {
     let backup = TempDir::new("fork-backup");
     copy_dir(&dir.path().join("data"), &backup.path().join("data"));
     // The real witness rotates K1 → K2; the device follows.
-    let out = pdb_witness(&dir.path().join("data"), &["rotate-key"]);
+    let out = witness_command(&dir.path().join("data"), &["rotate-key"]);
     assert!(out.status.success(), "{out:?}");
     let mut w = Witness::start_on(dir.path(), port);
     a.sync().unwrap();
@@ -284,7 +275,7 @@ fn a_rotation_chain_that_forks_from_the_trusted_one_is_refused_by_name() {
     // Whoever holds the backup rotates K1 → K3 and answers on the same
     // address.
     w.terminate();
-    let out = pdb_witness(&backup.path().join("data"), &["rotate-key"]);
+    let out = witness_command(&backup.path().join("data"), &["rotate-key"]);
     assert!(out.status.success(), "{out:?}");
     let mut forked = Witness::start_on(backup.path(), port);
     let err = a.sync().unwrap_err();
@@ -322,7 +313,7 @@ fn rotate_key_refuses_a_start_before_a_time_the_witness_already_signed() {
     group
         .execute("UPDATE pdb_head SET time_ms = ?1", [ahead])
         .unwrap();
-    let out = pdb_witness(&data, &["rotate-key"]);
+    let out = witness_command(&data, &["rotate-key"]);
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("refusing to rotate"), "{text}");
@@ -341,7 +332,7 @@ fn rotate_key_refuses_a_start_before_a_time_the_witness_already_signed() {
         )
         .unwrap();
     drop(group);
-    let out = pdb_witness(&data, &["rotate-key"]);
+    let out = witness_command(&data, &["rotate-key"]);
     assert!(out.status.success(), "{out:?}");
 }
 

@@ -13,7 +13,6 @@ use pdb_protocol::wire::Policy;
 use pdb_protocol::Value;
 use serde_json::{json, Value as Json};
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -54,15 +53,6 @@ fn wal_size(data: &Path, group: &str) -> u64 {
     std::fs::metadata(data.join(format!("groups/{group}.sqlite-wal")))
         .map(|m| m.len())
         .unwrap_or(0)
-}
-
-fn cli(data: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(target_binary("pdb-witness"))
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 #[test]
@@ -316,7 +306,7 @@ fn a_backup_under_load_restores_every_acknowledged_commit() {
     eventually("some commits", || acked.lock().unwrap().len() > 20);
     let backup = dir.path().join("backup");
     let started = Instant::now();
-    let out = cli(&data, &["backup", "--to", backup.to_str().unwrap()]);
+    let out = witness_command(&data, &["backup", "--to", backup.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "{}",
@@ -362,9 +352,9 @@ fn a_backup_under_load_restores_every_acknowledged_commit() {
 
     // Restore into an empty data directory; a full one is refused.
     let restored = dir.path().join("restored");
-    let out = cli(&data, &["restore", "--from", backup.to_str().unwrap()]);
+    let out = witness_command(&data, &["restore", "--from", backup.to_str().unwrap()]);
     assert!(!out.status.success(), "restored over a live data directory");
-    let out = cli(
+    let out = witness_command(
         &restored.join("data"),
         &["restore", "--from", backup.to_str().unwrap()],
     );

@@ -14,15 +14,6 @@ use std::process::Command;
 
 const DDL: &str = "CREATE TABLE t(id TEXT PRIMARY KEY NOT NULL, note TEXT, n INTEGER);";
 
-fn cli(data: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(target_binary("pdb-witness"))
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn ok(out: std::process::Output) {
     assert!(
         out.status.success(),
@@ -78,7 +69,10 @@ fn a_restored_witness_is_recovered_by_recommit_then_in_place() {
     b.sync().unwrap();
     c.sync().unwrap();
     let backup = dir.path().join("backup");
-    ok(cli(&data, &["backup", "--to", backup.to_str().unwrap()]));
+    ok(witness_command(
+        &data,
+        &["backup", "--to", backup.to_str().unwrap()],
+    ));
     let backed = w.head("g").seq;
 
     // After the backup: b edits, a pulls it, then deletes, edits and
@@ -97,7 +91,7 @@ fn a_restored_witness_is_recovered_by_recommit_then_in_place() {
     let mut w = w;
     assert!(w.terminate().success());
     let restored = dir.path().join("restored");
-    ok(cli(
+    ok(witness_command(
         &restored.join("data"),
         &["restore", "--from", backup.to_str().unwrap()],
     ));
@@ -209,7 +203,7 @@ fn restored(dir: &Path, a: &Device, open_opts: &str) -> (Witness, u64) {
     a.exec("INSERT INTO t VALUES ('r1', 'one', 1)");
     a.sync().unwrap();
     let backup = dir.join("backup");
-    ok(cli(
+    ok(witness_command(
         &dir.join("data"),
         &["backup", "--to", backup.to_str().unwrap()],
     ));
@@ -220,7 +214,7 @@ fn restored(dir: &Path, a: &Device, open_opts: &str) -> (Witness, u64) {
     let mut w = w;
     assert!(w.terminate().success());
     let restored = dir.join("restored");
-    ok(cli(
+    ok(witness_command(
         &restored.join("data"),
         &["restore", "--from", backup.to_str().unwrap()],
     ));
@@ -395,7 +389,10 @@ fn a_witness_behind_its_last_device_gets_the_lost_history_back() {
     a.sync().unwrap();
     b.sync().unwrap();
     let backup = dir.path().join("backup");
-    ok(cli(&data, &["backup", "--to", backup.to_str().unwrap()]));
+    ok(witness_command(
+        &data,
+        &["backup", "--to", backup.to_str().unwrap()],
+    ));
     let backed = w.head("g").seq;
     a.exec("UPDATE t SET note = 'one, later' WHERE id = 'r1'; DELETE FROM t WHERE id = 'r2'");
     a.sync().unwrap();
@@ -404,7 +401,7 @@ fn a_witness_behind_its_last_device_gets_the_lost_history_back() {
     let mut w = w;
     assert!(w.terminate().success());
     let restored = dir.path().join("restored");
-    ok(cli(
+    ok(witness_command(
         &restored.join("data"),
         &["restore", "--from", backup.to_str().unwrap()],
     ));

@@ -5,7 +5,6 @@
 
 use pdb_e2e::*;
 use serde_json::{json, Value as Json};
-use std::path::Path;
 use std::process::Command;
 
 const DDL: &str =
@@ -246,15 +245,6 @@ fn tls_end_to_end_with_the_right_ca_and_refused_with_a_wrong_one_or_name() {
     assert!(open(&d, &format!("http://127.0.0.1:{}", w.port()), json!({})).is_err());
 }
 
-fn pdb_witness(data: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(target_binary("pdb-witness"))
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn rotate_in_proxy(_: &str, j: &mut Json) {
     // A rotation to a key of the attacker's, signed with that key only.
     if j["public_key"].is_string() {
@@ -283,7 +273,7 @@ fn a_rotated_key_is_followed_and_a_forged_one_refused() {
     a.sync().unwrap();
 
     w.terminate();
-    let out = pdb_witness(&w.data_dir, &["rotate-key"]);
+    let out = witness_command(&w.data_dir, &["rotate-key"]);
     assert!(
         out.status.success(),
         "{}",
